@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` (install everything, run a search) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_PACKAGES := dataset-fashion-mnist
+TEST_PACKAGES := dataset-fashion-mnist postgresql chromium chromium-driver
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(BIN)/.installed
+
+# The CPU build of torch is pinned here, in the set-up, not in pyproject: an unpinned torch resolves
+# to a multi-GB CUDA build on these machines, while users with a GPU want exactly that.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages, installed only where missing: the Fashion-MNIST data, and for the tests a
+# PostgreSQL server (distributed search) and Chromium (the report's browser test).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+demo: setup
+	$(call apt_install,$(DEMO_PACKAGES))
+	$(BIN)/mbsearch show mobilenet_v3_large
+
+test: setup
+	$(call apt_install,$(TEST_PACKAGES))
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check mbsearch tests benchmarks
+	$(BIN)/ruff format --check mbsearch tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

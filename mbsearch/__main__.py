@@ -1,0 +1,5 @@
+"""`python -m mbsearch`."""
+
+from mbsearch.cli import main
+
+main()

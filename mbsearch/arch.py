@@ -1,0 +1,202 @@
+"""The architecture format: plain, validated, versioned data that round-trips through JSON.
+
+An `Arch` says exactly what is built: every block is explicit, with no hidden defaults. Blocks also
+encode to timm-style strings (`ir_r1_k5_s2_e3_c40_se0.25_nre`) for logs, plots and timm users.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import ConfigDict, Field, field_serializer, field_validator
+
+from mbsearch.errors import BadInput
+from mbsearch.files import describe_validation_error, parse_json, read_text
+
+FORMAT = "mbsearch.arch/1"
+MAX_BLOCKS = 256
+MAX_CHANNELS = 16384
+
+Activation = Literal["relu", "relu6", "hswish"]
+BlockType = Literal["ir", "ds"]
+Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS, strict=True)]
+Stride = Literal[1, 2]
+
+# timm's activation codes after the `n` prefix.
+_ACT_CODES: dict[str, str] = {"relu": "re", "relu6": "r6", "hswish": "hs"}
+_CODE_ACTS = {code: act for act, code in _ACT_CODES.items()}
+
+
+def _check_kernel(kernel: int) -> int:
+    if kernel < 1 or kernel % 2 == 0 or kernel > 15:
+        raise ValueError(f"kernel must be odd, from 1 to 15 (e.g. 3, 5, 7), got {kernel}")
+    return kernel
+
+
+def _plain_number(value: float) -> float | int:
+    """Write 4.0 as 4 so that files stay as people write them."""
+    return int(value) if float(value).is_integer() else value
+
+
+class _Data(pydantic.BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Data):
+    """The image the network takes: channels and square size."""
+
+    channels: Annotated[int, Field(ge=1, le=16, strict=True)]
+    size: Annotated[int, Field(ge=8, le=1024, strict=True)]
+
+
+class Stem(_Data):
+    """The first full convolution."""
+
+    out: Channels
+    kernel: Annotated[int, Field(strict=True)]
+    stride: Stride
+    act: Activation
+
+    _kernel = field_validator("kernel")(_check_kernel)
+
+
+class Block(_Data):
+    """One block: `ir` (inverted residual) or `ds` (depthwise-separable)."""
+
+    type: BlockType
+    kernel: Annotated[int, Field(strict=True)]
+    stride: Stride
+    expand: Annotated[float, Field(ge=1, le=16, strict=True)]
+    out: Channels
+    se: Annotated[float, Field(ge=0, lt=1, strict=True)]
+    act: Activation
+
+    _kernel = field_validator("kernel")(_check_kernel)
+
+    @field_validator("expand")
+    @classmethod
+    def _ds_has_no_expansion(cls, expand: float, info: pydantic.ValidationInfo) -> float:
+        if info.data.get("type") == "ds" and expand != 1:
+            raise ValueError(f"a ds block has no expansion layer: expand must be 1, got {expand}")
+        return expand
+
+    @field_serializer("expand", "se")
+    def _numbers(self, value: float) -> float | int:
+        return _plain_number(value)
+
+    def to_string(self) -> str:
+        """timm-style string, e.g. `ir_r1_k5_s2_e3_c40_se0.25_nre`."""
+        parts = [self.type, "r1", f"k{self.kernel}", f"s{self.stride}", f"e{_plain_number(self.expand)}"]
+        parts.append(f"c{self.out}")
+        if self.se:
+            parts.append(f"se{_plain_number(self.se)}")
+        parts.append(f"n{_ACT_CODES[self.act]}")
+        return "_".join(parts)
+
+    @classmethod
+    def from_string(cls, text: str) -> Block:
+        """Decode a timm-style block string (repeat count must be 1)."""
+        return cls(**_decode_block_string(text))
+
+
+_TOKEN = re.compile(r"^(se|[rksecn])(.+)$")
+
+
+def _decode_block_string(text: str) -> dict[str, Any]:
+    head, *tokens = text.strip().split("_")
+    if head not in ("ir", "ds"):
+        raise BadInput(f"block string {text!r}: type must be 'ir' or 'ds', got {head!r}")
+    fields: dict[str, Any] = {"type": head, "stride": 1, "expand": 1, "se": 0}
+    for token in tokens:
+        match = _TOKEN.match(token)
+        if not match:
+            raise BadInput(f"block string {text!r}: cannot read token {token!r}")
+        key, value = match.groups()
+        try:
+            if key == "r":
+                if int(value) != 1:
+                    raise BadInput(f"block string {text!r}: only r1 is supported, repeat blocks explicitly")
+            elif key == "n":
+                fields["act"] = _CODE_ACTS[value]
+            else:
+                name = {"k": "kernel", "s": "stride", "e": "expand", "c": "out", "se": "se"}[key]
+                fields[name] = float(value) if name in ("expand", "se") else int(value)
+        except (KeyError, ValueError):
+            raise BadInput(f"block string {text!r}: bad value in token {token!r}") from None
+    return fields
+
+
+class Head(_Data):
+    """1x1 conv, global pool, optional hidden linear layer, classifier."""
+
+    conv: Channels
+    hidden: Annotated[int, Field(ge=0, le=MAX_CHANNELS, strict=True)]
+    act: Activation
+    dropout: Annotated[float, Field(ge=0, lt=1, strict=True)]
+
+    @field_serializer("dropout")
+    def _numbers(self, value: float) -> float | int:
+        return _plain_number(value)
+
+
+class Arch(_Data):
+    """A whole network as data. `provenance` and `metrics` are informative and not used to build."""
+
+    format: Literal["mbsearch.arch/1"] = FORMAT
+    name: str = ""
+    input: InputSpec
+    num_classes: Annotated[int, Field(ge=2, le=100_000, strict=True)]
+    stem: Stem
+    blocks: Annotated[tuple[Block, ...], Field(min_length=1, max_length=MAX_BLOCKS)]
+    head: Head
+    provenance: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def block_strings(self) -> list[str]:
+        return [block.to_string() for block in self.blocks]
+
+    def key(self) -> str:
+        """What decides the network, without name, provenance or metrics: for caches and dedup."""
+        core = self.model_dump(mode="json", include={"input", "num_classes", "stem", "blocks", "head"})
+        return json.dumps(core, sort_keys=True, separators=(",", ":"))
+
+    def with_info(self, **changes: Any) -> Arch:
+        """A copy with new name/provenance/metrics (the structure is never changed this way)."""
+        allowed = {"name", "provenance", "metrics"}
+        if not set(changes) <= allowed:
+            raise ValueError(f"with_info only changes {sorted(allowed)}")
+        return self.model_copy(update=changes)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "arch") -> Arch:
+        if not isinstance(data, dict):
+            raise BadInput(f"{source}: an arch must be a JSON object, got {type(data).__name__}")
+        if "format" in data and data["format"] != FORMAT:
+            raise BadInput(f"{source}: format: unsupported version {data['format']!r}, expected {FORMAT!r}")
+        blocks = data.get("blocks")
+        if isinstance(blocks, list) and len(blocks) > MAX_BLOCKS:
+            raise BadInput(f"{source}: blocks: {len(blocks)} blocks, over the limit of {MAX_BLOCKS}")
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise BadInput(describe_validation_error(exc, source)) from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "arch") -> Arch:
+        return cls.from_dict(parse_json(text, source), source)
+
+
+def load_arch(path: str | Path) -> Arch:
+    """Read and validate an arch JSON file."""
+    path = Path(path)
+    return Arch.from_json(read_text(path, "arch"), str(path))

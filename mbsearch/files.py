@@ -1,0 +1,78 @@
+"""Reading user files as data only: size limits, safe parsers, one-line validation errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from mbsearch.errors import BadInput
+
+MAX_FILE_BYTES = 1_000_000  # space and arch files are a few KB; a larger one is a mistake
+
+
+def read_text(path: Path, what: str) -> str:
+    """Read a small UTF-8 text file, refusing missing, huge or binary files with one line."""
+    if not path.is_file():
+        raise BadInput(f"{what} file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise BadInput(f"{path}: {what} file is {size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read {what} file: {exc}") from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML as plain data (safe_load: no object construction)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise BadInput(f"{source}:{where}: YAML syntax error: {problem}") from None
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Parse JSON, reporting the line of a syntax error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def describe_validation_error(error: pydantic.ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line: source, the key path and what is allowed."""
+    # An unknown key is usually a typo of a missing one: name it first.
+    first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    path = ""
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "missing required key"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {path or '<top level>'}: {message}{suffix}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,99 @@
+"""Arch -> torch.nn.Module. The only code that tracks input/output channels and resolutions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mbsearch.arch import Arch
+from mbsearch.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
+from mbsearch.rules import mid_channels, output_size
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer of `features` receives and produces."""
+
+    name: str  # the module name inside the built model, e.g. "features.3"
+    kind: str  # stem | ir | ds | head
+    in_chs: int
+    mid_chs: int
+    out_chs: int
+    stride: int
+    out_size: int
+
+
+def plan_layers(arch: Arch) -> list[LayerPlan]:
+    """Channels and resolutions layer by layer, in `features` order."""
+    size = output_size(arch.input.size, arch.stem.stride)
+    plans = [LayerPlan("features.0", "stem", arch.input.channels, arch.stem.out, arch.stem.out, arch.stem.stride, size)]
+    in_chs = arch.stem.out
+    for index, block in enumerate(arch.blocks, start=1):
+        size = output_size(size, block.stride)
+        mid = mid_channels(in_chs, block.expand) if block.type == "ir" else in_chs
+        plans.append(LayerPlan(f"features.{index}", block.type, in_chs, mid, block.out, block.stride, size))
+        in_chs = block.out
+    plans.append(LayerPlan(f"features.{len(arch.blocks) + 1}", "head", in_chs, arch.head.conv, arch.head.conv, 1, size))
+    return plans
+
+
+class MobileNet(nn.Module):
+    """features (stem, blocks, 1x1 head conv) -> global average pool -> classifier."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.arch = arch
+        plans = plan_layers(arch)
+        layers: list[nn.Module] = [
+            ConvBNAct(arch.input.channels, arch.stem.out, arch.stem.kernel, arch.stem.stride, act=arch.stem.act)
+        ]
+        for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
+            if block.type == "ir":
+                layer = InvertedResidual(
+                    plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act
+                )
+            else:
+                layer = DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act)
+            layers.append(layer)
+        layers.append(ConvBNAct(plans[-1].in_chs, arch.head.conv, 1, act=arch.head.act))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = _classifier(arch)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _classifier(arch: Arch) -> nn.Sequential:
+    head = arch.head
+    if head.hidden == 0:  # MobileNetV2: dropout then the classifier
+        return nn.Sequential(nn.Dropout(head.dropout), nn.Linear(head.conv, arch.num_classes))
+    return nn.Sequential(  # MobileNetV3: hidden linear layer with activation, dropout, classifier
+        nn.Linear(head.conv, head.hidden),
+        make_activation(head.act),
+        nn.Dropout(head.dropout),
+        nn.Linear(head.hidden, arch.num_classes),
+    )
+
+
+def _init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def build_model(arch: Arch) -> MobileNet:
+    """Build the network an Arch describes."""
+    return MobileNet(arch)

@@ -1,0 +1,60 @@
+"""Layout rules shared by the zoo, the sampler and the builder: channel rounding and stride plans.
+
+Everything that rounds channels or decides strides lives here, so the reference MobileNets and the
+searched networks follow one set of rules (torchvision's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Smallest final feature map we accept: 224 -> 7x7 keeps all strides, 32 -> 4x4 drops two.
+MIN_FINAL_RESOLUTION = 4
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never going 10% below it (torchvision)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def mid_channels(in_chs: int, expand: float) -> int:
+    """Expanded width of an inverted residual: in_chs * expand rounded to a multiple of 8."""
+    if expand == 1:
+        return in_chs
+    return make_divisible(in_chs * expand)
+
+
+def se_channels(mid_chs: int, se_ratio: float) -> int:
+    """Squeeze width of SE: torchvision uses _make_divisible(expanded // 4, 8) for ratio 0.25."""
+    return make_divisible(int(mid_chs * se_ratio))
+
+
+def output_size(size: int, stride: int) -> int:
+    """Spatial size after a 'same'-padded conv with this stride."""
+    return (size + stride - 1) // stride
+
+
+def adapt_strides(strides: Sequence[int], input_size: int) -> list[int]:
+    """Drop stride-2 steps from the front until the final map is at least MIN_FINAL_RESOLUTION.
+
+    This is what CIFAR-style MobileNets do: a 224 input keeps every stride (7x7 at the end),
+    a 32 or 28 input loses the stem stride and the next one (4x4 at the end).
+    """
+    adapted = list(strides)
+
+    def final(plan: Sequence[int]) -> int:
+        size = input_size
+        for stride in plan:
+            size = output_size(size, stride)
+        return size
+
+    for index, stride in enumerate(adapted):
+        if final(adapted) >= MIN_FINAL_RESOLUTION:
+            break
+        if stride == 2:
+            adapted[index] = 1
+    return adapted

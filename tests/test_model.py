@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from mbsearch.model import build_model, plan_layers
+from mbsearch.sample import sample_arch
+from mbsearch.space import list_spaces, load_space
+from mbsearch.zoo import reference_arch
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (224, 3), (224, 1)])
+def test_sampled_archs_build_and_run_forward(space_name: str, size: int, channels: int) -> None:
+    space = load_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=size + channels))
+    for _ in range(2):
+        arch = sample_arch(study.ask(), space, size, channels, 10)
+        model = build_model(arch).eval()
+        with torch.inference_mode():
+            out = model(torch.randn(2, channels, size, size))
+        assert out.shape == (2, 10)
+        assert torch.isfinite(out).all()
+        final = plan_layers(arch)[-1].out_size
+        assert final >= 4  # small inputs drop early strides instead of collapsing to 1x1
+
+
+def test_small_inputs_drop_early_strides_like_cifar_mobilenets() -> None:
+    arch = reference_arch("mobilenet_v2", input_size=32, channels=3, num_classes=10)
+    assert arch.stem.stride == 1
+    assert [b.stride for b in arch.blocks][:2] == [1, 1]  # stage 2's stride is dropped as well
+    assert plan_layers(arch)[-1].out_size == 4
+    assert plan_layers(reference_arch("mobilenet_v2"))[-1].out_size == 7
+
+
+def test_skip_connection_only_when_shapes_match() -> None:
+    model = build_model(reference_arch("mobilenet_v2"))
+    skips = [layer.has_skip for layer in list(model.features)[1:-1]]
+    # MobileNetV2: t1 (16, no skip: 32->16), then per stage the first block has none, the repeats have one.
+    assert skips == [False, False, True, False, True, True, False, True, True, True, False, True, True,
+                     False, True, True, False]
+
+
+def test_expand_one_has_no_expansion_conv_and_se_uses_hard_sigmoid() -> None:
+    model = build_model(reference_arch("mobilenet_v3_small"))
+    first = model.features[1]
+    assert isinstance(first.conv_pw, torch.nn.Identity)
+    assert isinstance(first.se.gate, torch.nn.Hardsigmoid)
+    assert first.se.fc1.out_channels == 8  # _make_divisible(16 // 4, 8)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from mbsearch.cost import count_macs, count_params
+from mbsearch.model import build_model
+from mbsearch.rules import make_divisible
+from mbsearch.zoo import reference_arch, reference_names
+
+# torchvision's parameter counts and the papers' MAdds at 224x224x3, 1000 classes.
+TORCHVISION = {
+    "mobilenet_v2": (3_504_872, 300e6),
+    "mobilenet_v3_large": (5_483_032, 217e6),
+    "mobilenet_v3_small": (2_542_856, 56e6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_reference_params_equal_torchvision_and_macs_match_papers(name: str) -> None:
+    params, macs = TORCHVISION[name]
+    arch = reference_arch(name)
+    model = build_model(arch)
+    assert count_params(model) == params
+    total, _ = count_macs(model, arch)
+    assert abs(total - macs) / macs < 0.03
+
+
+@pytest.mark.parametrize("name", reference_names())
+def test_width_multipliers_follow_torchvision_rounding(name: str) -> None:
+    width = 0.5 if name.endswith("_050") else 0.75 if name.endswith("_075") else 1.0
+    arch = reference_arch(name)
+    base = reference_arch(name.removesuffix("_050").removesuffix("_075"))
+    for block, base_block in zip(arch.blocks, base.blocks, strict=True):
+        assert block.out == make_divisible(base_block.out * width)
+    assert arch.stem.out == make_divisible(base.stem.out * width)
+
+
+def test_smaller_widths_have_fewer_params() -> None:
+    for family in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
+        counts = [count_params(build_model(reference_arch(f"{family}{s}"))) for s in ("_050", "_075", "")]
+        assert counts == sorted(counts) and len(set(counts)) == 3
+
+
+def test_make_divisible_matches_torchvision() -> None:
+    assert make_divisible(18) == 24  # 16 would be more than 10% below 18
+    assert make_divisible(36) == 40
+    assert make_divisible(4) == 8
+    assert make_divisible(120 // 4) == 32
