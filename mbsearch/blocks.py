@@ -72,9 +72,7 @@ class InvertedResidual(nn.Module):
     exists only when stride is 1 and the shapes match.
     """
 
-    def __init__(
-        self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str
-    ) -> None:
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = ConvBNAct(in_chs, mid_chs, 1, act=act) if mid_chs != in_chs else nn.Identity()

@@ -42,13 +42,32 @@ def summarize(arch: Arch) -> tuple[list[Row], dict[str, Any]]:
             block = arch.blocks[index - 1]
             details = (block.kernel, block.expand, block.se, block.act)
         rows.append(
-            Row(plan.name, plan.kind, *details, plan.out_chs, plan.stride, plan.out_size,
-                count_params(module), macs.get(plan.name, 0))
+            Row(
+                plan.name,
+                plan.kind,
+                *details,
+                plan.out_chs,
+                plan.stride,
+                plan.out_size,
+                count_params(module),
+                macs.get(plan.name, 0),
+            )
         )
     head = arch.head
     rows.append(
-        Row("classifier", "fc", None, None, None, head.act if head.hidden else "-",
-            arch.num_classes, 1, 1, count_params(model.classifier), macs.get("classifier", 0))
+        Row(
+            "classifier",
+            "fc",
+            None,
+            None,
+            None,
+            head.act if head.hidden else "-",
+            arch.num_classes,
+            1,
+            1,
+            count_params(model.classifier),
+            macs.get("classifier", 0),
+        )
     )
     totals = {
         "name": arch.name,

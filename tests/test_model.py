@@ -23,23 +23,43 @@ def test_sampled_archs_build_and_run_forward(space_name: str, size: int, channel
         assert out.shape == (2, 10)
         assert torch.isfinite(out).all()
         final = plan_layers(arch)[-1].out_size
-        assert final >= 4  # small inputs drop early strides instead of collapsing to 1x1
+        assert final >= 2  # small inputs drop early strides instead of collapsing to 1x1
 
 
 def test_small_inputs_drop_early_strides_like_cifar_mobilenets() -> None:
     arch = reference_arch("mobilenet_v2", input_size=32, channels=3, num_classes=10)
     assert arch.stem.stride == 1
-    assert [b.stride for b in arch.blocks][:2] == [1, 1]  # stage 2's stride is dropped as well
-    assert plan_layers(arch)[-1].out_size == 4
+    assert [b.stride for b in arch.blocks][:2] == [1, 2]  # only the stem's stride is dropped
+    assert plan_layers(arch)[-1].out_size == 2
+    assert plan_layers(reference_arch("mobilenet_v2", input_size=28))[-1].out_size == 2
     assert plan_layers(reference_arch("mobilenet_v2"))[-1].out_size == 7
+    tiny = reference_arch("mobilenet_v3_small", input_size=8)  # too small for any stride-2 step but one
+    assert plan_layers(tiny)[-1].out_size == 2
 
 
 def test_skip_connection_only_when_shapes_match() -> None:
     model = build_model(reference_arch("mobilenet_v2"))
     skips = [layer.has_skip for layer in list(model.features)[1:-1]]
     # MobileNetV2: t1 (16, no skip: 32->16), then per stage the first block has none, the repeats have one.
-    assert skips == [False, False, True, False, True, True, False, True, True, True, False, True, True,
-                     False, True, True, False]
+    assert skips == [
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_expand_one_has_no_expansion_conv_and_se_uses_hard_sigmoid() -> None:

@@ -1,0 +1,101 @@
+"""RunConfig: every setting of a search, validated once, stored with the study for resume checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import ConfigDict, Field, model_validator
+
+from mbsearch.train import Budget
+
+Sampler = Literal["tpe", "nsga2", "random"]
+Objective = Literal["pareto", "mnas"]
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# Settings that decide what a trial's numbers mean. A resumed study must keep them; the rest
+# (trials, timeout, workers, sampler, seed, storage) may change between runs.
+IDENTITY_KEYS = (
+    "space",
+    "target",
+    "runtime",
+    "threads",
+    "dataset",
+    "input_size",
+    "val_size",
+    "epochs",
+    "train_size",
+    "batch_size",
+    "lr",
+    "objective",
+    "latency_target",
+    "mnas_w",
+    "max_latency",
+    "max_params",
+)
+
+
+class RunConfig(pydantic.BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    space: str = "v3"
+    target: str = "cpu"
+    runtime: str = "onnxruntime"
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+    dataset: str = "fashion-mnist"
+    data_dir: Path | None = None
+    input_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+    channels: Annotated[int, Field(ge=1, le=4)] | None = None
+    val_size: Annotated[int, Field(ge=1)] = 2000
+    epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    train_size: Annotated[int, Field(ge=1)] = 4000
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.006
+    train_threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    sampler: Sampler = "tpe"
+    seed: int = 0
+    trials: Annotated[int, Field(ge=1, le=1_000_000)] = 30
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    study: str | None = None
+    storage: str | None = None
+    runs_dir: Path = Path("runs")
+    max_latency: Annotated[float, Field(gt=0)] | None = None
+    max_params: Annotated[int, Field(ge=1)] | None = None
+    objective: Objective = "pareto"
+    latency_target: Annotated[float, Field(gt=0)] | None = None
+    mnas_w: float = -0.07
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    heartbeat: Annotated[int, Field(ge=1)] = 10
+    grace_period: Annotated[int, Field(ge=2)] = 30
+    max_retry: Annotated[int, Field(ge=0)] = 2
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.objective == "mnas" and self.latency_target is None:
+            raise ValueError("--objective mnas needs --latency-target MS (the T in ACC*(LAT/T)^w)")
+        if self.study is not None and not _STUDY_NAME.match(self.study):
+            raise ValueError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+        if self.grace_period <= self.heartbeat:
+            raise ValueError("--grace-period must be longer than --heartbeat")
+        return self
+
+    @property
+    def space_name(self) -> str:
+        return Path(self.space).stem if self.space.endswith((".yaml", ".yml")) else self.space
+
+    @property
+    def study_name(self) -> str:
+        return self.study or f"{self.space_name}-{self.target}-{self.dataset}"
+
+    @property
+    def study_dir(self) -> Path:
+        return self.runs_dir / self.study_name
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(epochs=self.epochs, train_size=self.train_size, batch_size=self.batch_size, lr=self.lr)
+
+    def identity(self) -> dict:
+        return self.model_dump(mode="json", include=set(IDENTITY_KEYS))

@@ -1,0 +1,229 @@
+"""Datasets -> in-memory uint8 tensors with fixed, seeded train/validation splits.
+
+The search sees the train and validation splits only; the test split is loaded only by full training
+(`mbsearch train`). Images are N x C x H x W uint8, resized once at load time to the input size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mbsearch.errors import BadInput
+
+DATASETS = ("fashion-mnist", "cifar10", "folder")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (uint8, N x C x H x W) and labels (int64)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, count: int) -> Split:
+        return Split(self.images[:count], self.labels[:count])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    num_classes: int
+    channels: int
+    size: int
+
+
+def default_data_dir(name: str) -> Path | None:
+    return FASHION_MNIST_DIR if name == "fashion-mnist" else None
+
+
+def _how_to_get(name: str) -> str:
+    return {
+        "fashion-mnist": "install it with 'apt-get install dataset-fashion-mnist' or pass --data-dir",
+        "cifar10": "pass --data-dir pointing at the extracted 'cifar-10-batches-py' folder",
+        "folder": "pass --data-dir pointing at a folder with one sub-folder of images per class",
+    }[name]
+
+
+# ---- readers: each returns (train images, train labels, test images, test labels) as numpy ----
+
+
+def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08 or dims != expected_dims:
+            raise ValueError("bad IDX header")
+        shape = struct.unpack(f">{dims}I", raw[4 : 4 + 4 * dims])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"expected {int(np.prod(shape))} values, found {data.size}")
+        return data.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error, gzip.BadGzipFile) as exc:
+        raise BadInput(f"{path}: corrupt IDX file ({exc}); reinstall the dataset or fix --data-dir") from None
+
+
+def _read_fashion(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_name, labels_name = _FASHION_FILES[split]
+    for name in (images_name, labels_name):
+        if not (root / name).is_file() and not (root / name.removesuffix(".gz")).is_file():
+            raise BadInput(f"{root}: missing {name}; {_how_to_get('fashion-mnist')}")
+
+    def pick(name: str) -> Path:
+        return root / name if (root / name).is_file() else root / name.removesuffix(".gz")
+
+    images = _read_idx(pick(images_name), 3)[:, None]
+    labels = _read_idx(pick(labels_name), 1).astype(np.int64)
+    if len(images) != len(labels):
+        raise BadInput(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return images, labels
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: allow only the numpy pieces they hold, never arbitrary code."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise BadInput(f"{path.parent}: missing {path.name}; {_how_to_get('cifar10')}")
+    try:
+        batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as exc:  # any malformed pickle is bad input, whatever it raises
+        raise BadInput(
+            f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}); {_how_to_get('cifar10')}"
+        ) from None
+    return data, labels
+
+
+def _read_cifar(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    parts = [_read_cifar_batch(root / name) for name in names]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _read_folder(root: Path, split: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """ImageFolder layout: root/<class>/<image>. A root with train/ and test/ sub-folders uses those."""
+    from PIL import Image, UnidentifiedImageError
+
+    if (root / "train").is_dir():
+        root = root / split
+    elif split == "test":
+        raise BadInput(f"{root}: no test/ folder; full training needs root/train/<class>/ and root/test/<class>/")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if len(classes) < 2:
+        raise BadInput(f"{root}: found {len(classes)} class folder(s), need at least 2 (one sub-folder per class)")
+    images, labels = [], []
+    mode = "L" if channels == 1 else "RGB"
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                    array = np.asarray(image, dtype=np.uint8)
+            except (OSError, UnidentifiedImageError):
+                raise BadInput(f"{file}: not a readable image; remove it or fix the file") from None
+            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise BadInput(f"{root}: no images found (looked for {', '.join(sorted(_IMAGE_SUFFIXES))})")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _read(name: str, root: Path, split: str, size: int | None, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    if name not in DATASETS:
+        raise BadInput(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    if not root.is_dir():
+        raise BadInput(f"dataset folder not found: {root}; {_how_to_get(name)}")
+    if name == "fashion-mnist":
+        return _read_fashion(root, split)
+    if name == "cifar10":
+        return _read_cifar(root, split)
+    return _read_folder(root, split, size or 32, channels or 3)
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, size: int) -> Split:
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    if tensor.shape[-1] != size:
+        resized = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        tensor = resized.round().clamp(0, 255).to(torch.uint8)
+    return Split(tensor, torch.from_numpy(np.ascontiguousarray(labels)))
+
+
+def _resolve_root(name: str, data_dir: Path | None) -> Path:
+    root = data_dir or default_data_dir(name)
+    if root is None:
+        raise BadInput(f"--dataset {name} needs --data-dir; {_how_to_get(name)}")
+    return Path(root)
+
+
+def load_dataset(
+    name: str = "fashion-mnist",
+    data_dir: Path | None = None,
+    input_size: int | None = None,
+    channels: int | None = None,
+    val_size: int = 5000,
+    seed: int = 0,
+) -> Dataset:
+    """Train and validation splits: a fixed, seeded validation split carved from the training set."""
+    root = _resolve_root(name, data_dir)
+    images, labels = _read(name, root, "train", input_size, channels)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise BadInput(f"{root}: the training data holds a single class; a classifier needs at least 2")
+    if labels.min() < 0:
+        raise BadInput(f"{root}: negative class labels")
+    if not 0 < val_size < len(labels):
+        raise BadInput(f"--val-size {val_size} must be between 1 and {len(labels) - 1} (the training set size - 1)")
+    size = input_size or images.shape[-1]
+    order = np.random.default_rng(seed).permutation(len(labels))
+    train, val = order[val_size:], order[:val_size]
+    return Dataset(
+        name=name,
+        train=_to_split(images[train], labels[train], size),
+        val=_to_split(images[val], labels[val], size),
+        num_classes=int(labels.max()) + 1,
+        channels=images.shape[1],
+        size=size,
+    )
+
+
+def load_test_split(name: str, data_dir: Path | None, input_size: int, channels: int | None = None) -> Split:
+    """The held-out test split. Only full training (`mbsearch train`) calls this."""
+    root = _resolve_root(name, data_dir)
+    images, labels = _read(name, root, "test", input_size, channels)
+    return _to_split(images, labels, input_size)

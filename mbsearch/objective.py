@@ -1,0 +1,136 @@
+"""The trial function: sample -> build -> cost -> latency -> (constraints) -> train -> values.
+
+It only glues the steps; each step lives in its own module. Latency is measured before training so that
+a candidate over a budget is never trained: an infeasible region costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+
+from mbsearch import hostlock
+from mbsearch.config import RunConfig
+from mbsearch.cost import count_macs, count_params
+from mbsearch.data import Dataset
+from mbsearch.latency import LatencyCache, measure_cached
+from mbsearch.model import build_model
+from mbsearch.sample import sample_arch
+from mbsearch.space import SearchSpace
+from mbsearch.train import Diverged, Normalizer, train
+
+# Trials beyond the target, started by a worker that raced another: pruned before any work is done.
+SURPLUS = "surplus: other workers already reached the trial target"
+
+
+def mnas_reward(accuracy: float, latency_ms: float, target_ms: float, w: float) -> float:
+    """MnasNet's soft-constrained reward ACC * (LAT / T) ** w."""
+    return accuracy * (latency_ms / target_ms) ** w
+
+
+def count_counting(study: optuna.Study, below: int | None = None) -> tuple[int, int]:
+    """(complete, running) trials, optionally only those numbered below `below`."""
+    trials = study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    )
+    if below is not None:
+        trials = [t for t in trials if t.number < below]
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    return complete, len(trials) - complete
+
+
+@dataclass
+class Objective:
+    """Callable for `study.optimize`. Returns (val_accuracy, latency_ms), or the MnasNet reward."""
+
+    config: RunConfig
+    space: SearchSpace
+    data: Dataset
+    cache: LatencyCache | None
+    normalizer: Normalizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normalizer = Normalizer.fit(self.data.train.images[: self.config.train_size])
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        config = self.config
+        complete, running = count_counting(trial.study, below=trial.number)
+        if complete + running >= config.trials:
+            trial.set_user_attr("fail_reason", SURPLUS)
+            raise optuna.TrialPruned(SURPLUS)
+
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
+        arch = sample_arch(trial, self.space, self.data.size, self.data.channels, self.data.num_classes)
+        arch = arch.with_info(name=f"{config.study_name}-trial-{trial.number}")
+        lap("sample")
+        torch.manual_seed(config.seed)  # the same initial weights for the same architecture
+        model = build_model(arch)
+        lap("build")
+        params = count_params(model)
+        macs, _ = count_macs(model, arch)
+        lap("cost")
+        stats, cached = measure_cached(model, arch, self.cache, config.target, config.runtime, config.threads)
+        lap("latency")
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("blocks", " ".join(arch.block_strings()))
+        for key, value in {
+            "params": params,
+            "macs": macs,
+            "latency_ms": stats.median_ms,
+            "latency_iqr_ms": stats.iqr_ms,
+            "latency_cached": cached,
+        }.items():
+            trial.set_user_attr(key, value)
+
+        violations = self._set_constraints(trial, stats.median_ms, params)
+        if violations:
+            # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
+            trial.set_user_attr("skipped", "; ".join(violations))
+            trial.set_user_attr("val_accuracy", 0.0)
+            trial.set_user_attr("epochs_run", 0.0)
+            trial.set_user_attr("timings", timings)
+            return self._values(0.0, stats.median_ms)
+
+        try:
+            with hostlock.training():
+                result = train(model, self.data.train, self.data.val, config.budget, config.seed, self.normalizer)
+        except Diverged as exc:
+            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        lap("train")
+        trial.set_user_attr("val_accuracy", result.accuracy)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
+        trial.set_user_attr("timings", timings)
+        return self._values(result.accuracy, stats.median_ms)
+
+    def _set_constraints(self, trial: optuna.Trial, latency_ms: float, params: int) -> list[str]:
+        """Optuna 5 constraints: feasible when every value is <= 0."""
+        config = self.config
+        violations = []
+        if config.max_latency is not None:
+            trial.set_constraint("latency", latency_ms - config.max_latency)
+            if latency_ms > config.max_latency:
+                violations.append(f"latency {latency_ms:.3f} ms > --max-latency {config.max_latency}")
+        if config.max_params is not None:
+            trial.set_constraint("params", float(params - config.max_params))
+            if params > config.max_params:
+                violations.append(f"params {params:,} > --max-params {config.max_params:,}")
+        return violations
+
+    def _values(self, accuracy: float, latency_ms: float) -> float | tuple[float, float]:
+        if self.config.objective == "mnas":
+            assert self.config.latency_target is not None  # checked by RunConfig
+            return mnas_reward(accuracy, latency_ms, self.config.latency_target, self.config.mnas_w)
+        return accuracy, latency_ms

@@ -1,0 +1,122 @@
+"""Study -> DataFrame -> Pareto front, knee point and hypervolume. Pure functions, no drawing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+
+COLUMNS = [
+    "number",
+    "state",
+    "val_accuracy",
+    "latency_ms",
+    "latency_iqr_ms",
+    "params",
+    "macs",
+    "feasible",
+    "epochs_run",
+    "train_seconds",
+    "blocks",
+    "skipped",
+    "fail_reason",
+    "started",
+    "completed",
+]
+
+
+def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with the numbers a user compares; parameters as s*_ columns."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        row = {
+            "number": trial.number,
+            "state": trial.state.name,
+            "feasible": _feasible(trial),
+            "started": trial.datetime_start,
+            "completed": trial.datetime_complete,
+        }
+        for key in COLUMNS:
+            if key not in row:
+                row[key] = attrs.get(key)
+        row.update(trial.params)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else COLUMNS)
+    return frame
+
+
+def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
+    """True where no other point has accuracy >= and latency <= with one strictly better."""
+    mask = np.ones(len(accuracy), dtype=bool)
+    for i in range(len(accuracy)):
+        better_or_equal = (accuracy >= accuracy[i]) & (latency <= latency[i])
+        strictly = (accuracy > accuracy[i]) | (latency < latency[i])
+        mask[i] = not np.any(better_or_equal & strictly)
+    return mask
+
+
+def candidates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Complete, feasible, trained trials: the ones that may be on the front."""
+    if frame.empty:
+        return frame
+    keep = (frame["state"] == "COMPLETE") & frame["feasible"].astype(bool) & frame["skipped"].isna()
+    keep &= frame["val_accuracy"].notna() & frame["latency_ms"].notna()
+    return frame[keep]
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy-latency front (maximise accuracy, minimise latency), sorted by latency."""
+    pool = candidates(frame)
+    if pool.empty:
+        return pool
+    mask = pareto_mask(pool["val_accuracy"].to_numpy(float), pool["latency_ms"].to_numpy(float))
+    # Equal points are both non-dominated; keep the earlier trial only.
+    front = pool[mask].drop_duplicates(subset=["val_accuracy", "latency_ms"], keep="first")
+    return front.sort_values("latency_ms").reset_index(drop=True)
+
+
+def knee(front: pd.DataFrame) -> int:
+    """Row index of the knee: the point farthest from the line joining the front's extremes
+    (accuracy and log-latency normalised to [0, 1])."""
+    if len(front) <= 2:
+        return int(front["val_accuracy"].to_numpy().argmax())
+    x = np.log(front["latency_ms"].to_numpy(float))
+    y = front["val_accuracy"].to_numpy(float)
+    x = (x - x.min()) / (np.ptp(x) or 1.0)
+    y = (y - y.min()) / (np.ptp(y) or 1.0)
+    # Extremes: (0, 0) fastest/least accurate to (1, 1); distance to the line y = x, above it.
+    distance = (y - x) / math.sqrt(2)
+    return int(distance.argmax())
+
+
+def hypervolume(accuracy: np.ndarray, latency: np.ndarray, reference_latency: float) -> float:
+    """Area dominated by the points, above accuracy 0 and left of `reference_latency` (2-D, exact)."""
+    points = sorted(
+        (lat, acc) for acc, lat in zip(accuracy, latency, strict=True) if lat < reference_latency and acc > 0
+    )
+    area, best = 0.0, 0.0
+    for index, (lat, acc) in enumerate(points):
+        best = max(best, acc)
+        right = points[index + 1][0] if index + 1 < len(points) else reference_latency
+        area += best * (right - lat)
+    return area
+
+
+def hypervolume_history(frame: pd.DataFrame, reference_latency: float | None = None) -> pd.DataFrame:
+    """Hypervolume after each completed trial, in trial order."""
+    pool = candidates(frame).sort_values("number")
+    if pool.empty:
+        return pd.DataFrame({"number": [], "hypervolume": []})
+    reference = reference_latency or float(pool["latency_ms"].max()) * 1.1
+    values = []
+    for end in range(1, len(pool) + 1):
+        part = pool.iloc[:end]
+        values.append(hypervolume(part["val_accuracy"].to_numpy(float), part["latency_ms"].to_numpy(float), reference))
+    return pd.DataFrame({"number": pool["number"].to_numpy(), "hypervolume": values})

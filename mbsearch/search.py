@@ -1,0 +1,198 @@
+"""run_search(config): storage, sampler, resume, the trial loop and the outputs (trials.csv, pareto.csv).
+
+A rerun of the same command resumes the same study and continues until `trials` trials are complete in
+total. Several workers (processes or machines) may run the same loop on one storage: a trial is started
+only while the complete and running ones fall short of the target, so the count ends exact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+import pandas as pd
+import torch
+
+from mbsearch.config import RunConfig
+from mbsearch.data import Dataset, load_dataset
+from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
+from mbsearch.files import write_atomic
+from mbsearch.latency import LatencyCache, check_target
+from mbsearch.objective import Objective, count_counting
+from mbsearch.pareto import pareto_front, trials_frame
+from mbsearch.space import SearchSpace, load_space
+from mbsearch.storage import default_url, open_storage, redact
+
+CONFIG_ATTR = "mbsearch_config"
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class Interrupted(MbsearchError):
+    """Ctrl-C or SIGTERM: completed trials are kept; the same command resumes."""
+
+    exit_code = 130
+
+
+class Reporter(Protocol):
+    def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None: ...
+    def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    frame: pd.DataFrame
+    front: pd.DataFrame
+    study_dir: Path
+    timed_out: bool
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own samplers, as they are."""
+    if name == "tpe":
+        # constant_liar keeps parallel workers from sampling the same point while trials run.
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, n_startup_trials=min(10, max(3, trials // 3))
+        )
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise BadInput(f"unknown sampler {name!r}: use tpe, nsga2 or random")
+
+
+def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset]:
+    """Everything that can be wrong with the input is found here, before anything is written."""
+    space = load_space(config.space)
+    check_target(config.target, config.runtime, config.threads)
+    data = load_dataset(
+        config.dataset, config.data_dir, config.input_size, config.channels, config.val_size, config.seed
+    )
+    if config.train_size > len(data.train):
+        raise BadInput(
+            f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
+            f"after the validation split; lower it or --val-size"
+        )
+    return space, data
+
+
+def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+    storage = open_storage(url, config.heartbeat, config.grace_period, config.max_retry)
+    multi = config.objective == "pareto"
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=storage,
+        directions=["maximize", "minimize"] if multi else ["maximize"],
+        load_if_exists=True,
+    )
+    # A resumed run or another worker must not replay the same random draws: offset the seed by the
+    # trials already stored and by the worker number (still reproducible for a given history).
+    offset = len(study.get_trials(deepcopy=False)) + 1000 * worker_id
+    study.sampler = make_sampler(config.sampler, config.seed + offset, config.trials)
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])
+        study.set_user_attr(CONFIG_ATTR, config.identity())
+        study.set_user_attr("space_name", config.space_name)
+    elif stored != config.identity():
+        changed = sorted(key for key in stored if stored.get(key) != config.identity().get(key))
+        detail = ", ".join(f"{key}={stored.get(key)!r}" for key in changed)
+        raise BadInput(
+            f"study {config.study_name!r} was run with {detail}; rerun with those settings or use a new --study"
+        )
+    return study
+
+
+def write_outputs(study: optuna.Study, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv and pareto.csv in the study folder."""
+    frame = trials_frame(study)
+    front = pareto_front(frame)
+    write_atomic(study_dir / "trials.csv", frame.to_csv(index=False))
+    write_atomic(study_dir / "pareto.csv", front.to_csv(index=False))
+    return frame, front
+
+
+def _went_wrong(trial: optuna.trial.FrozenTrial) -> bool:
+    """A failed trial, or one pruned because training diverged (not a surplus trial)."""
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return True
+    return trial.state == optuna.trial.TrialState.PRUNED and _reason(trial).startswith("diverged")
+
+
+def _reason(trial: optuna.trial.FrozenTrial) -> str:
+    reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason") or "unknown"
+    return str(reason).splitlines()[0]
+
+
+def _raise_on_sigterm() -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
+    """Run (or resume) the search described by `config`."""
+    space, data = prepare(config)
+    study_dir = config.study_dir
+    created = not study_dir.exists()
+    url = config.storage or default_url(study_dir)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        study = _open_study(config, url, worker_id)
+    except BaseException:
+        if created:
+            shutil.rmtree(study_dir, ignore_errors=True)  # no half-created run folder
+        raise
+    torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
+    cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
+    objective = Objective(config, space, data, cache)
+    _raise_on_sigterm()
+    complete, _ = count_counting(study)
+    if reporter:
+        reporter.start(study, config, complete)
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    timed_out = False
+    failures = 0
+    finished: list[optuna.trial.FrozenTrial] = []
+    callbacks = [lambda s, t: finished.append(t)]
+    if reporter:
+        callbacks.append(reporter.trial_done)
+    try:
+        while True:
+            complete, running = count_counting(study)
+            if complete >= config.trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+            if complete + running >= config.trials:
+                # Others hold the remaining trials. If one of them died, its heartbeat stops, and this
+                # marks its trial failed and re-queues it (RetryFailedTrialCallback).
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(1.0)
+                continue
+            # A candidate that breaks the runtime (an export or a kernel error) fails alone; the search goes on.
+            study.optimize(objective, n_trials=1, catch=(RuntimeFailure, RuntimeError), callbacks=callbacks)
+            failures = failures + 1 if finished and _went_wrong(finished[-1]) else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeFailure(f"{failures} trials in a row failed, the last with: {_reason(finished[-1])}")
+    except KeyboardInterrupt:
+        write_outputs(study, study_dir)
+        complete, _ = count_counting(study)
+        raise Interrupted(
+            f"interrupted: {complete} complete trial(s) kept in {redact(url)}; rerun the same command to resume"
+        ) from None
+    finally:
+        cache.close()
+        if reporter:
+            reporter.finish()
+    frame, front = write_outputs(study, study_dir)
+    return SearchResult(study, frame, front, study_dir, timed_out)

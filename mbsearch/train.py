@@ -1,0 +1,160 @@
+"""Training: one fixed recipe for every candidate. Knows nothing of Optuna.
+
+Recipe: AdamW with a one-cycle cosine schedule (warm-up then decay), label smoothing 0.1, and light
+augmentation (random shifts of up to 2 pixels, horizontal flips). Seeded and run on a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mbsearch.data import Split
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a candidate is trained."""
+
+    epochs: float = 1.0
+    train_size: int = 5000
+    batch_size: int = 128
+    lr: float = 0.004
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    accuracy: float  # on the evaluation split handed in (validation during search)
+    final_loss: float
+    seconds: float
+    epochs_run: float
+    steps: int
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss. An expected event in NAS, not a crash."""
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel mean/std from the training images, applied to uint8 batches."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, images: torch.Tensor) -> Normalizer:
+        sample = images[:10000].float() / 255
+        mean = sample.mean(dim=(0, 2, 3), keepdim=True)
+        std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+        return cls(mean[0], std[0])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() / 255 - self.mean) / self.std
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
+    """Random shift by up to 2 pixels (pad + crop, one offset per batch) and per-image horizontal flips."""
+    size = batch.shape[-1]
+    padded = F.pad(batch, (2, 2, 2, 2))
+    dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
+    batch = padded[..., dy : dy + size, dx : dx + size]
+    if flip:
+        mask = torch.rand(batch.shape[0], generator=generator) < 0.5
+        batch = torch.where(mask[:, None, None, None], batch.flip(-1), batch)
+    return batch
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, data: Split, normalize: Normalizer, batches: int = 8, batch_size: int = 256
+) -> None:
+    """Re-estimate BatchNorm statistics with the final weights.
+
+    After a brief training run the running averages still reflect early weights, and eval-mode accuracy
+    collapses to chance (measured here: 0.11 eval vs 0.65 train mode). NAS tools (SPOS, Once-for-All)
+    recompute the statistics on a few training batches; so do we, with a cumulative average.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average over the batches below
+    model.train()
+    with torch.no_grad():
+        for start in range(0, min(len(data), batches * batch_size), batch_size):
+            model(normalize(data.images[start : start + batch_size]))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+
+
+def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int = 500) -> float:
+    """Top-1 accuracy on a split."""
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            images = normalize(split.images[start : start + batch_size])
+            correct += (model(images).argmax(1) == split.labels[start : start + batch_size]).sum().item()
+    return correct / max(1, len(split))
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    eval_split: Split,
+    budget: Budget,
+    seed: int = 0,
+    normalize: Normalizer | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train on `train_split` (its first `budget.train_size` images) and evaluate on `eval_split`.
+
+    Raises Diverged on a NaN or infinite loss.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data = train_split.head(budget.train_size)
+    normalize = normalize or Normalizer.fit(data.images)
+    steps_per_epoch = math.ceil(len(data) / budget.batch_size)
+    total_steps = max(1, round(budget.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=budget.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
+    )
+    started = time.perf_counter()
+    # channels_last runs depthwise convs about 1.5x faster on CPU (measured here).
+    model.to(memory_format=torch.channels_last)
+    model.train()
+    loss_value = float("nan")
+    step = 0
+    while step < total_steps:
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), budget.batch_size):
+            if step >= total_steps:
+                break
+            index = order[start : start + budget.batch_size]
+            images = _augment(normalize(data.images[index]), generator, budget.flip)
+            images = images.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(images), data.labels[index], label_smoothing=budget.label_smoothing)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise Diverged(f"loss became {loss_value} at step {step + 1} of {total_steps}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if on_step:
+                on_step(step, total_steps, loss_value)
+    recalibrate_batchnorm(model, data, normalize)
+    accuracy = evaluate(model, eval_split, normalize)
+    return TrainResult(accuracy, loss_value, time.perf_counter() - started, step / steps_per_epoch, step)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from mbsearch import hostlock
+from mbsearch.errors import BadInput
+from mbsearch.latency import LatencyCache, check_target, measure, measure_cached, summarize_samples
+from mbsearch.model import build_model
+from mbsearch.zoo import reference_arch
+
+
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MBSEARCH_LOCK_DIR", str(tmp_path))
+
+
+def test_summary_statistics_are_robust_to_outliers() -> None:
+    samples = [1.0] * 50 + [1.1] * 40 + [50.0] * 10
+    median, iqr, mean, minimum = summarize_samples(samples)
+    assert median == pytest.approx(1.05)
+    assert iqr == pytest.approx(0.1)
+    assert mean > 5 and minimum == 1.0
+    with pytest.raises(ValueError):
+        summarize_samples([])
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_measure_times_a_real_model(runtime: str) -> None:
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    stats = measure(build_model(arch), arch, "cpu", runtime, threads=1, runs=30)
+    assert 0 < stats.median_ms < 100
+    assert stats.min_ms <= stats.median_ms and stats.iqr_ms >= 0
+    assert 1 <= stats.attempts <= 3 and stats.runtime == runtime and stats.threads == 1
+
+
+def test_bigger_model_is_slower() -> None:
+    small = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    large = reference_arch("mobilenet_v3_large", 28, 1, 10)
+    t_small = measure(build_model(small), small, runs=40).median_ms
+    t_large = measure(build_model(large), large, runs=40).median_ms
+    assert t_large > t_small * 1.5
+
+
+def test_cache_returns_stored_stats_without_timing(tmp_path) -> None:
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    cache = LatencyCache(tmp_path / "cache.sqlite")
+    first, hit1 = measure_cached(build_model(arch), arch, cache, "cpu", "onnxruntime", 1)
+    second, hit2 = measure_cached(build_model(arch), arch, cache, "cpu", "onnxruntime", 1)
+    assert (hit1, hit2) == (False, True) and first == second
+    renamed = arch.with_info(name="other", metrics={"x": 1})  # same network, other label: same key
+    assert LatencyCache.key(renamed, "cpu", "onnxruntime", 1) == LatencyCache.key(arch, "cpu", "onnxruntime", 1)
+    assert LatencyCache.key(arch, "cpu", "onnxruntime", 2) != LatencyCache.key(arch, "cpu", "onnxruntime", 1)
+
+
+def test_bad_targets_are_refused_up_front() -> None:
+    with pytest.raises(BadInput, match="unknown target 'tpu'"):
+        check_target("tpu", "onnxruntime", 1)
+    with pytest.raises(BadInput, match="unknown runtime"):
+        check_target("cpu", "tensorrt", 1)
+    with pytest.raises(BadInput, match="--threads must be at least 1"):
+        check_target("cpu", "torch", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_target_without_gpu_is_one_clear_error() -> None:
+    with pytest.raises(BadInput, match="no CUDA GPU"):
+        check_target("cuda", "torch", 1)
+
+
+def test_timing_waits_for_training_to_finish() -> None:
+    events: list[str] = []
+    training_started = threading.Event()
+
+    def trainer() -> None:
+        with hostlock.training():
+            training_started.set()
+            time.sleep(0.5)
+            events.append("training done")
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    training_started.wait()
+    with hostlock.timing():
+        events.append("timing")
+    thread.join()
+    assert events == ["training done", "timing"]
+
+
+def test_queued_timer_blocks_new_training() -> None:
+    events: list[str] = []
+    first_started, timer_queued = threading.Event(), threading.Event()
+
+    def first_trainer() -> None:
+        with hostlock.training():
+            first_started.set()
+            timer_queued.wait()
+            time.sleep(0.3)
+        events.append("first training done")
+
+    def timer() -> None:
+        timer_queued.set()
+        with hostlock.timing():
+            events.append("timing")
+            time.sleep(0.2)
+
+    def late_trainer() -> None:
+        with hostlock.training():
+            events.append("late training")
+
+    threads = [threading.Thread(target=first_trainer)]
+    threads[0].start()
+    first_started.wait()
+    threads.append(threading.Thread(target=timer))
+    threads[1].start()
+    timer_queued.wait()
+    time.sleep(0.1)  # the timer is now waiting on the lock and holds the turnstile
+    threads.append(threading.Thread(target=late_trainer))
+    threads[2].start()
+    for thread in threads:
+        thread.join()
+    assert events.index("timing") < events.index("late training")

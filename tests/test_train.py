@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mbsearch.data import Split, load_dataset
+from mbsearch.model import build_model
+from mbsearch.train import Budget, Diverged, Normalizer, evaluate, train
+from mbsearch.zoo import reference_arch
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset("fashion-mnist", val_size=500, seed=0)
+
+
+def test_brief_training_learns_well_above_chance_and_is_seeded(fashion) -> None:
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    budget = Budget(epochs=1, train_size=1500, batch_size=64)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        results.append(train(build_model(arch), fashion.train, fashion.val, budget, seed=0))
+    assert results[0].accuracy > 0.4  # chance is 0.1
+    assert results[0].accuracy == results[1].accuracy  # same seed, same threads: same numbers
+    assert results[0].steps == 24 and results[0].epochs_run == pytest.approx(1.0)
+
+
+def test_fractional_epochs_run_that_many_steps(fashion) -> None:
+    result = train(
+        build_model(reference_arch("mobilenet_v3_small_050", 28, 1, 10)),
+        fashion.train,
+        fashion.val,
+        Budget(epochs=0.5, train_size=640, batch_size=64),
+    )
+    assert result.steps == 5 and result.epochs_run == pytest.approx(0.5)
+
+
+def test_non_finite_loss_raises_diverged(fashion) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("inf"))
+    with pytest.raises(Diverged, match="loss became nan at step 1"):
+        train(model, fashion.train, fashion.val, Budget(train_size=256, batch_size=64))
+
+
+def test_evaluate_counts_correct_predictions() -> None:
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([1, 1, 0, 1])
+
+    class AlwaysOne(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[0.0, 1.0]]).repeat(len(x), 1)
+
+    normalizer = Normalizer(torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
+    assert evaluate(AlwaysOne(), Split(images, labels), normalizer) == 0.75
