@@ -204,8 +204,8 @@ def run(
     val_size: Annotated[int, typer.Option(help="Images held out of training for validation.")] = 2000,
     epochs: Annotated[float, typer.Option(help="Training epochs per candidate (0.5 allowed).")] = 1.0,
     train_size: Annotated[int, typer.Option(help="Training images per candidate.")] = 4000,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, one-cycle cosine).")] = 0.006,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, one-cycle cosine).")] = 0.003,
     train_threads: Annotated[int | None, typer.Option(help="Threads for training (default: cores / workers).")] = None,
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
     seed: Annotated[int, typer.Option(help="Seed for the sampler, the split and training.")] = 0,
@@ -260,6 +260,174 @@ def _print_front(front, trials: int) -> None:
 def _short_blocks(blocks: str) -> str:
     parts = blocks.split()
     return " ".join(parts[:3]) + (f" ... (+{len(parts) - 3})" if len(parts) > 3 else "")
+
+
+StudyName = Annotated[str, typer.Argument(help="Study name (as given to or derived by 'mbsearch run').")]
+RunsDir = Annotated[Path, typer.Option(help="Folder of study outputs.")]
+Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")]
+
+
+@app.command()
+def report(
+    study: StudyName,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+    baselines: Annotated[bool, typer.Option(help="Train and time the MobileNet baselines (cached).")] = True,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+) -> None:
+    """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
+    from mbsearch.baselines import baseline_frame
+    from mbsearch.report import write_report
+    from mbsearch.studies import open_finished
+
+    finished = open_finished(study, runs_dir, storage)
+    frame = None
+    if baselines:
+        stored_dir = finished.study.user_attrs.get("data_dir")
+        frame = baseline_frame(
+            finished.settings,
+            runs_dir,
+            data_dir or (Path(stored_dir) if stored_dir else None),
+            on_progress=lambda name, _: console.print(f"baseline {name}: training and timing (cached afterwards)"),
+        )
+    path = write_report(finished, frame)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def export(
+    study: StudyName,
+    pick: Annotated[str, typer.Option(help="knee, max-accuracy or min-latency.")] = "knee",
+    max_latency: Annotated[float | None, typer.Option(help="Only consider front points at most this fast.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Arch JSON file to write.")] = Path("best.json"),
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="Also write this ONNX file.")] = None,
+    timm: Annotated[bool, typer.Option("--timm", help="Also print timm's arch_def strings.")] = False,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+) -> None:
+    """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
+    from mbsearch.export import chosen_arch, pick_row, timm_arch_def, write_arch, write_onnx
+    from mbsearch.studies import open_finished
+
+    if max_latency is not None and max_latency <= 0:
+        raise BadInput(f"--max-latency must be positive, got {max_latency}")
+    finished = open_finished(study, runs_dir, storage)
+    if finished.front.empty:
+        raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
+    arch = chosen_arch(finished, pick_row(finished.front, pick, max_latency))
+    write_arch(arch, output)
+    metrics = arch.metrics or {}
+    console.print(
+        f"trial {arch.provenance['trial']}: val acc {metrics['val_accuracy']:.4f}, latency "
+        f"{metrics['latency_ms']:.3f} ms, {metrics['params']:,} params -> {output}",
+        highlight=False,
+    )
+    if onnx is not None:
+        write_onnx(arch, onnx)
+        console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)
+    if timm:
+        sys.stdout.write(json.dumps(timm_arch_def(arch), indent=1) + "\n")
+
+
+@app.command()
+def dashboard(
+    study: StudyName,
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+) -> None:
+    """Open optuna-dashboard on the study's storage (Ctrl-C stops it)."""
+    from mbsearch.dashboard import serve
+    from mbsearch.storage import default_url, load_study, redact
+
+    url = storage or default_url(runs_dir / study)
+    if storage is None and not (runs_dir / study / "study.db").is_file():
+        raise BadInput(f"unknown study {study!r}: no {runs_dir / study / 'study.db'}; check --runs-dir or --storage")
+    load_study(url, study)  # fail early, with one line, on an unknown study
+    console.print(f"dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    serve(url, runs_dir / study, host, port)
+
+
+@app.command("train")
+def train_command(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")],
+    epochs: Annotated[float, typer.Option(min=0.01, max=1000, help="Training epochs on the whole training set.")] = 10,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the arch was searched on).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-trained').")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(min=1e-8, help="Peak learning rate.")] = 0.006,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
+) -> None:
+    """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
+    import os
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mbsearch.arch import load_arch
+    from mbsearch.fulltrain import train_full
+
+    spec = load_arch(arch)
+    dataset = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
+    out = out or arch.with_name(arch.stem + "-trained")
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"training {spec.name or arch.name}", total=None, loss=0.0, acc=0.0)
+        smoothed = {"loss": 0.0, "acc": 0.0}
+
+        def on_step(step: int, total: int, loss: float, accuracy: float) -> None:
+            for key, value in (("loss", loss), ("acc", accuracy)):
+                smoothed[key] = value if step == 1 else 0.98 * smoothed[key] + 0.02 * value
+            progress.update(task, completed=step, total=total, **smoothed)
+
+        result = train_full(spec, out, epochs, dataset, data_dir, batch_size, lr, seed, on_step)
+    if result.resumed_from_epoch:
+        console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
+    console.print(
+        f"test accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs ({result.params:,} params); "
+        f"weights, ONNX and metrics in {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def measure(
+    arch: Annotated[str, typer.Argument(help="Arch JSON file or a reference name.")],
+    target: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(help="Threads for inference.")] = 1,
+    runs: Annotated[int, typer.Option(min=5, max=100_000, help="Timed runs per attempt.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Time batch-1 inference of an architecture on a target and print latency statistics."""
+    from dataclasses import asdict
+
+    from mbsearch.latency import check_target
+    from mbsearch.latency import measure as measure_latency
+    from mbsearch.model import build_model
+
+    check_target(target, runtime, threads)
+    spec = _load_arch_or_reference(arch, None, None, None)
+    stats = measure_latency(build_model(spec), spec, target, runtime, threads, runs=runs)
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(stats)) + "\n")
+        return
+    console.print(
+        f"{spec.name or arch}: median {stats.median_ms:.3f} ms, IQR {stats.iqr_ms:.3f} ms "
+        f"({stats.relative_iqr:.1%}), mean {stats.mean_ms:.3f} ms, min {stats.min_ms:.3f} ms over {stats.runs} "
+        f"runs (attempt {stats.attempts}) on {target}/{runtime} with {threads} thread(s)",
+        highlight=False,
+    )
 
 
 def main() -> None:

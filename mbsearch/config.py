@@ -15,8 +15,8 @@ Sampler = Literal["tpe", "nsga2", "random"]
 Objective = Literal["pareto", "mnas"]
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-# Settings that decide what a trial's numbers mean. A resumed study must keep them; the rest
-# (trials, timeout, workers, sampler, seed, storage) may change between runs.
+# Settings that decide what a trial's numbers mean (the seed fixes the validation split). A resumed
+# study must keep them; the rest (trials, timeout, workers, sampler, storage) may change between runs.
 IDENTITY_KEYS = (
     "space",
     "target",
@@ -24,6 +24,8 @@ IDENTITY_KEYS = (
     "threads",
     "dataset",
     "input_size",
+    "channels",
+    "seed",
     "val_size",
     "epochs",
     "train_size",
@@ -51,8 +53,8 @@ class RunConfig(pydantic.BaseModel):
     val_size: Annotated[int, Field(ge=1)] = 2000
     epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
     train_size: Annotated[int, Field(ge=1)] = 4000
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.006
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.003
     train_threads: Annotated[int, Field(ge=1, le=256)] | None = None
     sampler: Sampler = "tpe"
     seed: int = 0

@@ -222,6 +222,15 @@ def load_dataset(
     )
 
 
+def load_full_train(
+    name: str, data_dir: Path | None, input_size: int, channels: int | None = None
+) -> tuple[Split, int]:
+    """The whole training set (no validation split) and the number of classes, for full training."""
+    root = _resolve_root(name, data_dir)
+    images, labels = _read(name, root, "train", input_size, channels)
+    return _to_split(images, labels, input_size), int(labels.max()) + 1
+
+
 def load_test_split(name: str, data_dir: Path | None, input_size: int, channels: int | None = None) -> Split:
     """The held-out test split. Only full training (`mbsearch train`) calls this."""
     root = _resolve_root(name, data_dir)

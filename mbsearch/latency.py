@@ -73,7 +73,7 @@ def check_target(target: str, runtime: str, threads: int) -> None:
                 raise BadInput("--target cuda --runtime onnxruntime needs onnxruntime-gpu; or use --runtime torch")
 
 
-def _time_onnxruntime(model: nn.Module, arch: Arch, target: str, threads: int, warmup: int, runs: int) -> list[float]:
+def _time_onnxruntime(model: bytes, arch: Arch, target: str, threads: int, warmup: int, runs: int) -> list[float]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -82,7 +82,7 @@ def _time_onnxruntime(model: nn.Module, arch: Arch, target: str, threads: int, w
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     providers = ["CUDAExecutionProvider"] if target == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(to_onnx(model, arch), options, providers=providers)
+    session = ort.InferenceSession(model, options, providers=providers)
     feed = {
         session.get_inputs()[0].name: np.zeros(
             (1, arch.input.channels, arch.input.size, arch.input.size), dtype=np.float32
@@ -138,15 +138,25 @@ def measure(
     warmup: int = 10,
     runs: int = 50,
     attempts: int = 3,
+    timings: dict[str, float] | None = None,
 ) -> LatencyStats:
-    """Time batch-1 inference; re-measure up to `attempts` times while IQR/median > 10%."""
+    """Time batch-1 inference; re-measure up to `attempts` times while IQR/median > 10%.
+
+    With the onnxruntime runtime the model is exported first; `timings` receives the seconds spent
+    exporting ("export") and timing ("latency").
+    """
     check_target(target, runtime, threads)
-    timer = _time_onnxruntime if runtime == "onnxruntime" else _time_torch
+    started = time.perf_counter()
+    if runtime == "onnxruntime":
+        timer, runnable = _time_onnxruntime, to_onnx(model, arch)
+    else:
+        timer, runnable = _time_torch, model
+    exported = time.perf_counter()
     best: LatencyStats | None = None
     try:
         with hostlock.timing():
             for attempt in range(1, attempts + 1):
-                median, iqr, mean, minimum = summarize_samples(timer(model, arch, target, threads, warmup, runs))
+                median, iqr, mean, minimum = summarize_samples(timer(runnable, arch, target, threads, warmup, runs))
                 stats = LatencyStats(median, iqr, mean, minimum, runs, attempt, target, runtime, threads)
                 if best is None or stats.relative_iqr < best.relative_iqr:
                     best = stats
@@ -155,6 +165,9 @@ def measure(
     except (RuntimeError, OSError) as exc:
         raise RuntimeFailure(f"latency measurement on {target}/{runtime} failed: {exc}".splitlines()[0]) from None
     assert best is not None
+    if timings is not None:
+        timings["export"] = round(exported - started, 4)
+        timings["latency"] = round(time.perf_counter() - exported, 4)
     return best
 
 
@@ -207,13 +220,19 @@ class LatencyCache:
 
 
 def measure_cached(
-    model: nn.Module, arch: Arch, cache: LatencyCache | None, target: str, runtime: str, threads: int
+    model: nn.Module,
+    arch: Arch,
+    cache: LatencyCache | None,
+    target: str,
+    runtime: str,
+    threads: int,
+    timings: dict[str, float] | None = None,
 ) -> tuple[LatencyStats, bool]:
     """Latency from the cache when this host already timed this architecture; else measure and store."""
     key = LatencyCache.key(arch, target, runtime, threads)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit, True
-    stats = measure(model, arch, target, runtime, threads)
+    stats = measure(model, arch, target, runtime, threads, timings=timings)
     if cache is not None:
         cache.put(key, stats)
     return stats, False

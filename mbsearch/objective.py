@@ -6,15 +6,19 @@ a candidate over a budget is never trained: an infeasible region costs seconds, 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 import torch
 
 from mbsearch import hostlock
+from mbsearch.arch import Arch
 from mbsearch.config import RunConfig
 from mbsearch.cost import count_macs, count_params
+from mbsearch.dashboard import artifact_store
 from mbsearch.data import Dataset
 from mbsearch.latency import LatencyCache, measure_cached
 from mbsearch.model import build_model
@@ -51,9 +55,11 @@ class Objective:
     data: Dataset
     cache: LatencyCache | None
     normalizer: Normalizer = field(init=False)
+    artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.normalizer = Normalizer.fit(self.data.train.images[: self.config.train_size])
+        self.artifacts = artifact_store(self.config.study_dir)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config
@@ -80,9 +86,9 @@ class Objective:
         params = count_params(model)
         macs, _ = count_macs(model, arch)
         lap("cost")
-        stats, cached = measure_cached(model, arch, self.cache, config.target, config.runtime, config.threads)
-        lap("latency")
+        stats, cached = measure_cached(model, arch, self.cache, config.target, config.runtime, config.threads, timings)
         trial.set_user_attr("arch", arch.to_dict())
+        self._upload_arch(trial, arch)
         trial.set_user_attr("blocks", " ".join(arch.block_strings()))
         for key, value in {
             "params": params,
@@ -102,6 +108,7 @@ class Objective:
             trial.set_user_attr("timings", timings)
             return self._values(0.0, stats.median_ms)
 
+        clock = time.perf_counter()  # storage writes above are not part of any phase
         try:
             with hostlock.training():
                 result = train(model, self.data.train, self.data.val, config.budget, config.seed, self.normalizer)
@@ -114,6 +121,15 @@ class Objective:
         trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
         trial.set_user_attr("timings", timings)
         return self._values(result.accuracy, stats.median_ms)
+
+    def _upload_arch(self, trial: optuna.Trial, arch: Arch) -> None:
+        """The arch JSON as a file artifact, downloadable from optuna-dashboard."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"trial-{trial.number}.arch.json"
+            path.write_text(arch.to_json())
+            optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="application/json"
+            )
 
     def _set_constraints(self, trial: optuna.Trial, latency_ms: float, params: int) -> list[str]:
         """Optuna 5 constraints: feasible when every value is <= 0."""

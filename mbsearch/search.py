@@ -101,6 +101,8 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
         study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])
         study.set_user_attr(CONFIG_ATTR, config.identity())
         study.set_user_attr("space_name", config.space_name)
+        if config.data_dir is not None:
+            study.set_user_attr("data_dir", str(config.data_dir.resolve()))
     elif stored != config.identity():
         changed = sorted(key for key in stored if stored.get(key) != config.identity().get(key))
         detail = ", ".join(f"{key}={stored.get(key)!r}" for key in changed)

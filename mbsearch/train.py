@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,9 @@ class Budget:
     """How much a candidate is trained."""
 
     epochs: float = 1.0
-    train_size: int = 5000
-    batch_size: int = 128
-    lr: float = 0.004
+    train_size: int = 4000
+    batch_size: int = 64
+    lr: float = 0.003
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
     flip: bool = True
@@ -114,11 +115,15 @@ def train(
     budget: Budget,
     seed: int = 0,
     normalize: Normalizer | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+    on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train on `train_split` (its first `budget.train_size` images) and evaluate on `eval_split`.
 
-    Raises Diverged on a NaN or infinite loss.
+    `on_step(step, total, loss, batch_accuracy)` follows progress; `on_epoch(epoch, checkpoint)` is called
+    after each whole epoch with a function that returns the full training state, which `resume` takes
+    back to continue exactly where it stopped. Raises Diverged on a NaN or infinite loss.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -130,12 +135,30 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=budget.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
     )
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        step = int(resume["step"])
+
+    def checkpoint() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+        }
+
     started = time.perf_counter()
     # channels_last runs depthwise convs about 1.5x faster on CPU (measured here).
     model.to(memory_format=torch.channels_last)
     model.train()
     loss_value = float("nan")
-    step = 0
     while step < total_steps:
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data), budget.batch_size):
@@ -144,7 +167,8 @@ def train(
             index = order[start : start + budget.batch_size]
             images = _augment(normalize(data.images[index]), generator, budget.flip)
             images = images.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(images), data.labels[index], label_smoothing=budget.label_smoothing)
+            logits = model(images)
+            loss = F.cross_entropy(logits, data.labels[index], label_smoothing=budget.label_smoothing)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise Diverged(f"loss became {loss_value} at step {step + 1} of {total_steps}")
@@ -154,7 +178,10 @@ def train(
             schedule.step()
             step += 1
             if on_step:
-                on_step(step, total_steps, loss_value)
+                batch_accuracy = (logits.argmax(1) == data.labels[index]).float().mean().item()
+                on_step(step, total_steps, loss_value, batch_accuracy)
+        if on_epoch and step % steps_per_epoch == 0:
+            on_epoch(step // steps_per_epoch, checkpoint)
     recalibrate_batchnorm(model, data, normalize)
     accuracy = evaluate(model, eval_split, normalize)
     return TrainResult(accuracy, loss_value, time.perf_counter() - started, step / steps_per_epoch, step)

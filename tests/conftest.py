@@ -22,3 +22,18 @@ def runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+TINY_BUDGET = dict(train_size=256, val_size=256, epochs=0.5, batch_size=64, train_threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A finished 6-trial search at a tiny budget, shared by the export, report and dashboard tests."""
+    from mbsearch.config import RunConfig
+    from mbsearch.search import run_search
+
+    runs = tmp_path_factory.mktemp("runs")
+    os.environ["MBSEARCH_LOCK_DIR"] = str(runs)
+    result = run_search(RunConfig(runs_dir=runs, study="tiny", trials=6, sampler="random", **TINY_BUDGET))
+    return runs, "tiny", result

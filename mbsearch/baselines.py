@@ -1,0 +1,133 @@
+"""Reference MobileNets measured exactly like the candidates: same data, proxy budget, target and runtime.
+
+Results are cached in <runs-dir>/baselines.json, one entry per (host, dataset, input, budget, target,
+runtime, threads, model), so a report computes each baseline once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mbsearch import hostlock
+from mbsearch.cost import count_macs, count_params
+from mbsearch.data import load_dataset
+from mbsearch.files import write_atomic
+from mbsearch.latency import LatencyCache, host_fingerprint, measure_cached
+from mbsearch.model import build_model
+from mbsearch.train import Budget, Diverged, train
+from mbsearch.zoo import reference_arch, reference_names
+
+COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
+
+
+def _cache_key(settings: dict[str, Any], name: str) -> str:
+    fields = [
+        "dataset",
+        "input_size",
+        "channels",
+        "val_size",
+        "epochs",
+        "train_size",
+        "batch_size",
+        "lr",
+        "target",
+        "runtime",
+        "threads",
+        "seed",
+    ]
+    described = ",".join(f"{key}={settings.get(key)}" for key in fields)
+    return f"{host_fingerprint(settings['runtime'])}|{described}|{name}"
+
+
+def baseline_frame(
+    settings: dict[str, Any],
+    runs_dir: Path,
+    data_dir: Path | None = None,
+    names: list[str] | None = None,
+    on_progress: Callable[[str, bool], None] | None = None,
+) -> pd.DataFrame:
+    """One row per reference model; computed once, then read from the cache."""
+    names = names or reference_names()
+    cache_path = runs_dir / "baselines.json"
+    cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    missing = [name for name in names if _cache_key(settings, name) not in cache]
+    if missing:
+        data = load_dataset(
+            settings["dataset"],
+            data_dir,
+            settings.get("input_size"),
+            settings.get("channels"),
+            settings["val_size"],
+            settings.get("seed", 0),
+        )
+        budget = Budget(
+            epochs=settings["epochs"],
+            train_size=settings["train_size"],
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+        )
+        latency_cache = LatencyCache(runs_dir / "latency-cache.sqlite")
+        try:
+            for name in missing:
+                if on_progress:
+                    on_progress(name, False)
+                arch = reference_arch(name, data.size, data.channels, data.num_classes)
+                torch.manual_seed(settings.get("seed", 0))
+                model = build_model(arch)
+                stats, _ = measure_cached(
+                    model, arch, latency_cache, settings["target"], settings["runtime"], settings["threads"]
+                )
+                try:
+                    with hostlock.training():
+                        accuracy = train(model, data.train, data.val, budget, settings.get("seed", 0)).accuracy
+                except Diverged:
+                    accuracy = float("nan")
+                cache[_cache_key(settings, name)] = {
+                    "name": name,
+                    "val_accuracy": accuracy,
+                    "latency_ms": stats.median_ms,
+                    "latency_iqr_ms": stats.iqr_ms,
+                    "params": count_params(model),
+                    "macs": count_macs(model, arch)[0],
+                }
+                write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
+        finally:
+            latency_cache.close()
+    rows = [cache[_cache_key(settings, name)] for name in names]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """For each baseline: is it dominated by a front point, and by how much.
+
+    accuracy_gain: the best accuracy gain (points) among front points at most as slow as the baseline.
+    speedup: baseline latency / the fastest front point at least as accurate as the baseline.
+    """
+    rows = []
+    for base in baselines.itertuples():
+        no_slower = front[front["latency_ms"] <= base.latency_ms]
+        no_worse = front[front["val_accuracy"] >= base.val_accuracy]
+        dominated = bool(
+            (
+                (front["latency_ms"] <= base.latency_ms)
+                & (front["val_accuracy"] >= base.val_accuracy)
+                & ((front["latency_ms"] < base.latency_ms) | (front["val_accuracy"] > base.val_accuracy))
+            ).any()
+        )
+        rows.append(
+            {
+                "name": base.name,
+                "dominated": dominated,
+                "accuracy_gain": float((no_slower["val_accuracy"].max() - base.val_accuracy) * 100)
+                if not no_slower.empty
+                else None,
+                "speedup": float(base.latency_ms / no_worse["latency_ms"].min()) if not no_worse.empty else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=["name", "dominated", "accuracy_gain", "speedup"])

@@ -1,0 +1,87 @@
+"""Pick an architecture from the Pareto front and write it as arch JSON, ONNX and timm strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import torch
+
+from mbsearch.arch import Arch
+from mbsearch.errors import BadInput
+from mbsearch.files import write_atomic
+from mbsearch.model import build_model
+from mbsearch.onnx_export import to_onnx
+from mbsearch.pareto import knee
+from mbsearch.studies import FinishedStudy
+
+PICKS = ("knee", "max-accuracy", "min-latency")
+
+
+def pick_row(front: pd.DataFrame, pick: str, max_latency: float | None = None) -> pd.Series:
+    """The chosen point of the front, after dropping points slower than `max_latency`."""
+    if pick not in PICKS:
+        raise BadInput(f"unknown --pick {pick!r}: use one of {', '.join(PICKS)}")
+    pool = front if max_latency is None else front[front["latency_ms"] <= max_latency]
+    if pool.empty:
+        fastest = front["latency_ms"].min()
+        raise BadInput(f"no Pareto point meets --max-latency {max_latency} ms (the fastest takes {fastest:.3f} ms)")
+    pool = pool.reset_index(drop=True)
+    if pick == "max-accuracy":
+        return pool.loc[pool["val_accuracy"].idxmax()]
+    if pick == "min-latency":
+        return pool.loc[pool["latency_ms"].idxmin()]
+    return pool.loc[knee(pool)]
+
+
+def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
+    """The trial's architecture with its measured metrics and its provenance."""
+    number = int(row["number"])
+    settings = finished.settings
+    arch = finished.arch(number)
+    provenance = {
+        "study": finished.study.study_name,
+        "trial": number,
+        "space": finished.study.user_attrs.get("space_name", settings["space"]),
+        "target": settings["target"],
+        "runtime": settings["runtime"],
+        "threads": settings["threads"],
+        "dataset": settings["dataset"],
+        "budget": {key: settings[key] for key in ("epochs", "train_size", "batch_size", "lr", "val_size")},
+    }
+    metrics = {
+        "val_accuracy": float(row["val_accuracy"]),
+        "latency_ms": float(row["latency_ms"]),
+        "latency_iqr_ms": float(row["latency_iqr_ms"]),
+        "params": int(row["params"]),
+        "macs": int(row["macs"]),
+    }
+    return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)
+
+
+def timm_arch_def(arch: Arch) -> list[list[str]]:
+    """timm's arch_def: block strings grouped into stages (a stage starts at a stride or a width change)."""
+    stages: list[list[str]] = []
+    previous_out = arch.stem.out
+    for block in arch.blocks:
+        if not stages or block.stride == 2 or block.out != previous_out:
+            stages.append([])
+        stages[-1].append(block.to_string())
+        previous_out = block.out
+    return stages
+
+
+def write_onnx(arch: Arch, path: Path, model: torch.nn.Module | None = None) -> None:
+    """Write a checked ONNX file (the dynamo exporter, opset 18)."""
+    model = model or build_model(arch)
+    data = to_onnx(model, arch, fast=False)
+    onnx.checker.check_model(onnx.load_from_string(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_arch(arch: Arch, path: Path) -> None:
+    write_atomic(path, arch.to_json())

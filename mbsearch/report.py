@@ -1,0 +1,292 @@
+"""report.html: compute the figure data first (pure), then draw it with plotly into one offline page."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from mbsearch.baselines import dominance
+from mbsearch.files import write_atomic
+from mbsearch.pareto import candidates, hypervolume_history, knee
+from mbsearch.studies import FinishedStudy
+
+
+@dataclass
+class ReportData:
+    title: str
+    settings: dict
+    points: pd.DataFrame  # every complete trial, with a "kind": front | dominated | infeasible
+    front: pd.DataFrame
+    knee_number: int | None
+    history: pd.DataFrame  # number, val_accuracy, hypervolume
+    importances: dict[str, dict[str, float]]
+    baselines: pd.DataFrame | None
+    dominance: pd.DataFrame | None
+    counts: dict[str, int]
+
+
+def _importances(study: optuna.Study, trained: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """PED-ANOVA importances for accuracy and latency over the trained trials (skipped ones would distort).
+
+    PED-ANOVA is Optuna's own implementation; fANOVA would add scikit-learn as a dependency.
+    """
+    if len(trained) < 4:
+        return {}
+    keep = set(trained["number"])
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in keep]
+    result = {}
+    for key, direction in (("val_accuracy", "maximize"), ("latency_ms", "minimize")):
+        # One single-objective view per metric, so that the evaluator knows which way is better.
+        view = optuna.create_study(direction=direction)
+        view.add_trials(
+            optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.user_attrs[key])
+            for t in trials
+        )
+        try:
+            result[key] = optuna.importance.get_param_importances(
+                view, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
+        except (RuntimeError, ValueError):  # e.g. every trial shares one value of every parameter
+            continue
+    return result
+
+
+def compute(finished: FinishedStudy, baselines: pd.DataFrame | None) -> ReportData:
+    """Everything the page shows, as data."""
+    frame = finished.frame
+    complete = frame[frame["state"] == "COMPLETE"].copy()
+    trained = candidates(frame)
+    front_numbers = set(finished.front["number"])
+    complete["kind"] = "dominated"
+    complete.loc[~complete["number"].isin(trained["number"]), "kind"] = "infeasible"
+    complete.loc[complete["number"].isin(front_numbers), "kind"] = "front"
+    history = hypervolume_history(frame).merge(trained[["number", "val_accuracy"]], on="number", how="left")
+    front = finished.front
+    return ReportData(
+        title=f"mbsearch report: {finished.study.study_name}",
+        settings=finished.settings,
+        points=complete,
+        front=front,
+        knee_number=int(front.loc[knee(front), "number"]) if not front.empty else None,
+        history=history,
+        importances=_importances(finished.study, trained),
+        baselines=baselines,
+        dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+        counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+    )
+
+
+def _hover(frame: pd.DataFrame) -> list[str]:
+    texts = []
+    for row in frame.itertuples():
+        blocks = "<br>".join(str(row.blocks).split())
+        texts.append(
+            f"trial {row.number}<br>val acc {row.val_accuracy:.4f}<br>latency {row.latency_ms:.3f} ms"
+            f"<br>{int(row.params):,} params, {row.macs / 1e6:.1f} MMACs<br>{blocks}"
+        )
+    return texts
+
+
+_STYLE = {
+    "dominated": {"color": "#9aa0a6", "symbol": "circle", "size": 8},
+    "infeasible": {"color": "#d93025", "symbol": "x", "size": 9},
+    "front": {"color": "#1a73e8", "symbol": "circle", "size": 11},
+}
+
+
+def pareto_figure(data: ReportData) -> go.Figure:
+    figure = go.Figure()
+    for kind in ("dominated", "infeasible", "front"):
+        part = data.points[data.points["kind"] == kind]
+        if kind == "front":
+            part = part.sort_values("latency_ms")
+        figure.add_trace(
+            go.Scatter(
+                x=part["latency_ms"],
+                y=part["val_accuracy"],
+                name={"front": "Pareto front"}.get(kind, kind),
+                mode="lines+markers" if kind == "front" else "markers",
+                marker=_STYLE[kind],
+                text=_hover(part),
+                hoverinfo="text",
+            )
+        )
+    if data.baselines is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=data.baselines["latency_ms"],
+                y=data.baselines["val_accuracy"],
+                name="MobileNet baselines",
+                mode="markers+text",
+                text=data.baselines["name"],
+                textposition="top center",
+                marker={"color": "#f29900", "symbol": "diamond", "size": 11},
+                hovertemplate="%{text}<br>val acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        title="Validation accuracy vs latency",
+        xaxis_title="latency (ms, median, batch 1)",
+        yaxis_title="validation accuracy",
+        xaxis_type="log",
+        height=560,
+        template="plotly_white",
+    )
+    return figure
+
+
+def cost_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("params", "MACs"))
+    trained = data.points[data.points["kind"] != "infeasible"]
+    for col, key in ((1, "params"), (2, "macs")):
+        for kind in ("dominated", "front"):
+            part = trained[trained["kind"] == kind]
+            figure.add_trace(
+                go.Scatter(
+                    x=part[key],
+                    y=part["val_accuracy"],
+                    mode="markers",
+                    marker=_STYLE[kind],
+                    name=kind,
+                    showlegend=col == 1,
+                    text=_hover(part),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        if data.baselines is not None:
+            figure.add_trace(
+                go.Scatter(
+                    x=data.baselines[key],
+                    y=data.baselines["val_accuracy"],
+                    mode="markers",
+                    marker={"color": "#f29900", "symbol": "diamond", "size": 10},
+                    name="baselines",
+                    showlegend=col == 1,
+                    text=data.baselines["name"],
+                ),
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(type="log", title_text=key, row=1, col=col)
+    figure.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    figure.update_layout(title="Accuracy vs size", height=420, template="plotly_white")
+    return figure
+
+
+def history_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    history = data.history
+    figure.add_trace(
+        go.Scatter(
+            x=history["number"],
+            y=history["val_accuracy"],
+            mode="markers",
+            name="validation accuracy",
+            marker={"color": "#9aa0a6"},
+        ),
+        secondary_y=False,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=history["number"],
+            y=history["hypervolume"],
+            mode="lines+markers",
+            name="hypervolume",
+            line={"color": "#1a73e8"},
+        ),
+        secondary_y=True,
+    )
+    figure.update_xaxes(title_text="trial")
+    figure.update_yaxes(title_text="validation accuracy", secondary_y=False)
+    figure.update_yaxes(title_text="hypervolume (accuracy x ms)", secondary_y=True)
+    figure.update_layout(title="Optimisation history", height=420, template="plotly_white")
+    return figure
+
+
+def importance_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=tuple(data.importances))
+    for col, (objective, values) in enumerate(data.importances.items(), start=1):
+        ordered = sorted(values.items(), key=lambda item: item[1])[-12:]
+        figure.add_trace(
+            go.Bar(
+                x=[v for _, v in ordered], y=[k for k, _ in ordered], orientation="h", name=objective, showlegend=False
+            ),
+            row=1,
+            col=col,
+        )
+    figure.update_layout(title="Parameter importances (PED-ANOVA)", height=460, template="plotly_white")
+    return figure
+
+
+def _front_table(data: ReportData) -> str:
+    table = data.front[["number", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs", "blocks"]].copy()
+    table["val_accuracy"] = table["val_accuracy"].map("{:.4f}".format)
+    table["latency_ms"] = table["latency_ms"].map("{:.3f}".format)
+    table["latency_iqr_ms"] = table["latency_iqr_ms"].map("{:.3f}".format)
+    table["params"] = table["params"].map(lambda v: f"{int(v):,}")
+    table["macs"] = table["macs"].map(lambda v: f"{v / 1e6:.1f}M")
+    table["number"] = table["number"].map(lambda n: f"{n} (knee)" if n == data.knee_number else str(n))
+    return table.to_html(index=False, classes="front", border=0)
+
+
+def _dominance_text(data: ReportData) -> str:
+    if data.dominance is None:
+        return "<p>Baselines were not computed (<code>--no-baselines</code>).</p>"
+    items = []
+    for row in data.dominance.itertuples():
+        if row.dominated:
+            gain = f"+{row.accuracy_gain:.1f} accuracy points at no more latency" if row.accuracy_gain else ""
+            speed = f"{row.speedup:.2f}x faster at no less accuracy" if row.speedup else ""
+            detail = "; ".join(part for part in (gain, speed) if part)
+            items.append(f"<li><b>{html.escape(row.name)}</b>: dominated by the front ({detail})</li>")
+        else:
+            items.append(f"<li>{html.escape(row.name)}: not dominated</li>")
+    count = int(data.dominance["dominated"].sum())
+    return f"<p>The front dominates {count} of {len(data.dominance)} baselines.</p><ul>{''.join(items)}</ul>"
+
+
+def render(data: ReportData) -> str:
+    """One self-contained page: plotly's JavaScript is inlined once, so it opens offline."""
+    figures = [
+        ("pareto-plot", pareto_figure(data)),
+        ("cost-plot", cost_figure(data)),
+        ("history-plot", history_figure(data)),
+    ]
+    if data.importances:
+        figures.append(("importance-plot", importance_figure(data)))
+    parts = [
+        figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=div_id, config={"displaylogo": False})
+        for index, (div_id, figure) in enumerate(figures)
+    ]
+    settings = ", ".join(f"{key}={value}" for key, value in data.settings.items() if value is not None)
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in data.counts.items() if count)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} table.front td,table.front th
+{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;font-size:13px}} code{{background:#f1f3f4}}</style>
+</head><body>
+<h1>{html.escape(data.title)}</h1>
+<p>Trials: {html.escape(counts)}. Pareto front: {len(data.front)} point(s).</p>
+<p><small>{html.escape(settings)}</small></p>
+{parts[0]}
+<h2>Against the MobileNet baselines</h2>
+{_dominance_text(data)}
+<h2>Pareto front</h2>
+{_front_table(data)}
+{"".join(parts[1:])}
+</body></html>
+"""
+
+
+def write_report(finished: FinishedStudy, baselines: pd.DataFrame | None) -> Path:
+    path = finished.study_dir / "report.html"
+    write_atomic(path, render(compute(finished, baselines)))
+    return path

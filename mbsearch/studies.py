@@ -1,0 +1,42 @@
+"""Finding a finished study by name: its storage, its settings, its trials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from mbsearch.arch import Arch
+from mbsearch.errors import BadInput
+from mbsearch.pareto import pareto_front, trials_frame
+from mbsearch.storage import default_url, load_study
+
+
+@dataclass
+class FinishedStudy:
+    study: optuna.Study
+    study_dir: Path
+    settings: dict[str, Any]  # the RunConfig identity stored by `mbsearch run`
+    frame: pd.DataFrame
+    front: pd.DataFrame
+
+    def arch(self, number: int) -> Arch:
+        return Arch.from_dict(self.study.trials[number].user_attrs["arch"], f"trial {number}")
+
+
+def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStudy:
+    """Load a study with at least one complete trial, or fail with one clear line."""
+    study_dir = runs_dir / name
+    if storage is None and not (study_dir / "study.db").is_file():
+        raise BadInput(f"unknown study {name!r}: no {study_dir / 'study.db'}; check --runs-dir or pass --storage URL")
+    study = load_study(storage or default_url(study_dir), name)
+    frame = trials_frame(study)
+    if frame.empty or not (frame["state"] == "COMPLETE").any():
+        raise BadInput(f"study {name!r} has no complete trial yet; run 'mbsearch run --study {name}' first")
+    settings = study.user_attrs.get("mbsearch_config")
+    if settings is None:
+        raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
+    return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame))

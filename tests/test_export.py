@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+
+from mbsearch.arch import load_arch
+from mbsearch.cli import app
+from mbsearch.export import pick_row, timm_arch_def
+from mbsearch.model import build_model
+from mbsearch.zoo import reference_arch
+
+
+def test_export_knee_writes_json_with_metrics_and_provenance_that_rebuilds(runner, tiny_study, tmp_path) -> None:
+    runs, name, result = tiny_study
+    out, onnx_path = tmp_path / "best.json", tmp_path / "best.onnx"
+    cli = runner.invoke(
+        app,
+        ["export", name, "--runs-dir", str(runs), "--pick", "knee", "-o", str(out), "--onnx", str(onnx_path), "--timm"],
+    )
+    assert cli.exit_code == 0, cli.output
+    arch = load_arch(out)
+    trial = result.study.trials[arch.provenance["trial"]]
+    assert arch.provenance["study"] == name and arch.provenance["dataset"] == "fashion-mnist"
+    assert arch.provenance["budget"]["train_size"] == 256 and arch.provenance["runtime"] == "onnxruntime"
+    assert arch.metrics["val_accuracy"] == trial.user_attrs["val_accuracy"]
+    assert arch.metrics["latency_ms"] == trial.user_attrs["latency_ms"]
+    assert arch.blocks == load_arch_from_trial(trial).blocks
+    shown = runner.invoke(app, ["show", str(out), "--json"])
+    assert json.loads(shown.stdout)["params"] == arch.metrics["params"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 1, 28, 28]
+    assert arch.blocks[0].to_string() in cli.stdout  # timm arch_def printed
+
+
+def load_arch_from_trial(trial):
+    from mbsearch.arch import Arch
+
+    return Arch.from_dict(trial.user_attrs["arch"])
+
+
+@pytest.mark.parametrize("pick", ["max-accuracy", "min-latency"])
+def test_picks_choose_the_extremes_of_the_front(tiny_study, pick: str) -> None:
+    _, _, result = tiny_study
+    row = pick_row(result.front, pick)
+    if pick == "max-accuracy":
+        assert row["val_accuracy"] == result.front["val_accuracy"].max()
+    else:
+        assert row["latency_ms"] == result.front["latency_ms"].min()
+
+
+def test_onnx_matches_torch_numerically(tmp_path) -> None:
+    from mbsearch.export import write_onnx
+
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    write_onnx(arch, tmp_path / "m.onnx", model)
+    x = torch.randn(1, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_timm_arch_def_groups_blocks_into_stages() -> None:
+    stages = timm_arch_def(reference_arch("mobilenet_v3_large"))
+    assert stages[0] == ["ir_r1_k3_s1_e1_c16_nre"]
+    assert [len(s) for s in stages] == [1, 2, 3, 4, 2, 3]  # timm: 16 | 24 | 40 | 80 | 112 | 160
+    assert stages[-1][0].startswith("ir_r1_k5_s2_e6_c160_se0.25_nhs")
+
+
+def _one_line_exit_2(result, expected: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_export_bad_input(runner, tiny_study, tmp_path) -> None:
+    runs, name, _ = tiny_study
+    out = tmp_path / "x.json"
+    _one_line_exit_2(
+        runner.invoke(app, ["export", "nope", "--runs-dir", str(runs), "-o", str(out)]), "unknown study 'nope'"
+    )
+    _one_line_exit_2(
+        runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--max-latency", "0.000001", "-o", str(out)]),
+        "no Pareto point meets --max-latency",
+    )
+    _one_line_exit_2(
+        runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--pick", "best", "-o", str(out)]),
+        "unknown --pick 'best'",
+    )
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    (empty / "idle").mkdir(parents=True)
+    study = optuna.create_study(study_name="idle", storage=f"sqlite:///{empty / 'idle' / 'study.db'}")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    _one_line_exit_2(runner.invoke(app, ["export", "idle", "--runs-dir", str(empty)]), "no complete trial")

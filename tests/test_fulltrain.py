@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mbsearch.cli import app
+from mbsearch.fulltrain import train_full
+from mbsearch.model import build_model
+from mbsearch.zoo import reference_arch
+
+
+def _folder_dataset(root, classes: int = 3, per_class: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 60, (16, 16), dtype=np.uint8) + 60 * c  # classes differ in brightness
+                Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_full_training_resumes_to_the_same_weights(tmp_path) -> None:
+    _folder_dataset(tmp_path / "data")
+    arch = reference_arch("mobilenet_v3_small_050", 16, 1, 3)
+    straight = train_full(arch, tmp_path / "a", 3, "folder", tmp_path / "data", batch_size=16)
+
+    def stop_in_epoch_three(step: int, total: int, loss: float, accuracy: float) -> None:
+        if step == 12:  # 72 images / 16 = 5 steps per epoch: step 12 is inside epoch 3
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_full(arch, tmp_path / "b", 3, "folder", tmp_path / "data", batch_size=16, on_step=stop_in_epoch_three)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = train_full(arch, tmp_path / "b", 3, "folder", tmp_path / "data", batch_size=16)
+    assert resumed.resumed_from_epoch == 2
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.test_accuracy == straight.test_accuracy
+
+
+def test_train_command_reports_test_accuracy_and_writes_loadable_weights(runner, tmp_path) -> None:
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10).with_info(name="small")
+    path = tmp_path / "small.json"
+    path.write_text(arch.to_json())
+    result = runner.invoke(app, ["train", str(path), "--epochs", "0.03", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout
+    out = tmp_path / "small-trained"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.3 < metrics["test_accuracy"] <= 1.0  # 14 steps of AdamW already beat chance (0.1) by far
+    model = build_model(arch)
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    model.eval()
+    x = torch.randn(1, 1, 28, 28)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_train_refuses_invalid_arch_files(runner, tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "mbsearch.arch/1", "blocks": [')
+    result = runner.invoke(app, ["train", str(bad)])
+    assert result.exit_code == 2 and "invalid JSON" in result.stderr
+    result = runner.invoke(app, ["measure", str(bad)])
+    assert result.exit_code == 2 and "invalid JSON" in result.stderr
+    result = runner.invoke(app, ["train", str(tmp_path / "absent.json")])
+    assert result.exit_code == 2 and "not found" in result.stderr
+    assert not (tmp_path / "bad-trained").exists()
+
+
+def test_measure_prints_statistics(runner) -> None:
+    result = runner.invoke(app, ["measure", "mobilenet_v3_small_050", "--runs", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["median_ms"] > 0 and stats["threads"] == 1 and stats["runtime"] == "onnxruntime"

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mbsearch.baselines import dominance
+from mbsearch.pareto import hypervolume, knee, pareto_front, pareto_mask
+
+
+def test_pareto_mask_keeps_only_non_dominated_points() -> None:
+    accuracy = np.array([0.9, 0.8, 0.85, 0.7, 0.9])
+    latency = np.array([2.0, 1.0, 3.0, 0.5, 2.5])
+    assert pareto_mask(accuracy, latency).tolist() == [True, True, False, True, False]
+
+
+def _frame(points, **extra) -> pd.DataFrame:
+    rows = []
+    for number, (acc, lat) in enumerate(points):
+        rows.append(
+            {
+                "number": number,
+                "state": "COMPLETE",
+                "val_accuracy": acc,
+                "latency_ms": lat,
+                "feasible": True,
+                "skipped": None,
+            }
+            | extra
+        )
+    return pd.DataFrame(rows)
+
+
+def test_front_excludes_infeasible_skipped_and_failed_trials() -> None:
+    frame = _frame([(0.9, 1.0), (0.95, 0.5), (0.5, 0.1)])
+    frame.loc[1, "feasible"] = False
+    frame.loc[2, "state"] = "FAIL"
+    assert pareto_front(frame)["number"].tolist() == [0]
+    frame.loc[1, "feasible"] = True
+    frame.loc[1, "skipped"] = "over budget"
+    assert pareto_front(frame)["number"].tolist() == [0]
+
+
+def test_knee_is_the_point_of_best_trade_off() -> None:
+    front = pd.DataFrame({"val_accuracy": [0.70, 0.88, 0.90, 0.91], "latency_ms": [0.1, 0.2, 1.0, 10.0]})
+    assert knee(front) == 1
+    assert knee(front.iloc[:2]) == 1  # two points: the more accurate one
+
+
+def test_hypervolume_of_a_staircase() -> None:
+    # Points (lat 1, acc .5) and (lat 2, acc .8), reference latency 4: .5*1 + .8*2 = 2.1
+    assert hypervolume(np.array([0.5, 0.8]), np.array([1.0, 2.0]), 4.0) == pytest.approx(2.1)
+    # A dominated point adds nothing.
+    assert hypervolume(np.array([0.5, 0.8, 0.4]), np.array([1.0, 2.0, 3.0]), 4.0) == pytest.approx(2.1)
+
+
+def test_dominance_says_by_how_much() -> None:
+    front = pd.DataFrame({"val_accuracy": [0.80, 0.90], "latency_ms": [1.0, 2.0]})
+    baselines = pd.DataFrame({"name": ["a", "b"], "val_accuracy": [0.85, 0.95], "latency_ms": [3.0, 1.5]})
+    result = dominance(front, baselines).set_index("name")
+    assert bool(result.loc["a", "dominated"]) is True
+    assert result.loc["a", "accuracy_gain"] == pytest.approx(5.0)
+    assert result.loc["a", "speedup"] == pytest.approx(1.5)
+    assert bool(result.loc["b", "dominated"]) is False

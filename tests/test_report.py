@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from mbsearch.baselines import baseline_frame
+from mbsearch.cli import app
+from mbsearch.studies import open_finished
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(*args: str, profile) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def report_path(tiny_study):
+    from typer.testing import CliRunner
+
+    runs, name, _ = tiny_study
+    result = CliRunner().invoke(app, ["report", name, "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    return runs / name / "report.html"
+
+
+def test_report_is_self_contained_with_all_sections(report_path) -> None:
+    page = report_path.read_text()
+    assert "<script src=" not in page.replace('<script src="data:', "")  # no CDN: plotly.js is inlined
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000
+    for div in ("pareto-plot", "cost-plot", "history-plot"):
+        assert f'id="{div}"' in page
+    assert "ir_r1_" in page or "ds_r1_" in page  # hover text carries the timm strings
+    assert "The front dominates" in page and "mobilenet_v3_large" in page
+    assert "Pareto front" in page and "(knee)" in page
+
+
+def test_baselines_are_cached(tiny_study) -> None:
+    runs, name, _ = tiny_study
+    finished = open_finished(name, runs, None)
+    names = ["mobilenet_v3_small_050", "mobilenet_v2_050"]
+    first = baseline_frame(finished.settings, runs, names=names)
+    calls = []
+    second = baseline_frame(finished.settings, runs, names=names, on_progress=lambda n, _: calls.append(n))
+    assert calls == []  # computed by the report already: nothing is trained again
+    assert first.equals(second)
+    assert (first["val_accuracy"] > 0).all() and (first["latency_ms"] > 0).all()
+    assert first.set_index("name").loc["mobilenet_v2_050", "params"] > 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs Debian's chromium)")
+def test_pareto_plot_renders_points_in_a_real_browser(report_path, tmp_path, tiny_study) -> None:
+    _, _, result = tiny_study
+    dom = _chromium("--virtual-time-budget=20000", "--dump-dom", report_path.as_uri(), profile=tmp_path / "p1")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    start = dom.stdout.index('id="pareto-plot"')
+    end = dom.stdout.index('id="cost-plot"')
+    pareto = dom.stdout[start:end]
+    assert "main-svg" in pareto  # plotly drew its SVG
+    points = len(re.findall(r'class="point"', pareto))
+    complete = len([t for t in result.study.trials if t.state.name == "COMPLETE"])
+    assert points >= complete  # every complete trial is drawn (plus baselines)
+    shot = tmp_path / "report.png"
+    _chromium(
+        "--window-size=1280,1800",
+        f"--screenshot={shot}",
+        "--virtual-time-budget=20000",
+        report_path.as_uri(),
+        profile=tmp_path / "p2",
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_report_bad_input(runner, tiny_study, tmp_path) -> None:
+    runs, _, _ = tiny_study
+    result = runner.invoke(app, ["report", "missing", "--runs-dir", str(runs)])
+    assert result.exit_code == 2 and "unknown study 'missing'" in result.stderr
+    assert not (runs / "missing").exists()
