@@ -31,7 +31,7 @@ endef
 
 demo: setup
 	$(call apt_install,$(DEMO_PACKAGES))
-	$(BIN)/mbsearch show mobilenet_v3_large
+	$(BIN)/mbsearch run --space v3 --target cpu --trials 20
 
 test: setup
 	$(call apt_install,$(TEST_PACKAGES))

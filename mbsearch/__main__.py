@@ -2,4 +2,5 @@
 
 from mbsearch.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes are spawned and import this module again
+    main()

@@ -219,14 +219,18 @@ def run(
     objective: Annotated[str, typer.Option(help="pareto (two objectives) or mnas (ACC*(LAT/T)^w).")] = "pareto",
     latency_target: Annotated[float | None, typer.Option(help="T in ms for --objective mnas.")] = None,
     mnas_w: Annotated[float, typer.Option(help="w for --objective mnas.")] = -0.07,
+    workers: Annotated[int, typer.Option(help="Local worker processes on this study (use PostgreSQL).")] = 1,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats.")] = 10,
+    grace_period: Annotated[int, typer.Option(help="Seconds without heartbeat before a trial is failed.")] = 30,
+    max_retry: Annotated[int, typer.Option(help="Retries of a trial whose worker died.")] = 2,
 ) -> None:
     """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
+    config = _config(**locals())
     from mbsearch.progress import ConsoleReporter
     from mbsearch.search import run_search
+    from mbsearch.workers import run_workers
 
-    flags = {key: value for key, value in locals().items() if key not in {"ConsoleReporter", "run_search"}}
-    config = _config(**flags)
-    result = run_search(config, ConsoleReporter(console))
+    result = run_workers(config, console) if config.workers > 1 else run_search(config, ConsoleReporter(console))
     _print_front(result.front, config.trials)
     console.print(f"trials.csv and pareto.csv in {result.study_dir}", highlight=False)
     if result.timed_out:

@@ -6,6 +6,8 @@ a candidate over a budget is never trained: an infeasible region costs seconds, 
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ class Objective:
             trial.set_user_attr("fail_reason", SURPLUS)
             raise optuna.TrialPruned(SURPLUS)
 
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the logs
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 

@@ -83,6 +83,21 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset]:
     return space, data
 
 
+def create_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+    """Create the study, or load it and check that it was run with the same settings."""
+    created = not config.study_dir.exists()
+    try:
+        config.study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create {config.study_dir}: {exc.strerror}; pick another --runs-dir") from None
+    try:
+        return _open_study(config, url, worker_id)
+    except BaseException:
+        if created:
+            shutil.rmtree(config.study_dir, ignore_errors=True)  # no half-created run folder
+        raise
+
+
 def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     storage = open_storage(url, config.heartbeat, config.grace_period, config.max_retry)
     multi = config.objective == "pareto"
@@ -144,15 +159,8 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     """Run (or resume) the search described by `config`."""
     space, data = prepare(config)
     study_dir = config.study_dir
-    created = not study_dir.exists()
     url = config.storage or default_url(study_dir)
-    try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        study = _open_study(config, url, worker_id)
-    except BaseException:
-        if created:
-            shutil.rmtree(study_dir, ignore_errors=True)  # no half-created run folder
-        raise
+    study = create_study(config, url, worker_id)
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
     objective = Objective(config, space, data, cache)

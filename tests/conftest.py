@@ -37,3 +37,17 @@ def tiny_study(tmp_path_factory):
     os.environ["MBSEARCH_LOCK_DIR"] = str(runs)
     result = run_search(RunConfig(runs_dir=runs, study="tiny", trials=6, sampler="random", **TINY_BUDGET))
     return runs, "tiny", result
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 (installed by `make test` from Debian's packages)."""
+    from tests.postgres import Server, find_bin
+
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed and could not be: 'apt-get install postgresql' failed or is absent")
+    server = Server(bin_dir)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,64 @@
+"""`--workers N`: N local worker processes on one study. Machines join the same way, with --storage.
+
+Each worker runs the ordinary search loop on the shared storage; Optuna's RDB storage hands out the
+trials, heartbeats fail the trial of a worker that dies, and the per-host lock keeps latency timing
+apart from training. The parent only starts, waits and summarises.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+
+from rich.console import Console
+
+from mbsearch.config import RunConfig
+from mbsearch.errors import MbsearchError, RuntimeFailure
+from mbsearch.search import Interrupted, SearchResult, create_study, prepare, write_outputs
+from mbsearch.storage import default_url
+
+
+def _worker_main(config_json: str, worker_id: int) -> None:
+    """Entry point of one worker process: one line per trial, one line for a failure."""
+    import logging
+    import warnings
+
+    from mbsearch.progress import ConsoleReporter
+    from mbsearch.search import run_search
+
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    config = RunConfig.model_validate_json(config_json)
+    try:
+        run_search(config, ConsoleReporter(Console(width=150), worker=f"w{worker_id}"), worker_id)
+    except MbsearchError as exc:
+        print(f"mbsearch: error: [w{worker_id}] {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(config: RunConfig, console: Console) -> SearchResult:
+    """Start `config.workers` worker processes on the study's storage and wait for them."""
+    prepare(config)  # bad input is reported once, here, before any process starts or anything is written
+    study = create_study(config, config.storage or default_url(config.study_dir), worker_id=0)
+    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
+    processes = [
+        context.Process(target=_worker_main, args=(config.model_dump_json(), worker_id), daemon=False)
+        for worker_id in range(1, config.workers + 1)
+    ]
+    console.print(f"starting {config.workers} workers on study {config.study_name}", highlight=False)
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=60)  # each worker got the Ctrl-C too and fails its running trial
+        raise Interrupted("interrupted: complete trials are kept; rerun the same command to resume") from None
+    codes = [process.exitcode for process in processes]
+    frame, front = write_outputs(study, config.study_dir)
+    if all(code != 0 for code in codes):
+        raise RuntimeFailure(f"every worker failed (exit codes {codes}); see the lines above")
+    return SearchResult(study, frame, front, config.study_dir, timed_out=False)

@@ -1,0 +1,199 @@
+"""Distributed search on a real PostgreSQL server, crash recovery with heartbeats, and SQLite workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from mbsearch.storage import redact
+
+TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
+# Trials long enough to be killed in the middle of one.
+SLOW = ["--train-size", "2048", "--val-size", "256", "--epochs", "1", "--batch-size", "64"]
+FAST_HEARTBEAT = ["--heartbeat", "1", "--grace-period", "4"]
+COMPLETE, RUNNING, FAIL = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.RUNNING,
+    optuna.trial.TrialState.FAIL,
+)
+
+
+def _mbsearch(*args: str, tmp_path) -> subprocess.Popen:
+    env = os.environ | {"MBSEARCH_LOCK_DIR": str(tmp_path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mbsearch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def _wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_three_workers_on_postgres_reach_exactly_the_target(postgres, tmp_path) -> None:
+    url = postgres.new_database()
+    process = _mbsearch(
+        "run",
+        "--storage",
+        url,
+        "--study",
+        "pg",
+        "--workers",
+        "3",
+        "--trials",
+        "12",
+        "--runs-dir",
+        str(tmp_path),
+        *TINY,
+        tmp_path=tmp_path,
+    )
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    study = _load(url, "pg")
+    complete = study.get_trials(states=(COMPLETE,))
+    assert len(complete) == 12
+    assert len({t.number for t in complete}) == 12 and len({t._trial_id for t in complete}) == 12
+    assert all("mbsearch.arch/1" in str(t.user_attrs["arch"]) for t in complete)
+    workers = {t.user_attrs["worker"] for t in complete}
+    assert len(workers) >= 2  # the work was shared
+    assert not study.get_trials(states=(RUNNING,))
+    # The password never reaches the output or the files.
+    for text in (stdout, stderr, (tmp_path / "pg" / "trials.csv").read_text()):
+        assert postgres_password(url) not in text
+    assert redact(url) in stdout
+
+
+def postgres_password(url: str) -> str:
+    return url.split(":")[2].split("@")[0]
+
+
+def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None:
+    url = postgres.new_database()
+    args = [
+        "run",
+        "--storage",
+        url,
+        "--study",
+        "kill",
+        "--trials",
+        "4",
+        "--runs-dir",
+        str(tmp_path),
+        *SLOW,
+        *FAST_HEARTBEAT,
+    ]
+    victim = _mbsearch(*args, tmp_path=tmp_path)
+    _wait_for(
+        lambda: any(
+            t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+            for t in _load(url, "kill").get_trials(states=(RUNNING,))
+        ),
+        what="a running trial",
+    )
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (killed,) = [
+        t
+        for t in _load(url, "kill").get_trials(states=(RUNNING,))
+        if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+    ]
+    survivor = _mbsearch(*args, tmp_path=tmp_path)
+    _, stderr = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, stderr[-3000:]
+    study = _load(url, "kill")
+    assert study.trials[killed.number].state == FAIL
+    complete = study.get_trials(states=(COMPLETE,))
+    assert len(complete) == 4
+    retried = [t for t in complete if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params  # the same candidate, run again
+
+
+def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
+    args = ["run", "--study", "crash", "--trials", "3", "--runs-dir", str(tmp_path), *SLOW, *FAST_HEARTBEAT]
+    url = f"sqlite:///{tmp_path / 'crash' / 'study.db'}"
+    first = _mbsearch(*args, tmp_path=tmp_path)
+    _wait_for(
+        lambda: (
+            len(_load(url, "crash").get_trials(states=(COMPLETE,))) >= 1
+            and _load(url, "crash").get_trials(states=(RUNNING,))
+        ),
+        what="one complete and one running trial",
+    )
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = _load(url, "crash")
+    done = {t.number: t.values for t in before.get_trials(states=(COMPLETE,))}
+    (stale,) = before.get_trials(states=(RUNNING,))
+    again = _mbsearch(*args, tmp_path=tmp_path)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-3000:]
+    assert "resuming" in stdout
+    study = _load(url, "crash")
+    assert study.trials[stale.number].state == FAIL
+    assert {n: study.trials[n].values for n in done} == done  # completed trials intact
+    assert len(study.get_trials(states=(COMPLETE,))) == 3
+
+
+def test_several_sqlite_workers_on_one_host_work(tmp_path) -> None:
+    process = _mbsearch(
+        "run",
+        "--study",
+        "lite",
+        "--workers",
+        "2",
+        "--trials",
+        "4",
+        "--runs-dir",
+        str(tmp_path),
+        *TINY,
+        tmp_path=tmp_path,
+    )
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "database is locked" not in stderr and "Traceback" not in stderr
+    study = _load(f"sqlite:///{tmp_path / 'lite' / 'study.db'}", "lite")
+    assert len(study.get_trials(states=(COMPLETE,))) == 4
+
+
+def test_unreachable_postgres_is_one_line_exit_1(tmp_path) -> None:
+    process = _mbsearch(
+        "run",
+        "--storage",
+        "postgresql://u:hunter2@127.0.0.1:1/db",
+        "--study",
+        "x",
+        "--runs-dir",
+        str(tmp_path),
+        *TINY,
+        tmp_path=tmp_path,
+    )
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mbsearch: error: cannot reach storage")
+    assert "hunter2" not in stderr and "u:***@" in stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
