@@ -1,0 +1,187 @@
+"""A corpus of malformed inputs. Each gets one line on stderr naming the problem, exit 2 for bad input
+(1 for a runtime failure such as an unreachable server), no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mbsearch.cli import app
+from mbsearch.data import FASHION_MNIST_DIR
+from mbsearch.space import SPACES_DIR
+from mbsearch.zoo import reference_arch
+
+TINY = ["--train-size", "64", "--val-size", "64", "--epochs", "0.1", "--trials", "1"]
+
+
+def space_file(old: str, new: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        text = (SPACES_DIR / "v3.yaml").read_text()
+        assert old in text
+        path = tmp / "space.yaml"
+        path.write_text(text.replace(old, new))
+        return ["run", "--space", str(path)]
+
+    return make
+
+
+def huge_space(tmp: Path) -> list[str]:
+    path = tmp / "huge.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(100 * 1024 * 1024)  # 100 MB (sparse): refused by size, never read
+    return ["run", "--space", str(path)]
+
+
+def arch_file(change: Callable[[dict], object], command: str = "show") -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        data = reference_arch("mobilenet_v3_small", 28, 1, 10).to_dict()
+        change(data)
+        path = tmp / "arch.json"
+        path.write_text(json.dumps(data))
+        return [command, str(path)]
+
+    return make
+
+
+def arch_text(text: str, command: str = "show") -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        path = tmp / "arch.json"
+        path.write_text(text)
+        return [command, str(path)]
+
+    return make
+
+
+def flags(*args: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["run", *args]
+
+
+def fashion_copy(breaker: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        folder = tmp / "fashion"
+        shutil.copytree(FASHION_MNIST_DIR, folder)
+        breaker(folder)
+        return ["run", "--data-dir", str(folder)]
+
+    return make
+
+
+def one_class_folder(tmp: Path) -> list[str]:
+    folder = tmp / "images" / "only"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return ["run", "--dataset", "folder", "--data-dir", str(tmp / "images"), "--input-size", "16"]
+
+
+def corrupt_sqlite(tmp: Path) -> list[str]:
+    study = tmp / "runs" / "broken"
+    study.mkdir(parents=True)
+    (study / "study.db").write_bytes(b"this is not a database" * 100)
+    return ["run", "--study", "broken"]
+
+
+def read_only_runs_dir(tmp: Path) -> list[str]:
+    if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new folders to everyone
+        return ["run", "--runs-dir", "/proc/mbsearch-runs"]
+    folder = tmp / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return ["run", "--runs-dir", str(folder / "runs")]
+
+
+def blocks(count: int) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        data["blocks"] = [data["blocks"][0]] * count
+
+    return change
+
+
+CASES = {
+    # space files
+    "space missing key": (
+        space_file("head: {conv: 576, hidden: 1024, act: hswish, dropout: 0.2}", ""),
+        "head: missing required key",
+    ),
+    "space unknown block type": (space_file("block: [ir, ds]", "block: [ir, mb]"), "Input should be 'ir' or 'ds'"),
+    "space even kernel": (space_file("kernel: [3, 5, 7]", "kernel: [3, 4]"), "kernel must be odd"),
+    "space zero kernel": (space_file("kernel: [3, 5, 7]", "kernel: [0]"), "kernel must be odd"),
+    "space expansion 0": (space_file("expand: [1, 3, 4, 6]", "expand: [0]"), "greater than or equal to 1"),
+    "space negative channels": (space_file("{out: 40, stride: 2}", "{out: -40, stride: 2}"), "stages[2].out"),
+    "space stride 3": (space_file("{out: 40, stride: 2}", "{out: 40, stride: 3}"), "Input should be 1 or 2"),
+    "space wrong type": (space_file("depth: [1, 2, 3, 4]", "depth: four"), "choices.depth"),
+    "space empty choice list": (space_file("act: [relu, hswish]", "act: []"), "choices.act"),
+    "space syntax error": (space_file("choices:", "choices: [[["), "YAML syntax error"),
+    "space 100 MB file": (huge_space, "over the 1,000,000 byte limit"),
+    "space unknown name": (lambda tmp: ["run", "--space", "v7"], "unknown space 'v7'"),
+    # arch JSON
+    "arch missing key": (arch_file(lambda d: d.pop("stem")), "stem: missing required key"),
+    "arch unknown block type": (arch_file(lambda d: d["blocks"][1].update(type="fused")), "blocks[1].type"),
+    "arch even kernel": (arch_file(lambda d: d["blocks"][2].update(kernel=2), "train"), "kernel must be odd"),
+    "arch zero kernel": (arch_file(lambda d: d["blocks"][2].update(kernel=0), "measure"), "kernel must be odd"),
+    "arch expansion 0": (arch_file(lambda d: d["blocks"][2].update(expand=0)), "blocks[2].expand"),
+    "arch negative channels": (arch_file(lambda d: d["blocks"][0].update(out=-16)), "blocks[0].out"),
+    "arch stride 3": (arch_file(lambda d: d["stem"].update(stride=3)), "stem.stride: Input should be 1 or 2"),
+    "arch wrong type": (arch_file(lambda d: d["blocks"][0].update(out="16")), "blocks[0].out"),
+    "arch unknown key": (arch_file(lambda d: d.update(extra=1)), "extra: unknown key"),
+    "arch truncated JSON": (arch_text('{"format": "mbsearch.arch/1", "blocks": [{"type"'), "invalid JSON"),
+    "arch wrong format version": (arch_file(lambda d: d.update(format="mbsearch.arch/2")), "unsupported version"),
+    "arch 10,000 blocks": (arch_file(blocks(10_000)), "10000 blocks, over the limit of 256"),
+    "arch no blocks": (arch_file(blocks(0)), "blocks"),
+    "arch not an object": (arch_text("[1, 2, 3]", "train"), "must be a JSON object"),
+    # CLI flags
+    "negative --trials": (flags("--trials", "-1"), "--trials"),
+    "unknown target": (flags("--target", "tpu"), "unknown target 'tpu'"),
+    "unknown runtime": (flags("--runtime", "tensorrt"), "unknown runtime 'tensorrt'"),
+    "unknown sampler": (flags("--sampler", "grid"), "--sampler"),
+    "--threads 0": (flags("--threads", "0"), "--threads"),
+    "--epochs -1": (flags("--epochs", "-1"), "--epochs"),
+    "--max-latency 0": (flags("--max-latency", "0"), "--max-latency"),
+    "mnas without target": (flags("--objective", "mnas"), "--latency-target"),
+    "bad study name": (flags("--study", "../escape"), "--study"),
+    # datasets
+    "dataset missing directory": (lambda tmp: ["run", "--data-dir", str(tmp / "absent")], "dataset folder not found"),
+    "dataset wrong layout": (lambda tmp: ["run", "--data-dir", str(tmp)], "missing train-images-idx3-ubyte.gz"),
+    "dataset corrupt IDX": (
+        fashion_copy(lambda f: (f / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08"))),
+        "corrupt IDX file",
+    ),
+    "dataset single class": (one_class_folder, "need at least 2"),
+    "dataset unknown": (flags("--dataset", "imagenet", "--data-dir", "/tmp"), "unknown dataset 'imagenet'"),
+    # storage
+    "storage corrupt SQLite file": (corrupt_sqlite, "not a usable SQLite study database"),
+    "storage read-only directory": (read_only_runs_dir, "cannot create"),
+    "storage unsupported URL": (flags("--storage", "redis://127.0.0.1/0"), "unsupported storage URL"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_one_line_and_exit_2_and_writes_nothing(runner, tmp_path, monkeypatch, case: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    make, expected = CASES[case]
+    args = make(tmp_path)
+    if args[0] == "run" and "--runs-dir" not in args:
+        args += ["--runs-dir", str(tmp_path / "runs")]
+    before = {p for p in (tmp_path / "runs").rglob("*")} if (tmp_path / "runs").exists() else set()
+    # The tiny budget goes first so that a case's own flag (the last one given) wins.
+    result = runner.invoke(app, [args[0], *TINY, *args[1:]] if args[0] == "run" else args)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mbsearch: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    after = {p for p in (tmp_path / "runs").rglob("*")} if (tmp_path / "runs").exists() else set()
+    assert after == before  # no half-created run folder or study
+    assert not list(tmp_path.glob("*-trained"))
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
