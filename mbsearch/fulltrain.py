@@ -60,7 +60,7 @@ def train_full(
 ) -> FullTrainResult:
     """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present."""
     train_split, test_split = _data(arch, dataset, data_dir)
-    budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr)
+    budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr, augment=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / CHECKPOINT
     identity = {"arch": arch.key(), "budget": asdict(budget), "dataset": dataset, "seed": seed}

@@ -37,7 +37,7 @@ def mnas_reward(accuracy: float, latency_ms: float, target_ms: float, w: float) 
     return accuracy * (latency_ms / target_ms) ** w
 
 
-def count_counting(study: optuna.Study, below: int | None = None) -> tuple[int, int]:
+def complete_and_running(study: optuna.Study, below: int | None = None) -> tuple[int, int]:
     """(complete, running) trials, optionally only those numbered below `below`."""
     trials = study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
@@ -65,7 +65,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config
-        complete, running = count_counting(trial.study, below=trial.number)
+        complete, running = complete_and_running(trial.study, below=trial.number)
         if complete + running >= config.trials:
             trial.set_user_attr("fail_reason", SURPLUS)
             raise optuna.TrialPruned(SURPLUS)

@@ -24,6 +24,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+def scale_channels(chs: int, width: float) -> int:
+    """Channels under a width multiplier, rounded as torchvision does (width 1 keeps them as written)."""
+    return chs if width == 1 else make_divisible(chs * width)
+
+
 def mid_channels(in_chs: int, expand: float) -> int:
     """Expanded width of an inverted residual: in_chs * expand rounded to a multiple of 8."""
     if expand == 1:

@@ -24,7 +24,7 @@ from mbsearch.data import Dataset, load_dataset
 from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency import LatencyCache, check_target
-from mbsearch.objective import Objective, count_counting
+from mbsearch.objective import Objective, complete_and_running
 from mbsearch.pareto import pareto_front, trials_frame
 from mbsearch.space import SearchSpace, load_space
 from mbsearch.storage import default_url, open_storage, redact
@@ -165,7 +165,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
     objective = Objective(config, space, data, cache)
     _raise_on_sigterm()
-    complete, _ = count_counting(study)
+    complete, _ = complete_and_running(study)
     if reporter:
         reporter.start(study, config, complete)
     deadline = time.monotonic() + config.timeout if config.timeout else None
@@ -177,7 +177,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
         callbacks.append(reporter.trial_done)
     try:
         while True:
-            complete, running = count_counting(study)
+            complete, running = complete_and_running(study)
             if complete >= config.trials:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -196,7 +196,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
                 raise RuntimeFailure(f"{failures} trials in a row failed, the last with: {_reason(finished[-1])}")
     except KeyboardInterrupt:
         write_outputs(study, study_dir)
-        complete, _ = count_counting(study)
+        complete, _ = complete_and_running(study)
         raise Interrupted(
             f"interrupted: {complete} complete trial(s) kept in {redact(url)}; rerun the same command to resume"
         ) from None

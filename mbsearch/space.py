@@ -1,7 +1,8 @@
 """Search spaces: declarative YAML files in spaces/, validated on load.
 
 A space is a MnasNet-style factorized hierarchical space: a fixed macro skeleton of stages (output
-channels, stride), and per stage one choice of block type, kernel, expansion, SE, activation and depth.
+channels, stride), and per stage one choice of block type, kernel, expansion, SE, activation and depth,
+plus one global width multiplier.
 The blocks of a stage share the stage's choices; the first block of a stage carries its stride.
 """
 
@@ -81,6 +82,11 @@ class SearchSpace(_Spec):
     stages: Annotated[tuple[StageOverrides, ...], Field(min_length=1, max_length=MAX_STAGES)]
     choices: Choices
     head: Head
+    # MobileNet's width multiplier α: one global choice that scales every channel count (stem, stages,
+    # head) with torchvision's rounding. It spans the latency range the way the papers' α does.
+    width: _choices(Annotated[float, Field(gt=0, le=4, strict=True)]) = (1.0,)
+
+    _unique_width = field_validator("width")(_no_repeats)
 
     def stage_choices(self, index: int) -> Choices:
         """The choices of stage `index` (0-based): the defaults with the stage's overrides."""
@@ -100,7 +106,7 @@ class SearchSpace(_Spec):
                 expansions = 1 if block == "ds" else len(c.expand)
                 per_layer += len(c.kernel) * expansions * len(c.se) * len(c.act)
             total *= per_layer * len(c.depth)
-        return total
+        return total * len(self.width)
 
     def log10_size(self) -> float:
         return math.log10(self.size())

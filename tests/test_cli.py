@@ -42,7 +42,7 @@ def test_sample_prints_valid_reproducible_arch_json_that_show_accepts(runner, tm
 def test_spaces_lists_counts(runner) -> None:
     result = runner.invoke(app, ["spaces"])
     assert result.exit_code == 0
-    assert "v1" in result.stdout and "39366" in result.stdout and "3.822e+13" in result.stdout
+    assert "v1" in result.stdout and "118098" in result.stdout and "1.529e+14" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -50,3 +50,18 @@ def test_expand_one_has_no_expansion_conv_and_se_uses_hard_sigmoid() -> None:
     assert isinstance(first.conv_pw, torch.nn.Identity)
     assert isinstance(first.se.gate, torch.nn.Hardsigmoid)
     assert first.se.fc1.out_channels == 8  # _make_divisible(16 // 4, 8)
+
+
+def test_width_multiplier_scales_every_channel_count() -> None:
+    space = load_space("v3")
+    params = {"width": 0.5} | {
+        f"s{i}_{k}": v
+        for i in range(1, 7)
+        for k, v in (("block", "ir"), ("kernel", 3), ("expand", 1.0), ("se", 0.0), ("act", "relu"), ("depth", 1))
+    }
+    narrow = sample_arch(optuna.trial.FixedTrial(params), space)
+    wide = sample_arch(optuna.trial.FixedTrial(params | {"width": 1.0}), space)
+    assert narrow.stem.out == 8 and wide.stem.out == 16
+    assert [b.out for b in narrow.blocks] == [8, 16, 24, 40, 56, 80]
+    assert [b.out for b in wide.blocks] == [16, 24, 40, 80, 112, 160]
+    assert (narrow.head.conv, narrow.head.hidden) == (288, 512)

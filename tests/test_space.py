@@ -11,8 +11,9 @@ def test_shipped_spaces_load_and_count() -> None:
     v3 = load_space("v3")
     # Per stage: (ds: 3 kernels x 2 se x 2 act) + (ir: 3 x 4 expansions x 2 x 2) = 60 layer choices, x 4 depths;
     # the first stage is fixed to expansion 1 and depth 1-2 as in MobileNetV3: (12 + 12) x 2.
-    assert v3.size() == 48 * (60 * 4) ** 5
-    assert load_space("v1").size() == (3 * 1) * (3 * 3) ** 3 * (3 * 6)
+    # ... and 4 width multipliers.
+    assert v3.size() == 48 * (60 * 4) ** 5 * 4
+    assert load_space("v1").size() == (3 * 1) * (3 * 3) ** 3 * (3 * 6) * 3
     assert v3.stage_choices(0).block == ("ir", "ds")
     v2 = load_space("v2")
     assert v2.stage_choices(0).expand == (1.0,) and v2.stage_choices(1).expand == (3.0, 6.0)
@@ -23,7 +24,7 @@ def test_user_space_file_by_path(tmp_path) -> None:
     text = (SPACES_DIR / "v3.yaml").read_text().replace("depth: [1, 2, 3, 4]", "depth: [1]")
     path.write_text(text.replace("expand: [1], depth: [1, 2]", "expand: [1], depth: [1]"))
     space = load_space(path)
-    assert space.size() == 24 * 60**5
+    assert space.size() == 24 * 60**5 * 4
 
 
 def _write_space(tmp_path, old: str, new: str):
