@@ -31,7 +31,7 @@ endef
 
 demo: setup
 	$(call apt_install,$(DEMO_PACKAGES))
-	$(BIN)/mbsearch run --space v3 --target cpu --trials 20
+	$(BIN)/mbsearch run --space v3 --target cpu --trials 30
 
 test: setup
 	$(call apt_install,$(TEST_PACKAGES))

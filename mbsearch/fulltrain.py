@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from mbsearch import hostlock
 from mbsearch.arch import Arch
 from mbsearch.cost import count_params
 from mbsearch.data import Split, load_full_train, load_test_split
@@ -82,9 +83,10 @@ def train_full(
     torch.manual_seed(seed)
     model = build_model(arch)
     try:
-        result = train(
-            model, train_split, test_split, budget, seed, on_step=on_step, on_epoch=save_checkpoint, resume=resume
-        )
+        with hostlock.training():  # a search on this host must not time latency meanwhile
+            result = train(
+                model, train_split, test_split, budget, seed, on_step=on_step, on_epoch=save_checkpoint, resume=resume
+            )
     except Diverged as exc:
         raise BadInput(f"training diverged ({exc}); lower --lr") from None
     model = model.to(memory_format=torch.contiguous_format)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,18 @@ def pareto_figure(data: ReportData) -> go.Figure:
         height=560,
         template="plotly_white",
     )
+    latencies = [*data.points["latency_ms"], *([] if data.baselines is None else data.baselines["latency_ms"])]
+    figure.update_xaxes(tickvals=_log_ticks(min(latencies), max(latencies)))
     return figure
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks that cover [low, high]: plotly's own log ticks read "2 3 4 ... 1" below one decade."""
+    ticks, decade = [], 10.0 ** math.floor(math.log10(low))
+    while decade <= high * 10:
+        ticks += [step * decade for step in (1, 2, 5) if low / 2 <= step * decade <= high * 2]
+        decade *= 10
+    return ticks
 
 
 def cost_figure(data: ReportData) -> go.Figure:
