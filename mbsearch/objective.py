@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from mbsearch import hostlock
+from mbsearch import hostlock, interrupts
 from mbsearch.arch import Arch
 from mbsearch.config import RunConfig
 from mbsearch.cost import count_macs, count_params
@@ -83,13 +83,17 @@ class Objective:
         arch = sample_arch(trial, self.space, self.data.size, self.data.channels, self.data.num_classes)
         arch = arch.with_info(name=f"{config.study_name}-trial-{trial.number}")
         lap("sample")
-        torch.manual_seed(config.seed)  # the same initial weights for the same architecture
-        model = build_model(arch)
-        lap("build")
-        params = count_params(model)
-        macs, _ = count_macs(model, arch)
-        lap("cost")
-        stats, cached = measure_cached(model, arch, self.cache, config.target, config.runtime, config.threads, timings)
+        # Building, timing and training may be interrupted at once by Ctrl-C; storage writes never are.
+        with interrupts.interruptible():
+            torch.manual_seed(config.seed)  # the same initial weights for the same architecture
+            model = build_model(arch)
+            lap("build")
+            params = count_params(model)
+            macs, _ = count_macs(model, arch)
+            lap("cost")
+            stats, cached = measure_cached(
+                model, arch, self.cache, config.target, config.runtime, config.threads, timings
+            )
         trial.set_user_attr("arch", arch.to_dict())
         self._upload_arch(trial, arch)
         trial.set_user_attr("blocks", " ".join(arch.block_strings()))
@@ -113,7 +117,7 @@ class Objective:
 
         clock = time.perf_counter()  # storage writes above are not part of any phase
         try:
-            with hostlock.training():
+            with interrupts.interruptible(), hostlock.training():
                 result = train(model, self.data.train, self.data.val, config.budget, config.seed, self.normalizer)
         except Diverged as exc:
             trial.set_user_attr("fail_reason", f"diverged: {exc}")

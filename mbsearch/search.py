@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import optuna
 import pandas as pd
 import torch
 
+from mbsearch import interrupts
 from mbsearch.config import RunConfig
 from mbsearch.data import Dataset, load_dataset
 from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
@@ -148,13 +148,6 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
     return str(reason).splitlines()[0]
 
 
-def _raise_on_sigterm() -> None:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
     """Run (or resume) the search described by `config`."""
     space, data = prepare(config)
@@ -164,36 +157,11 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
     objective = Objective(config, space, data, cache)
-    _raise_on_sigterm()
-    complete, _ = complete_and_running(study)
     if reporter:
-        reporter.start(study, config, complete)
-    deadline = time.monotonic() + config.timeout if config.timeout else None
-    timed_out = False
-    failures = 0
-    finished: list[optuna.trial.FrozenTrial] = []
-    callbacks = [lambda s, t: finished.append(t)]
-    if reporter:
-        callbacks.append(reporter.trial_done)
+        reporter.start(study, config, complete_and_running(study)[0])
     try:
-        while True:
-            complete, running = complete_and_running(study)
-            if complete >= config.trials:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                break
-            if complete + running >= config.trials:
-                # Others hold the remaining trials. If one of them died, its heartbeat stops, and this
-                # marks its trial failed and re-queues it (RetryFailedTrialCallback).
-                optuna.storages.fail_stale_trials(study)
-                time.sleep(1.0)
-                continue
-            # A candidate that breaks the runtime (an export or a kernel error) fails alone; the search goes on.
-            study.optimize(objective, n_trials=1, catch=(RuntimeFailure, RuntimeError), callbacks=callbacks)
-            failures = failures + 1 if finished and _went_wrong(finished[-1]) else 0
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeFailure(f"{failures} trials in a row failed, the last with: {_reason(finished[-1])}")
+        with interrupts.deferred_signals():
+            timed_out = _trial_loop(study, objective, config, reporter)
     except KeyboardInterrupt:
         write_outputs(study, study_dir)
         complete, _ = complete_and_running(study)
@@ -206,3 +174,32 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
             reporter.finish()
     frame, front = write_outputs(study, study_dir)
     return SearchResult(study, frame, front, study_dir, timed_out)
+
+
+def _trial_loop(study: optuna.Study, objective: Objective, config: RunConfig, reporter: Reporter | None) -> bool:
+    """Run trials until `config.trials` are complete; True when --timeout stopped it first."""
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    failures = 0
+    finished: list[optuna.trial.FrozenTrial] = []
+    callbacks = [lambda s, t: finished.append(t)]
+    if reporter:
+        callbacks.append(reporter.trial_done)
+    while True:
+        interrupts.check()
+        complete, running = complete_and_running(study)
+        if complete >= config.trials:
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if complete + running >= config.trials:
+            # Others hold the remaining trials. If one of them died, its heartbeat stops, and this
+            # marks its trial failed and re-queues it (RetryHeartbeatStaleTrialCallback).
+            optuna.storages.fail_stale_trials(study)
+            with interrupts.interruptible():
+                time.sleep(1.0)
+            continue
+        # A candidate that breaks the runtime (an export or a kernel error) fails alone; the search goes on.
+        study.optimize(objective, n_trials=1, catch=(RuntimeFailure, RuntimeError), callbacks=callbacks)
+        failures = failures + 1 if finished and _went_wrong(finished[-1]) else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeFailure(f"{failures} trials in a row failed, the last with: {_reason(finished[-1])}")

@@ -111,7 +111,8 @@ def test_mnas_objective_is_one_value(tmp_path) -> None:
     assert mnas_reward(0.8, 2.0, 1.0, -0.07) < 0.8 < mnas_reward(0.8, 0.5, 1.0, -0.07)
 
 
-def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path) -> None:
+@pytest.mark.parametrize("delay", [0.0, 0.5])  # the next trial's storage writes, then its training
+def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path, delay: float) -> None:
     command = [
         sys.executable,
         "-m",
@@ -142,7 +143,7 @@ def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path) -> None:
             except Exception:
                 pass
         time.sleep(0.3)
-    time.sleep(0.5)  # into the next trial
+    time.sleep(delay)  # into the next trial
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
