@@ -31,6 +31,14 @@ def _mbsearch(*args: str, tmp_path) -> subprocess.Popen:
     )
 
 
+def _finish(*args: str, tmp_path) -> tuple[str, str]:
+    """Run mbsearch to the end; it must succeed."""
+    process = _mbsearch(*args, tmp_path=tmp_path)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
 def _load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://"))
 
@@ -49,23 +57,8 @@ def _wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:
 
 def test_three_workers_on_postgres_reach_exactly_the_target(postgres, tmp_path) -> None:
     url = postgres.new_database()
-    process = _mbsearch(
-        "run",
-        "--storage",
-        url,
-        "--study",
-        "pg",
-        "--workers",
-        "3",
-        "--trials",
-        "12",
-        "--runs-dir",
-        str(tmp_path),
-        *TINY,
-        tmp_path=tmp_path,
-    )
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
+    args = ["run", "--storage", url, "--study", "pg", "--workers", "3", "--trials", "12", "--runs-dir", str(tmp_path)]
+    stdout, stderr = _finish(*args, *TINY, tmp_path=tmp_path)
     study = _load(url, "pg")
     complete = study.get_trials(states=(COMPLETE,))
     assert len(complete) == 12
@@ -86,19 +79,8 @@ def postgres_password(url: str) -> str:
 
 def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None:
     url = postgres.new_database()
-    args = [
-        "run",
-        "--storage",
-        url,
-        "--study",
-        "kill",
-        "--trials",
-        "4",
-        "--runs-dir",
-        str(tmp_path),
-        *SLOW,
-        *FAST_HEARTBEAT,
-    ]
+    args = ["run", "--storage", url, "--study", "kill", "--trials", "4", "--runs-dir", str(tmp_path)]
+    args += SLOW + FAST_HEARTBEAT
     victim = _mbsearch(*args, tmp_path=tmp_path)
     _wait_for(
         lambda: any(
@@ -115,9 +97,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None
         for t in _load(url, "kill").get_trials(states=(RUNNING,))
         if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
     ]
-    survivor = _mbsearch(*args, tmp_path=tmp_path)
-    _, stderr = survivor.communicate(timeout=600)
-    assert survivor.returncode == 0, stderr[-3000:]
+    _finish(*args, tmp_path=tmp_path)  # another machine carries on
     study = _load(url, "kill")
     assert study.trials[killed.number].state == FAIL
     complete = study.get_trials(states=(COMPLETE,))
@@ -143,9 +123,7 @@ def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
     before = _load(url, "crash")
     done = {t.number: t.values for t in before.get_trials(states=(COMPLETE,))}
     (stale,) = before.get_trials(states=(RUNNING,))
-    again = _mbsearch(*args, tmp_path=tmp_path)
-    stdout, stderr = again.communicate(timeout=600)
-    assert again.returncode == 0, stderr[-3000:]
+    stdout, _ = _finish(*args, tmp_path=tmp_path)
     assert "resuming" in stdout
     study = _load(url, "crash")
     assert study.trials[stale.number].state == FAIL
@@ -154,21 +132,8 @@ def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
 
 
 def test_several_sqlite_workers_on_one_host_work(tmp_path) -> None:
-    process = _mbsearch(
-        "run",
-        "--study",
-        "lite",
-        "--workers",
-        "2",
-        "--trials",
-        "4",
-        "--runs-dir",
-        str(tmp_path),
-        *TINY,
-        tmp_path=tmp_path,
-    )
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
+    args = ["run", "--study", "lite", "--workers", "2", "--trials", "4", "--runs-dir", str(tmp_path)]
+    _, stderr = _finish(*args, *TINY, tmp_path=tmp_path)
     assert "database is locked" not in stderr and "Traceback" not in stderr
     study = _load(f"sqlite:///{tmp_path / 'lite' / 'study.db'}", "lite")
     assert len(study.get_trials(states=(COMPLETE,))) == 4
