@@ -8,7 +8,6 @@ The blocks of a stage share the stage's choices; the first block of a stage carr
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,9 +106,6 @@ class SearchSpace(_Spec):
                 per_layer += len(c.kernel) * expansions * len(c.se) * len(c.act)
             total *= per_layer * len(c.depth)
         return total * len(self.width)
-
-    def log10_size(self) -> float:
-        return math.log10(self.size())
 
 
 def list_spaces() -> list[str]:

@@ -3,7 +3,7 @@ params and MACs. Computing only; the CLI draws it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from mbsearch.arch import Arch
@@ -78,7 +78,3 @@ def summarize(arch: Arch) -> tuple[list[Row], dict[str, Any]]:
         "num_classes": arch.num_classes,
     }
     return rows, totals
-
-
-def rows_as_dicts(rows: list[Row]) -> list[dict[str, Any]]:
-    return [asdict(row) for row in rows]

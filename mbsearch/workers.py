@@ -8,7 +8,10 @@ apart from training. The parent only starts, waits and summarises.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
+import time
 
 from rich.console import Console
 
@@ -38,6 +41,24 @@ def _worker_main(config_json: str, worker_id: int) -> None:
         sys.exit(130)
 
 
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop the workers cleanly: each fails its running trial and keeps the rest.
+
+    A Ctrl-C in a terminal reaches every worker already (one process group); a signal sent to the parent
+    alone does not, so workers still running after a few seconds get their own SIGINT.
+    """
+    deadline = time.monotonic() + 5
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.terminate()
+
+
 def run_workers(config: RunConfig, console: Console) -> SearchResult:
     """Start `config.workers` worker processes on the study's storage and wait for them."""
     prepare(config)  # bad input is reported once, here, before any process starts or anything is written
@@ -50,13 +71,15 @@ def run_workers(config: RunConfig, console: Console) -> SearchResult:
     console.print(f"starting {config.workers} workers on study {config.study_name}", highlight=False)
     for process in processes:
         process.start()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the workers too
     try:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        for process in processes:
-            process.join(timeout=60)  # each worker got the Ctrl-C too and fails its running trial
+        _stop(processes)
         raise Interrupted("interrupted: complete trials are kept; rerun the same command to resume") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     codes = [process.exitcode for process in processes]
     frame, front = write_outputs(study, config.study_dir)
     if all(code != 0 for code in codes):

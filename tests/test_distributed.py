@@ -162,3 +162,18 @@ def test_unreachable_postgres_is_one_line_exit_1(tmp_path) -> None:
 @pytest.fixture(autouse=True)
 def _quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def test_interrupting_the_parent_stops_every_worker_cleanly(tmp_path) -> None:
+    args = ["run", "--study", "stop", "--workers", "2", "--trials", "40", "--runs-dir", str(tmp_path), *TINY]
+    url = f"sqlite:///{tmp_path / 'stop' / 'study.db'}"
+    parent = _mbsearch(*args, tmp_path=tmp_path)
+    _wait_for(lambda: len(_load(url, "stop").get_trials(states=(COMPLETE,))) >= 2, what="two complete trials")
+    parent.send_signal(signal.SIGINT)  # the parent alone, as `kill -INT` would; not the process group
+    _, stderr = parent.communicate(timeout=120)
+    assert parent.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("mbsearch: error: interrupted")
+    assert "Traceback" not in stderr
+    study = _load(url, "stop")
+    assert not study.get_trials(states=(RUNNING,))  # every worker failed its running trial and left
+    assert 2 <= len(study.get_trials(states=(COMPLETE,))) < 40
