@@ -37,6 +37,10 @@ test: setup
 	$(call apt_install,$(TEST_PACKAGES))
 	$(BIN)/python -m pytest -q
 
+bench: setup
+	$(call apt_install,$(DEMO_PACKAGES))
+	$(BIN)/python benchmarks/throughput.py --trials 12
+
 lint: setup
 	$(BIN)/ruff check mbsearch tests benchmarks
 	$(BIN)/ruff format --check mbsearch tests benchmarks

@@ -47,8 +47,10 @@ def main() -> None:
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     storage_and_other = wall - sum(totals.values())
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"space {args.space}, default budget: {config.epochs:g} epoch x {config.train_size} images, "
-          f"batch {config.batch_size}, val {config.val_size}")
+    print(
+        f"space {args.space}, default budget: {config.epochs:g} epoch x {config.train_size} images, "
+        f"batch {config.batch_size}, val {config.val_size}"
+    )
     print(f"trials complete: {complete}/{len(trials)}, wall {wall:.1f} s (includes loading the data once)")
     print(f"candidates per hour: {complete / wall * 3600:.0f}")
     print(f"{'phase':<16}{'seconds':>10}{'share':>9}")
@@ -58,9 +60,11 @@ def main() -> None:
     outside = 1 - totals["train"] / wall
     print(f"outside training: {outside:.1%}")
     front = result.front
-    print(f"front: {len(front)} points, val accuracy {front['val_accuracy'].min():.3f}-"
-          f"{front['val_accuracy'].max():.3f}, latency {front['latency_ms'].min():.3f}-"
-          f"{front['latency_ms'].max():.3f} ms")
+    print(
+        f"front: {len(front)} points, val accuracy {front['val_accuracy'].min():.3f}-"
+        f"{front['val_accuracy'].max():.3f}, latency {front['latency_ms'].min():.3f}-"
+        f"{front['latency_ms'].max():.3f} ms"
+    )
 
 
 if __name__ == "__main__":
