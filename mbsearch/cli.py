@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +43,10 @@ class _OneLineErrors(TyperGroup):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Exception as exc:  # a bug or an unforeseen failure: still one line, unless asked for more
+            if os.environ.get("MBSEARCH_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0] + " (MBSEARCH_DEBUG=1 shows more)", 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 

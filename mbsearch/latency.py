@@ -191,14 +191,22 @@ def host_fingerprint(runtime: str) -> str:
 
 
 class LatencyCache:
-    """SQLite cache of LatencyStats, shared by every study and worker that uses the same runs folder."""
+    """SQLite cache of LatencyStats, shared by every study and worker that uses the same runs folder.
+
+    The cache only saves time: when SQLite refuses (a lock held too long, a broken file), the latency
+    is measured again rather than failing the trial.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(path, timeout=60)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, stats TEXT NOT NULL)")
-        self._connection.commit()
+        self._connection: sqlite3.Connection | None = sqlite3.connect(path, timeout=60)
+        try:
+            with self._connection:
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, stats TEXT NOT NULL)"
+                )
+        except sqlite3.Error:
+            self.close()
 
     @staticmethod
     def key(arch: Arch, target: str, runtime: str, threads: int) -> str:
@@ -206,17 +214,29 @@ class LatencyCache:
         return f"{host_fingerprint(runtime)}|{digest}|{target}|{runtime}|{threads}"
 
     def get(self, key: str) -> LatencyStats | None:
-        row = self._connection.execute("SELECT stats FROM latency WHERE key = ?", (key,)).fetchone()
+        if self._connection is None:
+            return None
+        try:
+            row = self._connection.execute("SELECT stats FROM latency WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
         return LatencyStats(**json.loads(row[0])) if row else None
 
     def put(self, key: str, stats: LatencyStats) -> None:
-        with self._connection:
-            self._connection.execute(
-                "INSERT OR REPLACE INTO latency (key, stats) VALUES (?, ?)", (key, json.dumps(asdict(stats)))
-            )
+        if self._connection is None:
+            return
+        try:
+            with self._connection:
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO latency (key, stats) VALUES (?, ?)", (key, json.dumps(asdict(stats)))
+                )
+        except sqlite3.Error:
+            pass  # the next run measures this architecture again
 
     def close(self) -> None:
-        self._connection.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def measure_cached(

@@ -39,6 +39,14 @@ def _worker_main(config_json: str, worker_id: int) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # one line per worker, as from the CLI
+        if os.environ.get("MBSEARCH_DEBUG"):
+            raise
+        print(
+            f"mbsearch: error: [w{worker_id}] internal error: {type(exc).__name__}: {exc}".splitlines()[0],
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:

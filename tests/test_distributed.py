@@ -43,9 +43,11 @@ def _load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://"))
 
 
-def _wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:
+def _wait_for(predicate, timeout: float = 180, what: str = "condition", process=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"mbsearch exited with {process.returncode}: {process.communicate()[1][-3000:]}")
         try:
             if predicate():
                 return
@@ -88,6 +90,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None
             for t in _load(url, "kill").get_trials(states=(RUNNING,))
         ),
         what="a running trial",
+        process=victim,
     )
     time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
@@ -116,6 +119,7 @@ def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
             and _load(url, "crash").get_trials(states=(RUNNING,))
         ),
         what="one complete and one running trial",
+        process=first,
     )
     time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
@@ -168,7 +172,9 @@ def test_interrupting_the_parent_stops_every_worker_cleanly(tmp_path) -> None:
     args = ["run", "--study", "stop", "--workers", "2", "--trials", "40", "--runs-dir", str(tmp_path), *TINY]
     url = f"sqlite:///{tmp_path / 'stop' / 'study.db'}"
     parent = _mbsearch(*args, tmp_path=tmp_path)
-    _wait_for(lambda: len(_load(url, "stop").get_trials(states=(COMPLETE,))) >= 2, what="two complete trials")
+    _wait_for(
+        lambda: len(_load(url, "stop").get_trials(states=(COMPLETE,))) >= 2, what="two complete trials", process=parent
+    )
     parent.send_signal(signal.SIGINT)  # the parent alone, as `kill -INT` would; not the process group
     _, stderr = parent.communicate(timeout=120)
     assert parent.returncode == 130
