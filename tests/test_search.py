@@ -15,13 +15,14 @@ from mbsearch.config import RunConfig
 from mbsearch.errors import RuntimeFailure
 from mbsearch.objective import mnas_reward
 from mbsearch.search import run_search
+from mbsearch.storage import open_storage
 
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
 def _study(runs, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'study.db'}")
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{runs / name / 'study.db'}"))
 
 
 def tiny_config(tmp_path, **changes) -> RunConfig:
