@@ -79,7 +79,9 @@ def run_workers(config: RunConfig, console: Console) -> SearchResult:
     console.print(f"starting {config.workers} workers on study {config.study_name}", highlight=False)
     for process in processes:
         process.start()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the workers too
+    # SIGINT and SIGTERM stop the workers. SIGINT is set explicitly: a shell starts background jobs with
+    # SIGINT ignored, and Python then never installs its KeyboardInterrupt handler.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for process in processes:
             process.join()
@@ -87,7 +89,8 @@ def run_workers(config: RunConfig, console: Console) -> SearchResult:
         _stop(processes)
         raise Interrupted("interrupted: complete trials are kept; rerun the same command to resume") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     codes = [process.exitcode for process in processes]
     frame, front = write_outputs(study, config.study_dir)
     if all(code != 0 for code in codes):
