@@ -7,6 +7,7 @@ threads) so that a resampled architecture is not timed twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -171,6 +172,7 @@ def measure(
     return best
 
 
+@functools.cache
 def host_fingerprint(runtime: str) -> str:
     """Latency belongs to a machine and a runtime version: both are part of the cache key."""
     cpu = platform.processor() or platform.machine()
