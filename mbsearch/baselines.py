@@ -14,13 +14,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mbsearch import hostlock
 from mbsearch.cost import count_macs, count_params
 from mbsearch.data import load_dataset
+from mbsearch.evaluate import evaluate
 from mbsearch.files import write_atomic
 from mbsearch.latency import LatencyCache, host_fingerprint, measure_cached
 from mbsearch.model import build_model
-from mbsearch.train import Budget, Diverged, train
+from mbsearch.train import Budget, Diverged
 from mbsearch.zoo import reference_arch, reference_names
 
 COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
@@ -84,8 +84,7 @@ def baseline_frame(
                     model, arch, latency_cache, settings["target"], settings["runtime"], settings["threads"]
                 )
                 try:
-                    with hostlock.training():
-                        accuracy = train(model, data.train, data.val, budget, settings.get("seed", 0)).accuracy
+                    accuracy = evaluate(arch, data, budget, settings.get("seed", 0), model=model).accuracy
                 except Diverged:
                     accuracy = float("nan")
                 cache[_cache_key(settings, name)] = {

@@ -83,10 +83,18 @@ def train_full(
     torch.manual_seed(seed)
     model = build_model(arch)
     try:
-        with hostlock.training():  # a search on this host must not time latency meanwhile
-            result = train(
-                model, train_split, test_split, budget, seed, on_step=on_step, on_epoch=save_checkpoint, resume=resume
-            )
+        # The host lock is held per step: a search on this host times latency between two steps.
+        result = train(
+            model,
+            train_split,
+            test_split,
+            budget,
+            seed,
+            on_step=on_step,
+            on_epoch=save_checkpoint,
+            resume=resume,
+            step_lock=hostlock.training,
+        )
     except Diverged as exc:
         raise BadInput(f"training diverged ({exc}); lower --lr") from None
     model = model.to(memory_format=torch.contiguous_format)

@@ -16,17 +16,18 @@ from pathlib import Path
 import optuna
 import torch
 
-from mbsearch import hostlock, interrupts
+from mbsearch import interrupts
 from mbsearch.arch import Arch
 from mbsearch.config import RunConfig
 from mbsearch.cost import count_macs, count_params
 from mbsearch.dashboard import artifact_store
 from mbsearch.data import Dataset
+from mbsearch.evaluate import evaluate
 from mbsearch.latency import LatencyCache, measure_cached
 from mbsearch.model import build_model
 from mbsearch.sample import sample_arch
 from mbsearch.space import SearchSpace
-from mbsearch.train import Diverged, Normalizer, train
+from mbsearch.train import Diverged, Normalizer
 
 # Trials beyond the target, started by a worker that raced another: pruned before any work is done.
 SURPLUS = "surplus: other workers already reached the trial target"
@@ -117,8 +118,8 @@ class Objective:
 
         clock = time.perf_counter()  # storage writes above are not part of any phase
         try:
-            with interrupts.interruptible(), hostlock.training():
-                result = train(model, self.data.train, self.data.val, config.budget, config.seed, self.normalizer)
+            with interrupts.interruptible():
+                result = evaluate(arch, self.data, config.budget, config.seed, self.normalizer, model=model)
         except Diverged as exc:
             trial.set_user_attr("fail_reason", f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None

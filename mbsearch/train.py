@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,14 +99,21 @@ def recalibrate_batchnorm(
         norm.momentum = momentum
 
 
-def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int = 500) -> float:
-    """Top-1 accuracy on a split."""
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    normalize: Normalizer,
+    batch_size: int = 500,
+    batch_lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> float:
+    """Top-1 accuracy on a split. `batch_lock` is held per batch (see `train`)."""
     model.eval()
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
-            images = normalize(split.images[start : start + batch_size])
-            correct += (model(images).argmax(1) == split.labels[start : start + batch_size]).sum().item()
+            with batch_lock():
+                images = normalize(split.images[start : start + batch_size])
+                correct += (model(images).argmax(1) == split.labels[start : start + batch_size]).sum().item()
     return correct / max(1, len(split))
 
 
@@ -119,12 +127,16 @@ def train(
     on_step: Callable[[int, int, float, float], None] | None = None,
     on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    step_lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> TrainResult:
     """Train on `train_split` (its first `budget.train_size` images) and evaluate on `eval_split`.
 
     `on_step(step, total, loss, batch_accuracy)` follows progress; `on_epoch(epoch, checkpoint)` is called
     after each whole epoch with a function that returns the full training state, which `resume` takes
     back to continue exactly where it stopped. Raises Diverged on a NaN or infinite loss.
+
+    `step_lock` is entered around every step (and the final scoring), not around the whole run: a
+    latency timer waiting on the host lock then gets in within one step, however long the training.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -165,26 +177,28 @@ def train(
         for start in range(0, len(data), budget.batch_size):
             if step >= total_steps:
                 break
-            index = order[start : start + budget.batch_size]
-            images = normalize(data.images[index])
-            if budget.augment:
-                images = _augment(images, generator)
-            images = images.contiguous(memory_format=torch.channels_last)
-            logits = model(images)
-            loss = F.cross_entropy(logits, data.labels[index], label_smoothing=budget.label_smoothing)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise Diverged(f"loss became {loss_value} at step {step + 1} of {total_steps}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            with step_lock():
+                index = order[start : start + budget.batch_size]
+                images = normalize(data.images[index])
+                if budget.augment:
+                    images = _augment(images, generator)
+                images = images.contiguous(memory_format=torch.channels_last)
+                logits = model(images)
+                loss = F.cross_entropy(logits, data.labels[index], label_smoothing=budget.label_smoothing)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise Diverged(f"loss became {loss_value} at step {step + 1} of {total_steps}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
             step += 1
             if on_step:
                 batch_accuracy = (logits.argmax(1) == data.labels[index]).float().mean().item()
                 on_step(step, total_steps, loss_value, batch_accuracy)
         if on_epoch and step % steps_per_epoch == 0:
             on_epoch(step // steps_per_epoch, checkpoint)
-    recalibrate_batchnorm(model, data, normalize)
-    accuracy = evaluate(model, eval_split, normalize)
+    with step_lock():
+        recalibrate_batchnorm(model, data, normalize)
+    accuracy = evaluate(model, eval_split, normalize, batch_lock=step_lock)
     return TrainResult(accuracy, loss_value, time.perf_counter() - started, step / steps_per_epoch, step)

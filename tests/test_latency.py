@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -123,3 +127,60 @@ def test_queued_timer_blocks_new_training() -> None:
     for thread in threads:
         thread.join()
     assert events.index("timing") < events.index("late training")
+
+
+_LONG_TRAINING = """
+import sys, pathlib, torch
+torch.set_num_threads(1)
+from mbsearch import hostlock
+from mbsearch.data import load_dataset
+from mbsearch.model import build_model
+from mbsearch.train import Budget, train
+from mbsearch.zoo import reference_arch
+data = load_dataset("fashion-mnist", val_size=256)
+progress = pathlib.Path(sys.argv[1])
+def on_step(step, total, loss, accuracy):
+    progress.write_text(str(step))
+model = build_model(reference_arch("mobilenet_v3_small_050", 28, 1, 10))
+train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), on_step=on_step,
+      step_lock=hostlock.training)
+"""
+
+
+def _steps(progress) -> int:
+    for _ in range(100):  # the trainer rewrites the file each step; retry a read that caught it empty
+        text = progress.read_text() if progress.exists() else "0"
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError("the step counter stayed empty")
+
+
+@pytest.mark.slow
+def test_timer_gets_in_between_steps_of_a_long_training_in_another_process(tmp_path) -> None:
+    """`train` holds the host lock per step: a timer waits about one step, not the whole training."""
+    progress = tmp_path / "steps"
+    env = {**os.environ, "MBSEARCH_LOCK_DIR": os.environ.get("MBSEARCH_LOCK_DIR", tempfile.gettempdir())}
+    trainer = subprocess.Popen([sys.executable, "-c", _LONG_TRAINING, str(progress)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while _steps(progress) < 5:
+            assert trainer.poll() is None, "the training process died"
+            assert time.monotonic() < deadline, "the training never started"
+            time.sleep(0.05)
+        waited = time.monotonic()
+        with hostlock.timing():
+            waited = time.monotonic() - waited
+            time.sleep(0.2)  # let the step that just ended report itself (on_step runs outside the lock)
+            step_at_lock = _steps(progress)
+            time.sleep(0.5)
+            # Training is paused while the timer holds the lock: no step completes meanwhile.
+            assert _steps(progress) == step_at_lock
+        # 313 steps take tens of seconds; the timer got in within a few steps, mid-training.
+        assert trainer.poll() is None, "the timer only got in after the training ended"
+        assert waited < 5.0
+        time.sleep(1.0)
+        assert _steps(progress) > step_at_lock, "training did not resume after the timer"
+    finally:
+        trainer.kill()
+        trainer.wait()

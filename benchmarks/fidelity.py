@@ -1,0 +1,279 @@
+"""Proxy fidelity: how well does a brief training rank architectures the way a long training does?
+
+The instrument behind the default proxy budget (benchmarks/README.md). Three steps, each resumable
+(results are written after every training, and a rerun only trains what is missing):
+
+    python benchmarks/fidelity.py run --prefer reference &   # one process per core share the jobs:
+    python benchmarks/fidelity.py run --prefer proxies &     #   long references, then the proxy grid
+    python benchmarks/fidelity.py table       # Kendall tau, Spearman rho, top-quartile overlap, seconds
+
+Data: Fashion-MNIST's training set split once (seed 0) into 50,000 training and 10,000 validation
+images. Every training here uses the training part only and is scored on the validation part; the
+test set is never read. References are cached in benchmarks/fidelity_reference.json and proxies in
+benchmarks/fidelity_proxies.json, both committed, with the recipe, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import platform
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+import torch
+
+from mbsearch.arch import Arch
+from mbsearch.data import Dataset, load_dataset
+from mbsearch.evaluate import evaluate
+from mbsearch.files import write_atomic
+from mbsearch.ranking import kendall_tau, spearman_rho, top_overlap
+from mbsearch.rules import scale_channels
+from mbsearch.sample import random_arch
+from mbsearch.space import SearchSpace, load_space
+from mbsearch.train import Budget, Diverged
+from mbsearch.zoo import reference_arch
+
+HERE = Path(__file__).resolve().parent
+REFERENCE_FILE = HERE / "fidelity_reference.json"
+PROXY_FILE = HERE / "fidelity_proxies.json"
+VAL_SIZE = 10_000
+SPLIT_SEED = 0
+SAMPLES_PER_WIDTH = 5  # v3 has four widths: 20 sampled members
+REFERENCES = ("mobilenet_v3_small_050", "mobilenet_v3_small", "mobilenet_v2_050", "mobilenet_v3_large_050")
+CEILING_MEMBERS = 6  # members trained with a second reference seed, and with 3 proxy seeds
+# 1 epoch over the 50,000 training images (391 steps, 12x the old proxy's images). Longer would be better;
+# 2 epochs would have taken over 4 hours of the 2-core machine for the panel alone.
+REFERENCE_BUDGET = Budget(epochs=1, train_size=50_000, batch_size=128, lr=0.004)
+
+# The grid of proxy budgets. The first is the default before this benchmark (1 epoch x 4,000 images).
+PROXIES: dict[str, Budget] = {
+    "e1-n4k-b64": Budget(epochs=1, train_size=4000, batch_size=64, lr=0.003),
+    "e2-n4k-b64": Budget(epochs=2, train_size=4000, batch_size=64, lr=0.003),
+    "e1-n8k-b64": Budget(epochs=1, train_size=8000, batch_size=64, lr=0.003),
+    "e1-n16k-b128-lr6": Budget(epochs=1, train_size=16000, batch_size=128, lr=0.006),
+}
+
+
+def panel(input_size: int = 28, channels: int = 1, num_classes: int = 10) -> dict[str, Arch]:
+    """The fixed panel: seeded v3 samples, SAMPLES_PER_WIDTH per width, then the reference MobileNets."""
+    space = load_space("v3")
+    members: dict[str, Arch] = {}
+    per_width: dict[float, int] = dict.fromkeys(space.width, 0)
+    seed = 0
+    while sum(per_width.values()) < SAMPLES_PER_WIDTH * len(per_width):
+        arch = random_arch(space, seed, input_size, channels, num_classes)
+        width = _width_of(arch, space)
+        if per_width[width] < SAMPLES_PER_WIDTH:
+            per_width[width] += 1
+            members[f"v3-seed{seed}"] = arch
+        seed += 1
+    for name in REFERENCES:
+        members[name] = reference_arch(name, input_size, channels, num_classes)
+    return members
+
+
+def _width_of(arch: Arch, space: SearchSpace) -> float:
+    """Recover the sampled width multiplier from the head width, which differs for every width."""
+    return next(w for w in space.width if scale_channels(space.head.conv, w) == arch.head.conv)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} training thread(s)"
+
+
+def _header(kind: str) -> dict:
+    recipe = {"val_size": VAL_SIZE, "split_seed": SPLIT_SEED}
+    if kind == "reference":
+        recipe = {**asdict(REFERENCE_BUDGET), **recipe}
+    return {"recipe": recipe, "machine": machine(), "runs": {}}
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[dict]:
+    """Read-modify-write a results file under a lock, so that several processes can share the work."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = (
+            json.loads(path.read_text())
+            if path.is_file()
+            else _header("reference" if path == REFERENCE_FILE else "proxies")
+        )
+        yield store
+        write_atomic(path, json.dumps(store, indent=1) + "\n")
+
+
+def _data() -> Dataset:
+    return load_dataset("fashion-mnist", val_size=VAL_SIZE, seed=SPLIT_SEED)
+
+
+def _train_one(arch: Arch, data: Dataset, budget: Budget, seed: int) -> dict:
+    try:
+        result = evaluate(arch, data, budget, seed)
+    except Diverged as exc:
+        return {"accuracy": None, "diverged": str(exc), "budget": asdict(budget)}
+    return {
+        "accuracy": result.accuracy,
+        "seconds": round(result.seconds, 2),
+        "date": datetime.date.today().isoformat(),
+        "budget": asdict(budget),
+    }
+
+
+def jobs(members: list[str]) -> list[tuple[Path, str, str, Budget, int]]:
+    """Every training the benchmark needs, as (results file, key, member, budget, seed)."""
+    ceiling = members[:CEILING_MEMBERS]
+    out = [(REFERENCE_FILE, f"{n}|seed=0", n, REFERENCE_BUDGET, 0) for n in members]
+    out += [(REFERENCE_FILE, f"{n}|seed=1", n, REFERENCE_BUDGET, 1) for n in ceiling]
+    out += [(PROXY_FILE, f"{b}|{n}|seed=0", n, budget, 0) for b, budget in PROXIES.items() for n in members]
+    out += [
+        (PROXY_FILE, f"{b}|{n}|seed={seed}", n, budget, seed)
+        for b, budget in PROXIES.items()
+        for seed in (1, 2)
+        for n in ceiling
+    ]
+    return out
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    """Train whatever is missing. Several processes may run this at once (one per core): each claims a
+    job in the results file before training it, and a claim whose process has died is taken over."""
+    data = _data()
+    members = panel()
+    todo = jobs(list(members))
+    if args.prefer == "proxies":
+        todo = [j for j in todo if j[0] == PROXY_FILE] + [j for j in todo if j[0] != PROXY_FILE]
+    for path, key, name, budget, seed in todo:
+        with _locked(path) as store:
+            run = store["runs"].get(key)
+            if run is not None and ("accuracy" in run or _alive(run.get("claimed_by"))):
+                continue
+            store["runs"][key] = {"claimed_by": os.getpid()}
+        print(f"{path.stem} {key} ...", flush=True)
+        try:
+            result = _train_one(members[name], data, budget, seed)
+        except BaseException:
+            with _locked(path) as store:
+                store["runs"].pop(key, None)
+            raise
+        print(f"  {result}", flush=True)
+        with _locked(path) as store:
+            store["runs"][key] = result
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def fidelity_rows(reference: dict, proxies: dict) -> tuple[dict, list[dict]]:
+    """The ceiling (reference seed 0 vs seed 1) and one row of rank agreement per proxy budget."""
+    runs = reference["runs"]
+    ref = {k.split("|")[0]: v["accuracy"] for k, v in runs.items() if k.endswith("seed=0") and v.get("accuracy")}
+    second = {k.split("|")[0]: v["accuracy"] for k, v in runs.items() if k.endswith("seed=1") and v.get("accuracy")}
+    both = [name for name in second if name in ref]
+    ceiling = {
+        "members": len(both),
+        "tau": kendall_tau([ref[n] for n in both], [second[n] for n in both]) if len(both) > 1 else None,
+        "seed_sd": statistics.mean(abs(ref[n] - second[n]) / 2**0.5 for n in both) if both else None,
+        "tau_same_members": None,
+    }
+    rows = []
+    for budget in PROXIES:
+        seed0 = {}
+        seconds = []
+        by_member: dict[str, list[float]] = {}
+        for key, run in proxies["runs"].items():
+            b, name, seed = key.split("|")
+            if b != budget or run.get("accuracy") is None:
+                continue
+            by_member.setdefault(name, []).append(run["accuracy"])
+            if seed == "seed=0":
+                seed0[name] = run["accuracy"]
+                seconds.append(run["seconds"])
+        common = [n for n in ref if n in seed0]
+        if len(common) < 2:
+            continue
+        x, y = [seed0[n] for n in common], [ref[n] for n in common]
+        noisy = [statistics.stdev(v) for v in by_member.values() if len(v) >= 3]
+        rows.append(
+            {
+                "budget": budget,
+                "members": len(common),
+                "tau": kendall_tau(x, y),
+                "rho": spearman_rho(x, y),
+                "top25": top_overlap(x, y),
+                "seconds": statistics.mean(seconds),
+                "seed_sd": statistics.mean(noisy) if noisy else None,
+                "spread": (max(x) - min(x)) * 100,
+            }
+        )
+    return ceiling, rows
+
+
+def print_table(args: argparse.Namespace) -> None:
+    reference = json.loads(REFERENCE_FILE.read_text())
+    proxies = json.loads(PROXY_FILE.read_text()) if PROXY_FILE.is_file() else {"runs": {}}
+    ceiling, rows = fidelity_rows(reference, proxies)
+    ref_runs = [r for k, r in reference["runs"].items() if k.endswith("seed=0") and r.get("accuracy")]
+    accuracies = [r["accuracy"] for r in ref_runs]
+    print(f"reference: {reference['recipe']} on {reference['machine']}")
+    print(
+        f"reference members: {len(ref_runs)}, accuracy {min(accuracies):.4f}-{max(accuracies):.4f}, "
+        f"{statistics.mean(r['seconds'] for r in ref_runs):.0f} s each on average"
+    )
+    tau = ceiling["tau"]
+    print(
+        f"ceiling (reference seed 0 vs seed 1, {ceiling['members']} members): tau "
+        f"{'n/a' if tau is None else f'{tau:.3f}'}, seed sd {ceiling['seed_sd'] or float('nan'):.4f}"
+    )
+    print()
+    print(
+        "| proxy budget | members | Kendall τ | Spearman ρ | top-25% overlap | s / candidate "
+        "| seed sd (pts) | spread (pts) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        sd = "n/a" if row["seed_sd"] is None else f"{row['seed_sd'] * 100:.2f}"
+        print(
+            f"| {row['budget']} | {row['members']} | {row['tau']:.3f} | {row['rho']:.3f} | {row['top25']:.2f} | "
+            f"{row['seconds']:.1f} | {sd} | {row['spread']:.1f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["run", "table", "panel"])
+    parser.add_argument("--prefer", choices=["reference", "proxies"], default="reference", help="which jobs first")
+    parser.add_argument("--threads", type=int, default=1, help="training threads (default 1)")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panel samples through in-memory studies
+    torch.set_num_threads(args.threads)
+    if args.step == "run":
+        run_jobs(args)
+    elif args.step == "panel":
+        for name, arch in panel().items():
+            print(name, sum(1 for _ in arch.blocks), arch.head.conv, " ".join(arch.block_strings()))
+    else:
+        print_table(args)
+
+
+if __name__ == "__main__":
+    main()
