@@ -8,6 +8,7 @@ The blocks of a stage share the stage's choices; the first block of a stage carr
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,9 @@ from mbsearch.arch import Activation, BlockType, Channels, Head, Stem, Stride, _
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error, parse_yaml, read_text
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
+# Shipped spaces are package data (mbsearch/spaces/*.yaml), so a wheel install finds them too;
+# the repository's top-level spaces/ is a link to the same folder.
+SPACES_DIR = Path(str(resources.files("mbsearch") / "spaces"))
 CHOICE_KEYS = ("block", "kernel", "expand", "se", "act", "depth")
 MAX_STAGES = 16
 
