@@ -14,7 +14,6 @@ import optuna  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("optuna").setLevel(logging.WARNING)
-os.environ.setdefault("MBSEARCH_NO_PROGRESS", "1")
 
 
 @pytest.fixture

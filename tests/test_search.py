@@ -46,6 +46,8 @@ def test_tiny_search_end_to_end_then_resume_adds_exactly_one(runner, tmp_path) -
         "--study",
         "e2e",
         *TINY,
+        "--sampler",
+        "random",  # a seeded random sampler replays its draws unless the resume offsets its seed
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -50,7 +50,11 @@ def test_wheel_installed_outside_the_repository_runs_a_search(tmp_path) -> None:
         )
 
     where = subprocess.run(
-        [str(python), "-c", "import mbsearch; print(mbsearch.__file__)"], cwd=workdir, env=env, capture_output=True, text=True
+        [str(python), "-c", "import mbsearch; print(mbsearch.__file__)"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
 
