@@ -17,6 +17,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# timm is a test dependency (tests/test_timm.py checks our block strings against it). --no-deps:
+	# its torchvision requirement would pull a multi-GB CUDA torch, and the tests stand in for torchvision.
+	$(BIN)/pip install -q --no-deps 'timm==1.0.31'
 	touch $@
 
 # Debian packages, installed only where missing: the Fashion-MNIST data, and for the tests a

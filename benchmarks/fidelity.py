@@ -56,9 +56,9 @@ REFERENCE_BUDGET = Budget(epochs=1, train_size=50_000, batch_size=128, lr=0.004)
 # The grid of proxy budgets. The first is the default before this benchmark (1 epoch x 4,000 images).
 PROXIES: dict[str, Budget] = {
     "e1-n4k-b64": Budget(epochs=1, train_size=4000, batch_size=64, lr=0.003),
-    "e2-n4k-b64": Budget(epochs=2, train_size=4000, batch_size=64, lr=0.003),
-    "e1-n8k-b64": Budget(epochs=1, train_size=8000, batch_size=64, lr=0.003),
     "e1-n16k-b128-lr6": Budget(epochs=1, train_size=16000, batch_size=128, lr=0.006),
+    "e1-n8k-b64": Budget(epochs=1, train_size=8000, batch_size=64, lr=0.003),
+    "e2-n4k-b64": Budget(epochs=2, train_size=4000, batch_size=64, lr=0.003),
 }
 
 
@@ -137,13 +137,10 @@ def jobs(members: list[str]) -> list[tuple[Path, str, str, Budget, int]]:
     ceiling = members[:CEILING_MEMBERS]
     out = [(REFERENCE_FILE, f"{n}|seed=0", n, REFERENCE_BUDGET, 0) for n in members]
     out += [(REFERENCE_FILE, f"{n}|seed=1", n, REFERENCE_BUDGET, 1) for n in ceiling]
-    out += [(PROXY_FILE, f"{b}|{n}|seed=0", n, budget, 0) for b, budget in PROXIES.items() for n in members]
-    out += [
-        (PROXY_FILE, f"{b}|{n}|seed={seed}", n, budget, seed)
-        for b, budget in PROXIES.items()
-        for seed in (1, 2)
-        for n in ceiling
-    ]
+    # Budget by budget (in PROXIES order, which is the priority), seed 0 on the panel, then the seeds.
+    for b, budget in PROXIES.items():
+        out += [(PROXY_FILE, f"{b}|{n}|seed=0", n, budget, 0) for n in members]
+        out += [(PROXY_FILE, f"{b}|{n}|seed={seed}", n, budget, seed) for seed in (1, 2) for n in ceiling]
     return out
 
 

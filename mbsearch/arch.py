@@ -1,13 +1,12 @@
 """The architecture format: plain, validated, versioned data that round-trips through JSON.
 
 An `Arch` says exactly what is built: every block is explicit, with no hidden defaults. Blocks also
-encode to timm-style strings (`ir_r1_k5_s2_e3_c40_se0.25_nre`) for logs, plots and timm users.
+encode to timm's block strings (blockstrings.py) for logs, plots and timm users.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,10 +24,6 @@ Activation = Literal["relu", "relu6", "hswish"]
 BlockType = Literal["ir", "ds"]
 Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS, strict=True)]
 Stride = Literal[1, 2]
-
-# timm's activation codes after the `n` prefix.
-_ACT_CODES: dict[str, str] = {"relu": "re", "relu6": "r6", "hswish": "hs"}
-_CODE_ACTS = {code: act for act, code in _ACT_CODES.items()}
 
 
 def _check_kernel(kernel: int) -> int:
@@ -88,47 +83,6 @@ class Block(_Data):
     def _numbers(self, value: float) -> float | int:
         return _plain_number(value)
 
-    def to_string(self) -> str:
-        """timm-style string, e.g. `ir_r1_k5_s2_e3_c40_se0.25_nre`."""
-        parts = [self.type, "r1", f"k{self.kernel}", f"s{self.stride}", f"e{_plain_number(self.expand)}"]
-        parts.append(f"c{self.out}")
-        if self.se:
-            parts.append(f"se{_plain_number(self.se)}")
-        parts.append(f"n{_ACT_CODES[self.act]}")
-        return "_".join(parts)
-
-    @classmethod
-    def from_string(cls, text: str) -> Block:
-        """Decode a timm-style block string (repeat count must be 1)."""
-        return cls(**_decode_block_string(text))
-
-
-_TOKEN = re.compile(r"^(se|[rksecn])(.+)$")
-
-
-def _decode_block_string(text: str) -> dict[str, Any]:
-    head, *tokens = text.strip().split("_")
-    if head not in ("ir", "ds"):
-        raise BadInput(f"block string {text!r}: type must be 'ir' or 'ds', got {head!r}")
-    fields: dict[str, Any] = {"type": head, "stride": 1, "expand": 1, "se": 0}
-    for token in tokens:
-        match = _TOKEN.match(token)
-        if not match:
-            raise BadInput(f"block string {text!r}: cannot read token {token!r}")
-        key, value = match.groups()
-        try:
-            if key == "r":
-                if int(value) != 1:
-                    raise BadInput(f"block string {text!r}: only r1 is supported, repeat blocks explicitly")
-            elif key == "n":
-                fields["act"] = _CODE_ACTS[value]
-            else:
-                name = {"k": "kernel", "s": "stride", "e": "expand", "c": "out", "se": "se"}[key]
-                fields[name] = float(value) if name in ("expand", "se") else int(value)
-        except (KeyError, ValueError):
-            raise BadInput(f"block string {text!r}: bad value in token {token!r}") from None
-    return fields
-
 
 class Head(_Data):
     """1x1 conv, global pool, optional hidden linear layer, classifier."""
@@ -161,9 +115,6 @@ class Arch(_Data):
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    def block_strings(self) -> list[str]:
-        return [block.to_string() for block in self.blocks]
 
     def key(self) -> str:
         """What decides the network, without name, provenance or metrics: for caches and dedup."""

@@ -315,7 +315,8 @@ def export(
     storage: Storage = None,
 ) -> None:
     """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
-    from mbsearch.export import chosen_arch, pick_row, timm_arch_def, write_arch, write_onnx
+    from mbsearch.blockstrings import timm_arch_def
+    from mbsearch.export import chosen_arch, pick_row, write_arch, write_onnx
     from mbsearch.studies import open_finished
 
     if max_latency is not None and max_latency <= 0:
@@ -324,6 +325,7 @@ def export(
     if finished.front.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
     arch = chosen_arch(finished, pick_row(finished.front, pick, max_latency))
+    arch_def = timm_arch_def(arch) if timm else None  # refuse before writing anything, never a wrong string
     write_arch(arch, output)
     metrics = arch.metrics or {}
     console.print(
@@ -334,8 +336,8 @@ def export(
     if onnx is not None:
         write_onnx(arch, onnx)
         console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)
-    if timm:
-        sys.stdout.write(json.dumps(timm_arch_def(arch), indent=1) + "\n")
+    if arch_def is not None:
+        sys.stdout.write(json.dumps(arch_def, indent=1) + "\n")
 
 
 @app.command()

@@ -60,18 +60,6 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
     return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)
 
 
-def timm_arch_def(arch: Arch) -> list[list[str]]:
-    """timm's arch_def: block strings grouped into stages (a stage starts at a stride or a width change)."""
-    stages: list[list[str]] = []
-    previous_out = arch.stem.out
-    for block in arch.blocks:
-        if not stages or block.stride == 2 or block.out != previous_out:
-            stages.append([])
-        stages[-1].append(block.to_string())
-        previous_out = block.out
-    return stages
-
-
 def write_onnx(arch: Arch, path: Path, model: torch.nn.Module | None = None) -> None:
     """Write a checked ONNX file (the dynamo exporter, opset 18)."""
     model = model or build_model(arch)

@@ -18,6 +18,7 @@ import torch
 
 from mbsearch import interrupts
 from mbsearch.arch import Arch
+from mbsearch.blockstrings import block_strings
 from mbsearch.config import RunConfig
 from mbsearch.cost import count_macs, count_params
 from mbsearch.dashboard import artifact_store
@@ -97,7 +98,7 @@ class Objective:
             )
         trial.set_user_attr("arch", arch.to_dict())
         self._upload_arch(trial, arch)
-        trial.set_user_attr("blocks", " ".join(arch.block_strings()))
+        trial.set_user_attr("blocks", " ".join(block_strings(arch)))
         for key, value in {
             "params": params,
             "macs": macs,

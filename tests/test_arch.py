@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mbsearch.arch import MAX_BLOCKS, Arch, Block, load_arch
+from mbsearch.blockstrings import NotExpressible, block_string, block_strings, parse_block_string, parse_block_strings
 from mbsearch.errors import BadInput
 from mbsearch.sample import sample_arch
 from mbsearch.space import list_spaces, load_space
@@ -27,7 +28,7 @@ def test_sampled_archs_round_trip_losslessly(space: str, seed: int, size: int) -
     again = Arch.from_json(text)
     assert again == arch
     assert again.to_json() == text
-    assert [Block.from_string(s) for s in arch.block_strings()] == list(arch.blocks)
+    assert parse_block_strings(block_strings(arch), arch.stem.out) == arch.blocks
 
 
 @pytest.mark.parametrize("name", reference_names())
@@ -36,19 +37,48 @@ def test_reference_archs_round_trip(name: str) -> None:
     assert Arch.from_dict(json.loads(arch.to_json())) == arch
 
 
-def test_block_string_matches_timm_grammar() -> None:
+def test_block_strings_use_timms_meaning() -> None:
     block = Block(type="ir", kernel=5, stride=2, expand=3, out=40, se=0.25, act="relu")
-    assert block.to_string() == "ir_r1_k5_s2_e3_c40_se0.25_nre"
-    assert Block.from_string("ds_r1_k3_s1_c16_nhs") == Block(
-        type="ds", kernel=3, stride=1, expand=1, out=16, se=0, act="hswish"
+    assert block_string(block, 24) == "ir_r1_k5_s2_e3_c40_se0.25_nre"
+    # timm's ds: depthwise + act, linear pointwise, shortcut when shapes match = our ir without expansion.
+    assert parse_block_string("ds_r1_k3_s1_c16_nhs", 16) == Block(
+        type="ir", kernel=3, stride=1, expand=1, out=16, se=0, act="hswish"
     )
-    assert Block.from_string("ir_r1_k3_s1_e2.3_c80_nr6").expand == pytest.approx(2.3)
+    # timm's dsa: pointwise activation, never a shortcut = our ds where shapes give none.
+    assert parse_block_string("dsa_r1_k3_s2_c32_se0.25_nre", 16) == Block(
+        type="ds", kernel=3, stride=2, expand=1, out=32, se=0.25, act="relu"
+    )
+    assert parse_block_string("ir_r1_k3_s1_e2.3_c80_nr6", 40).expand == pytest.approx(2.3)
+    assert parse_block_string("ir_r1_k3_s2_e6_c24_noskip_nre", 16).type == "ir"  # no shortcut anyway
 
 
-@pytest.mark.parametrize("text", ["xx_r1_k3", "ir_r2_k3_s1_e1_c8_nre", "ir_r1_kq_s1_e1_c8_nre", "ir_r1_k3_nzz"])
+@pytest.mark.parametrize(
+    ("text", "in_chs"),
+    [
+        ("dsa_r1_k3_s1_c16_nre", 16),  # timm: no shortcut; ours would add one
+        ("ir_r1_k3_s1_e6_c16_noskip_nre", 16),
+        ("ir_r1_k3_s1_e1_c16_nre", 8),  # timm keeps an expansion conv at e1; ours has none
+        ("ds_r1_k3_s1_c16_noskip_nre", 16),
+    ],
+)
+def test_timm_strings_mbsearch_cannot_build_are_refused(text: str, in_chs: int) -> None:
+    with pytest.raises(NotExpressible):
+        parse_block_string(text, in_chs)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "xx_r1_k3_s1_c8_nre",
+        "ir_r2_k3_s1_e3_c8_nre",
+        "ir_r1_kq_s1_e3_c8_nre",
+        "ir_r1_k3_s1_e3_c8_nzz",
+        "ds_r1_k3_c8_nre",
+    ],
+)
 def test_bad_block_strings_are_refused(text: str) -> None:
     with pytest.raises(BadInput):
-        Block.from_string(text)
+        parse_block_string(text, 8)
 
 
 def _mutate(path: list, value) -> dict:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mbsearch.arch import load_arch
+from mbsearch.blockstrings import NotExpressible, timm_arch_def
 from mbsearch.cli import app
-from mbsearch.export import pick_row, timm_arch_def
+from mbsearch.export import pick_row
 from mbsearch.model import build_model
 from mbsearch.zoo import reference_arch
 
@@ -20,7 +21,7 @@ def test_export_knee_writes_json_with_metrics_and_provenance_that_rebuilds(runne
     out, onnx_path = tmp_path / "best.json", tmp_path / "best.onnx"
     cli = runner.invoke(
         app,
-        ["export", name, "--runs-dir", str(runs), "--pick", "knee", "-o", str(out), "--onnx", str(onnx_path), "--timm"],
+        ["export", name, "--runs-dir", str(runs), "--pick", "knee", "-o", str(out), "--onnx", str(onnx_path)],
     )
     assert cli.exit_code == 0, cli.output
     arch = load_arch(out)
@@ -34,7 +35,24 @@ def test_export_knee_writes_json_with_metrics_and_provenance_that_rebuilds(runne
     assert json.loads(shown.stdout)["params"] == arch.metrics["params"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 1, 28, 28]
-    assert arch.blocks[0].to_string() in cli.stdout  # timm arch_def printed
+
+
+@pytest.mark.parametrize("pick", ["knee", "max-accuracy", "min-latency"])
+def test_export_timm_prints_timms_arch_def_or_refuses_with_nothing_written(runner, tiny_study, tmp_path, pick) -> None:
+    runs, name, _ = tiny_study
+    out = tmp_path / "best.json"
+    plain = runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--pick", pick, "-o", str(out)])
+    arch = load_arch(out)
+    out.unlink()
+    cli = runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--pick", pick, "-o", str(out), "--timm"])
+    try:
+        expected = timm_arch_def(arch)
+    except NotExpressible:
+        assert plain.exit_code == 0 and cli.exit_code == 2
+        assert "no timm equivalent" in cli.stderr and not out.exists()
+    else:
+        assert cli.exit_code == 0, cli.output
+        assert json.loads(cli.stdout[cli.stdout.index("[") :]) == expected
 
 
 def load_arch_from_trial(trial):
@@ -70,7 +88,7 @@ def test_onnx_matches_torch_numerically(tmp_path) -> None:
 
 def test_timm_arch_def_groups_blocks_into_stages() -> None:
     stages = timm_arch_def(reference_arch("mobilenet_v3_large"))
-    assert stages[0] == ["ir_r1_k3_s1_e1_c16_nre"]
+    assert stages[0] == ["ds_r1_k3_s1_c16_nre"]  # expansion 1: timm's ds, not ir_e1
     assert [len(s) for s in stages] == [1, 2, 3, 4, 2, 3]  # timm: 16 | 24 | 40 | 80 | 112 | 160
     assert stages[-1][0].startswith("ir_r1_k5_s2_e6_c160_se0.25_nhs")
 

@@ -1,0 +1,104 @@
+"""timm builds exactly our blocks from the strings we print: same parameters, same outputs for the same
+weights. Checked against timm itself (a dev dependency), imported with a torchvision stand-in."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from mbsearch.arch import Arch
+from mbsearch.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
+from mbsearch.model import build_model
+from mbsearch.sample import random_arch
+from mbsearch.space import list_spaces, load_space
+from mbsearch.zoo import reference_arch
+from tests.timm_support import import_timm
+
+timm = import_timm()
+from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
+from timm.models._efficientnet_builder import decode_arch_def, round_channels  # noqa: E402
+from timm.models.mobilenetv3 import MobileNetV3  # noqa: E402
+
+
+def timm_model(arch_def: list[list[str]], in_chs: int) -> MobileNetV3:
+    """timm's MobileNetV3 with the arguments blockstrings.TIMM_KWARGS_HELP documents."""
+    se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
+    return MobileNetV3(
+        block_args=decode_arch_def(arch_def), stem_size=in_chs, fix_stem=True, se_layer=se_layer, round_chs_fn=int
+    )
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _copy_weights(ours: nn.Module, theirs: nn.Module) -> None:
+    """Same layers in the same order: copy ours into timm's, checking every shape."""
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert len(mine) == len(other), (list(mine), list(other))
+    generator = torch.Generator().manual_seed(0)
+    for (key, value), (other_key, other_value) in zip(mine.items(), other.items(), strict=True):
+        assert value.shape == other_value.shape, (key, other_key)
+        if value.is_floating_point() and "running_var" not in key:
+            value.copy_(torch.randn(value.shape, generator=generator) * 0.3)  # non-trivial BN statistics too
+        elif "running_var" in key:
+            value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+    theirs.load_state_dict(dict(zip(other.keys(), mine.values(), strict=True)))
+
+
+def _assert_same(ours: nn.Module, theirs: nn.Module, in_chs: int, size: int) -> None:
+    assert _params(theirs) == _params(ours)
+    _copy_weights(ours, theirs)
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, in_chs, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_timm_builds_the_reference_mobilenets_blocks_exactly(name: str) -> None:
+    arch = reference_arch(name)
+    ours = build_model(arch).features[1:-1]
+    theirs = timm_model(timm_arch_def(arch), arch.stem.out).blocks
+    _assert_same(ours, theirs, arch.stem.out, 56)
+
+
+def _sampled(space: str, count: int = 6) -> list[Arch]:
+    return [random_arch(load_space(space), seed, 32, 3, 10) for seed in range(count)]
+
+
+@pytest.mark.parametrize("space", list_spaces())
+def test_every_sampled_block_is_built_identically_by_timm_or_refused(space: str) -> None:
+    """Each block of sampled archs: timm builds it from our string, or timm_arch_def says it cannot."""
+    built = refused = 0
+    for arch in _sampled(space):
+        model = build_model(arch)
+        in_chs, size = arch.stem.out, 32 // arch.stem.stride
+        for index, block in enumerate(arch.blocks):
+            text = block_string(block, in_chs)
+            if block.type == "ds" and has_skip(block, in_chs):
+                assert text.startswith("dsr_")  # never a string timm would build differently
+                refused += 1
+            else:
+                theirs = timm_model([[text]], in_chs).blocks[0][0]
+                _assert_same(model.features[1 + index], theirs, in_chs, size)
+                built += 1
+            in_chs, size = block.out, -(-size // block.stride)
+        expressible = all(not (b.type == "ds" and has_skip(b, c)) for b, c in _inputs(arch))
+        if expressible:
+            theirs = timm_model(timm_arch_def(arch), arch.stem.out).blocks
+            _assert_same(model.features[1:-1], theirs, arch.stem.out, 32 // arch.stem.stride)
+        else:
+            with pytest.raises(NotExpressible, match="no timm equivalent"):
+                timm_arch_def(arch)
+    assert built > 0
+    if space == "v2":  # inverted residuals only: every block has a timm form
+        assert refused == 0
+
+
+def _inputs(arch: Arch) -> list[tuple]:
+    channels = [arch.stem.out] + [b.out for b in arch.blocks[:-1]]
+    return list(zip(arch.blocks, channels, strict=True))
