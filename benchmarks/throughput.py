@@ -43,6 +43,7 @@ def main() -> None:
     totals = dict.fromkeys(PHASES, 0.0)
     for trial in trials:
         for phase, seconds in trial.user_attrs.get("timings", {}).items():
+            phase = "export" if phase.startswith("export") else phase  # export_torchscript / export_dynamo
             totals[phase] = totals.get(phase, 0.0) + seconds
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     storage_and_other = wall - sum(totals.values())

@@ -24,7 +24,7 @@ from torch import nn
 from mbsearch import hostlock
 from mbsearch.arch import Arch
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.onnx_export import to_onnx
+from mbsearch.onnx_export import export_onnx
 
 TARGETS = ("cpu", "cuda")
 RUNTIMES = ("onnxruntime", "torch")
@@ -144,14 +144,17 @@ def measure(
     """Time batch-1 inference; re-measure up to `attempts` times while IQR/median > 10%.
 
     With the onnxruntime runtime the model is exported first; `timings` receives the seconds spent
-    exporting ("export") and timing ("latency").
+    exporting ("export_torchscript" or "export_dynamo", naming the exporter that ran) and timing ("latency").
     """
     check_target(target, runtime, threads)
     started = time.perf_counter()
     if runtime == "onnxruntime":
-        timer, runnable = _time_onnxruntime, to_onnx(model, arch)
+        exported_model = export_onnx(model, arch)
+        timer, runnable = _time_onnxruntime, exported_model.data
+        export_key = f"export_{exported_model.exporter}"
     else:
         timer, runnable = _time_torch, model
+        export_key = None  # eager timing runs the module itself
     exported = time.perf_counter()
     best: LatencyStats | None = None
     try:
@@ -167,7 +170,8 @@ def measure(
         raise RuntimeFailure(f"latency measurement on {target}/{runtime} failed: {exc}".splitlines()[0]) from None
     assert best is not None
     if timings is not None:
-        timings["export"] = round(exported - started, 4)
+        if export_key:
+            timings[export_key] = round(exported - started, 4)
         timings["latency"] = round(time.perf_counter() - exported, 4)
     return best
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,46 +14,68 @@ from torch import nn
 from mbsearch.arch import Arch
 
 OPSET = 18
+_NAMES = {"input_names": ["input"], "output_names": ["logits"]}
+_fallback_warned = False
 
 
-def to_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> bytes:
-    """Export at batch 1 in eval mode.
+@dataclass(frozen=True)
+class Exported:
+    data: bytes
+    exporter: str  # "torchscript" (fast) or "dynamo"
 
-    `fast` uses the TorchScript exporter: 0.4 s per candidate here against 2-6 s for the dynamo exporter,
-    which matters when every trial exports. It is deprecated in torch 2.x, so when it is gone or fails we
-    fall back to the dynamo exporter (the default, which needs onnxscript).
+
+def _torchscript(model: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in torch 2.x
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET, **_NAMES)
+    return buffer.getvalue()
+
+
+def _dynamo(model: nn.Module, example: torch.Tensor) -> bytes:
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # scoped to this call: the exporter logs every pass it runs
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, verbose=False, **_NAMES)
+    finally:
+        logger.setLevel(level)
+    return program.model_proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> Exported:
+    """Export at batch 1 in eval mode, saying which exporter ran.
+
+    `fast` uses the TorchScript exporter: 0.4 s per candidate here against 2-6 s for the dynamo exporter
+    (benchmarks/README.md), which matters when every trial exports. Where it fails (an operator it
+    cannot export, or a torch without it) the dynamo exporter takes over, with a warning the first time.
     """
+    global _fallback_warned
     was_training = model.training
     model.eval()
     example = torch.zeros(1, arch.input.channels, arch.input.size, arch.input.size)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if fast:
-                try:
-                    buffer = io.BytesIO()
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        buffer,
-                        dynamo=False,
-                        opset_version=OPSET,
-                        input_names=["input"],
-                        output_names=["logits"],
+        if fast:
+            try:
+                return Exported(_torchscript(model, example), "torchscript")
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError, TypeError, AttributeError) as exc:
+                # OnnxExporterError: an unsupported operator; RuntimeError: a tracing failure;
+                # TypeError/AttributeError: a torch whose export() no longer takes dynamo=False.
+                if not _fallback_warned:
+                    _fallback_warned = True
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    print(
+                        f"warning: the fast ONNX exporter failed ({reason}); using the dynamo exporter, "
+                        "2-6 s per candidate",
+                        file=sys.stderr,
                     )
-                    return buffer.getvalue()
-                except Exception:
-                    pass
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                opset_version=OPSET,
-                verbose=False,
-                input_names=["input"],
-                output_names=["logits"],
-            )
-            return program.model_proto.SerializeToString()
+        return Exported(_dynamo(model, example), "dynamo")
     finally:
         model.train(was_training)
+
+
+def to_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> bytes:
+    """ONNX bytes (see export_onnx)."""
+    return export_onnx(model, arch, fast).data

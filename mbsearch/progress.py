@@ -7,8 +7,40 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mbsearch.config import RunConfig
-from mbsearch.pareto import pareto_front, trials_frame
 from mbsearch.storage import redact
+
+
+class RunningFront:
+    """The accuracy-vs-latency front, updated one trial at a time: O(front size) per trial, where
+    rebuilding the trials frame and the front after every trial was quadratic over a long study."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, float]] = []
+
+    def add(self, accuracy: float, latency_ms: float) -> None:
+        if any(a >= accuracy and lat <= latency_ms for a, lat in self.points):
+            return  # dominated by (or equal to) a point already on the front
+        self.points = [(a, lat) for a, lat in self.points if not (accuracy >= a and latency_ms <= lat)]
+        self.points.append((accuracy, latency_ms))
+
+    @property
+    def best_accuracy(self) -> float | None:
+        return max((a for a, _ in self.points), default=None)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def _front_point(trial: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
+    """(accuracy, latency) of a trial that may be on the front: complete, trained and feasible."""
+    attrs = trial.user_attrs
+    if trial.state != optuna.trial.TrialState.COMPLETE or attrs.get("skipped"):
+        return None
+    if any(value > 0 for value in trial.constraints.values()):
+        return None
+    if "val_accuracy" not in attrs or "latency_ms" not in attrs:
+        return None
+    return float(attrs["val_accuracy"]), float(attrs["latency_ms"])
 
 
 class ConsoleReporter:
@@ -30,6 +62,8 @@ class ConsoleReporter:
             disable=not console.is_terminal,
         )
         self.task = None
+        self.front = RunningFront()
+        self.complete = 0
 
     def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None:
         storage = redact(config.storage or f"sqlite:///{config.study_dir / 'study.db'}")
@@ -41,8 +75,21 @@ class ConsoleReporter:
             f"storage={storage}",
             highlight=False,
         )
+        # One full read at start (a resumed study); afterwards the front grows trial by trial. With
+        # several workers each bar counts the trials it has seen: its own, plus those stored at start.
+        self.complete = complete
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            point = _front_point(trial)
+            if point:
+                self.front.add(*point)
         self.progress.start()
-        self.task = self.progress.add_task("trials", total=config.trials, completed=complete, front=0, best="-")
+        self.task = self.progress.add_task(
+            "trials", total=config.trials, completed=complete, front=len(self.front), best=self._best()
+        )
+
+    def _best(self) -> str:
+        best = self.front.best_accuracy
+        return "-" if best is None else f"{best:.4f}"
 
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
@@ -60,12 +107,13 @@ class ConsoleReporter:
         self.console.print(
             f"{self.worker}trial {trial.number:>4}  {status}  {timing}  {size}  {seconds:.1f}s", highlight=False
         )
-        frame = trials_frame(study)
-        front = pareto_front(frame)
-        complete = int((frame["state"] == "COMPLETE").sum()) if not frame.empty else 0
-        best = f"{front['val_accuracy'].max():.4f}" if not front.empty else "-"
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            self.complete += 1
+        point = _front_point(trial)
+        if point:
+            self.front.add(*point)
         if self.task is not None:
-            self.progress.update(self.task, completed=complete, front=len(front), best=best)
+            self.progress.update(self.task, completed=self.complete, front=len(self.front), best=self._best())
 
     def finish(self) -> None:
         self.progress.stop()

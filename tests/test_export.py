@@ -119,3 +119,25 @@ def test_export_bad_input(runner, tiny_study, tmp_path) -> None:
     study = optuna.create_study(study_name="idle", storage=f"sqlite:///{empty / 'idle' / 'study.db'}")
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     _one_line_exit_2(runner.invoke(app, ["export", "idle", "--runs-dir", str(empty)]), "no complete trial")
+
+
+def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:
+    """Every block kind the spaces can produce exports with the TorchScript exporter, never the slow path."""
+    from mbsearch.arch import Block
+    from mbsearch.onnx_export import export_onnx
+
+    base = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    kinds = [
+        Block(type="ds", kernel=3, stride=1, expand=1, out=8, se=0, act="relu"),  # ds with a shortcut
+        Block(type="ds", kernel=5, stride=2, expand=1, out=16, se=0.25, act="hswish"),
+        Block(type="ir", kernel=7, stride=1, expand=1, out=16, se=0.25, act="relu6"),  # no expansion conv
+        Block(type="ir", kernel=3, stride=2, expand=6, out=24, se=0, act="hswish"),
+        Block(type="ir", kernel=3, stride=1, expand=4.5, out=24, se=0.25, act="relu"),  # shortcut + SE
+    ]
+    arch = base.model_copy(update={"blocks": tuple(kinds)})
+    torch.manual_seed(0)
+    exported = export_onnx(build_model(arch), arch)
+    assert exported.exporter == "torchscript"
+    assert "warning" not in capsys.readouterr().err
+    session = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].shape == [1, 10]

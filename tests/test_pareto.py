@@ -3,6 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mbsearch.baselines import dominance
 from mbsearch.pareto import hypervolume, knee, pareto_front, pareto_mask
@@ -62,3 +64,20 @@ def test_dominance_says_by_how_much() -> None:
     assert result.loc["a", "accuracy_gain"] == pytest.approx(5.0)
     assert result.loc["a", "speedup"] == pytest.approx(1.5)
     assert bool(result.loc["b", "dominated"]) is False
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0.01, 10)), min_size=1, max_size=60))
+def test_running_front_equals_the_front_computed_from_all_points(points) -> None:
+    """The reporter's incremental front keeps exactly the non-dominated points (as a set)."""
+    from mbsearch.progress import RunningFront
+
+    running = RunningFront()
+    for accuracy, latency in points:
+        running.add(accuracy, latency)
+    accuracy = np.array([p[0] for p in points])
+    latency = np.array([p[1] for p in points])
+    expected = {
+        (a, lat) for a, lat, keep in zip(accuracy, latency, pareto_mask(accuracy, latency), strict=True) if keep
+    }
+    assert set(running.points) == expected
