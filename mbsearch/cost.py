@@ -25,15 +25,21 @@ def count_macs(model: nn.Module, arch: Arch) -> tuple[int, dict[str, int]]:
     example = torch.zeros(1, arch.input.channels, arch.input.size, arch.input.size)
     was_training = model.training
     model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # fvcore logs every op it does not count (hardswish, mul, add); those are not MACs by design.
-        logging.getLogger("fvcore").setLevel(logging.ERROR)
-        analysis = FlopCountAnalysis(model, example)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        by_module = {
-            name: sum(count for op, count in ops.items() if op in _COUNTED_OPS)
-            for name, ops in analysis.by_module_and_operator().items()
-        }
-    model.train(was_training)
+    # fvcore logs every op it does not count (hardswish, mul, add); those are not MACs by design.
+    # Quieted for this call only: the caller's logging and warning settings are left as they were.
+    logger = logging.getLogger("fvcore")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(model, example)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            by_module = {
+                name: sum(count for op, count in ops.items() if op in _COUNTED_OPS)
+                for name, ops in analysis.by_module_and_operator().items()
+            }
+    finally:
+        logger.setLevel(level)
+        model.train(was_training)
     return by_module[""], by_module

@@ -64,14 +64,15 @@ def open_storage(
             warnings.simplefilter("ignore")  # experimental in Optuna 5, and the supported way
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=retry,
-        )
+        with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
     except sqlalchemy.exc.OperationalError as exc:
         reason = redact(str(exc.orig).strip().splitlines()[0]) if exc.orig else "connection failed"
         raise RuntimeFailure(f"cannot reach storage {redact(url)}: {reason}") from None

@@ -1,0 +1,27 @@
+"""Library calls leave the caller's logging levels and warning filters as they were."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+from mbsearch.cost import count_macs
+from mbsearch.model import build_model
+from mbsearch.onnx_export import export_onnx
+from mbsearch.storage import open_storage
+from mbsearch.zoo import reference_arch
+
+
+def test_cost_export_and_storage_do_not_change_global_logging_or_warnings(tmp_path) -> None:
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    loggers = {name: logging.getLogger(name).level for name in ("fvcore", "torch.onnx", "optuna")}
+    filters = list(warnings.filters)
+    count_macs(model, arch)
+    export_onnx(model, arch, fast=False)  # the dynamo path, which quiets torch.onnx's logger
+    open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=10, grace_period=30, max_retry=1)
+    assert {name: logging.getLogger(name).level for name in loggers} == loggers
+    assert list(warnings.filters) == filters
