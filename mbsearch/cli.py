@@ -18,7 +18,9 @@ from typer.exceptions import Abort
 from mbsearch.errors import BadInput, MbsearchError
 
 # A pipe or a test gets a wide table rather than folded cells.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# markup=False: file names, study names and arch names are printed as given ('exp[v2]' stays as is,
+# '[/]' is not a markup error).
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 
 
 class _OneLineErrors(TyperGroup):
@@ -271,7 +273,18 @@ def _short_blocks(blocks: str) -> str:
     return " ".join(parts[:3]) + (f" ... (+{len(parts) - 3})" if len(parts) > 3 else "")
 
 
-StudyName = Annotated[str, typer.Argument(help="Study name (as given to or derived by 'mbsearch run').")]
+def _study_name(name: str) -> str:
+    from mbsearch.config import check_study_name
+
+    try:
+        return check_study_name(name)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+StudyName = Annotated[
+    str, typer.Argument(help="Study name (as given to or derived by 'mbsearch run').", callback=_study_name)
+]
 RunsDir = Annotated[Path, typer.Option(help="Folder of study outputs.")]
 Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")]
 
@@ -317,10 +330,15 @@ def export(
     """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
     from mbsearch.blockstrings import timm_arch_def
     from mbsearch.export import chosen_arch, pick_row, write_arch, write_onnx
+    from mbsearch.files import check_outputs
     from mbsearch.studies import open_finished
 
     if max_latency is not None and max_latency <= 0:
         raise BadInput(f"--max-latency must be positive, got {max_latency}")
+    protected = {"the study's database": runs_dir / study / "study.db"}
+    if storage and storage.startswith("sqlite:///"):
+        protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
+    check_outputs({"--output": output, "--onnx": onnx}, protected)
     finished = open_finished(study, runs_dir, storage)
     if finished.front.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
@@ -356,8 +374,26 @@ def dashboard(
     if storage is None and not (runs_dir / study / "study.db").is_file():
         raise BadInput(f"unknown study {study!r}: no {runs_dir / study / 'study.db'}; check --runs-dir or --storage")
     load_study(url, study)  # fail early, with one line, on an unknown study
-    console.print(f"dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
+    if not _is_loopback(host):
+        print(
+            f"mbsearch: warning: --host {host} serves the whole study, with no authentication, to every machine "
+            "that can reach this one; use 127.0.0.1 unless you mean it",
+            file=sys.stderr,
+        )
+    console.print(f"dashboard for {redact(url)} on http://{shown_host}:{port}/ (Ctrl-C stops it)", highlight=False)
     serve(url, runs_dir / study, host, port)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command("train")

@@ -39,6 +39,17 @@ IDENTITY_KEYS = (
 )
 
 
+def check_study_name(name: str) -> str:
+    """A study name becomes a folder under --runs-dir: never a path out of it, never a hidden trick.
+
+    fullmatch, not match: `$` would accept a trailing newline."""
+    if not _STUDY_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"study name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, starting with a letter or digit)"
+        )
+    return name
+
+
 class RunConfig(pydantic.BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,8 +88,8 @@ class RunConfig(pydantic.BaseModel):
     def _consistent(self) -> RunConfig:
         if self.objective == "mnas" and self.latency_target is None:
             raise ValueError("--objective mnas needs --latency-target MS (the T in ACC*(LAT/T)^w)")
-        if self.study is not None and not _STUDY_NAME.match(self.study):
-            raise ValueError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+        if self.study is not None:
+            check_study_name(self.study)
         if self.grace_period <= self.heartbeat:
             raise ValueError("--grace-period must be longer than --heartbeat")
         return self

@@ -65,10 +65,7 @@ def write_onnx(arch: Arch, path: Path, model: torch.nn.Module | None = None) -> 
     model = model or build_model(arch)
     data = to_onnx(model, arch, fast=False)
     onnx.checker.check_model(onnx.load_from_string(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data)
 
 
 def write_arch(arch: Arch, path: Path) -> None:

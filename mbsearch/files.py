@@ -65,12 +65,46 @@ def describe_validation_error(error: pydantic.ValidationError, source: str) -> s
     return f"{source}: {path or '<top level>'}: {message}{suffix}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+def check_outputs(outputs: dict[str, Path | None], protected: dict[str, Path] | None = None) -> None:
+    """Refuse, before anything is written, outputs that are folders, sit in a folder that cannot be
+    written, name the same file twice, or would overwrite a protected file (the study's database)."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if path.is_dir():
+            raise BadInput(f"{flag} {path} is a folder; give a file name, e.g. {path / 'best.json'}")
+        if resolved in seen:
+            raise BadInput(f"{flag} and {seen[resolved]} both name {path}; give two different files")
+        for what, guarded in (protected or {}).items():
+            if guarded.exists() and resolved == guarded.resolve():
+                raise BadInput(f"{flag} {path} is {what}; writing there would destroy it, pick another file")
+        folder = resolved.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or str(folder).startswith("/proc"):
+            raise BadInput(f"{flag} {path}: cannot write in {folder}; pick a writable folder")
+        seen[resolved] = flag
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it.
+
+    The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(
+            fd, "wb" if isinstance(text, bytes) else "w", **({} if isinstance(text, bytes) else {"encoding": "utf-8"})
+        ) as handle:
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:

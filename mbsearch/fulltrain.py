@@ -62,16 +62,43 @@ def train_full(
     """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present."""
     train_split, test_split = _data(arch, dataset, data_dir)
     budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr, augment=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out {out_dir} is a file; give a folder for the weights, ONNX and metrics")
     checkpoint_path = out_dir / CHECKPOINT
     identity = {"arch": arch.key(), "budget": asdict(budget), "dataset": dataset, "seed": seed}
     resume = None
     if checkpoint_path.is_file():
         # Our own file, and still loaded as data only: weights_only refuses anything but tensors and plain values.
-        saved = torch.load(checkpoint_path, weights_only=True)
-        if saved.get("identity") != json.dumps(identity, sort_keys=True):
-            raise BadInput(f"{checkpoint_path} belongs to another architecture or budget; use another --out")
+        try:
+            saved = torch.load(checkpoint_path, weights_only=True)
+        except Exception:  # a foreign or damaged file: refused, whatever torch raises for it
+            saved = None
+        if not isinstance(saved, dict) or saved.get("identity") != json.dumps(identity, sort_keys=True):
+            raise BadInput(f"{checkpoint_path} is not this architecture's checkpoint; use another --out")
         resume = saved["state"]
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_into(arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing half-done: no empty --out folder after a failure before epoch 1
+        raise
+
+
+def _train_into(
+    arch: Arch,
+    out_dir: Path,
+    train_split: Split,
+    test_split: Split,
+    budget: Budget,
+    seed: int,
+    identity: dict[str, Any],
+    resume: dict[str, Any] | None,
+    on_step: Callable[[int, int, float, float], None] | None,
+) -> FullTrainResult:
+    checkpoint_path = out_dir / CHECKPOINT
+    batch_size = budget.batch_size
     steps_per_epoch = -(-len(train_split) // batch_size)
     resumed_from = int(resume["step"]) // steps_per_epoch if resume else 0
 

@@ -69,7 +69,7 @@ class ConsoleReporter:
         storage = redact(config.storage or f"sqlite:///{config.study_dir / 'study.db'}")
         verb = "resuming" if complete else "starting"
         self.console.print(
-            f"{self.worker}{verb} study [bold]{config.study_name}[/] ({complete}/{config.trials} complete) "
+            f"{self.worker}{verb} study {config.study_name} ({complete}/{config.trials} complete) "
             f"space={config.space_name} target={config.target}/{config.runtime} threads={config.threads} "
             f"dataset={config.dataset} budget={config.epochs:g} epoch(s) x {config.train_size} images "
             f"storage={storage}",

@@ -13,12 +13,48 @@ import sqlalchemy.exc
 
 from mbsearch.errors import BadInput, RuntimeFailure
 
-_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*(@)")
+_QUERY_SECRET = re.compile(r"((?:^|[?&;])(?:password|passwd|sslpassword|sslkey)=)[^&;#]*", re.IGNORECASE)
+_DSN_SECRET = re.compile(r"((?:^|\s)password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, for logs, progress lines and reports."""
-    return _PASSWORD.sub(r"\1***\2", url)
+    """The URL with every credential masked, for logs, progress lines, errors and reports.
+
+    Covers what SQLAlchemy and libpq accept: `user:PW@host`, an empty user (`:PW@host`), a password
+    that itself holds `@`, `:` or `/` (the user info ends at the last `@` before the query), the query
+    form `?password=PW`, and libpq's `password=PW` keyword strings.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _DSN_SECRET.sub(r"\1***", url)
+    query_at = rest.find("?")
+    head, query = (rest, "") if query_at < 0 else (rest[:query_at], rest[query_at:])
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _ = head[:at].partition(":")
+        head = f"{user}:***{head[at:]}" if colon else head
+    return f"{scheme}://{head}" + _QUERY_SECRET.sub(r"\1***", query)
+
+
+def _secrets(url: str) -> list[str]:
+    """The credential strings inside a URL (to scrub them from driver messages, which quote freely)."""
+    found = []
+    _, sep, rest = url.partition("://")
+    head = rest.split("?", 1)[0] if sep else ""
+    if "@" in head and ":" in head[: head.rfind("@")]:
+        found.append(head[: head.rfind("@")].partition(":")[2])
+    found += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
+    found += [m.group(2) for m in _DSN_SECRET.finditer(url)]
+    # Drivers split a password holding '@', ':' or '/' wrongly and quote the pieces (as a host name, say).
+    pieces = [piece for secret in found for piece in re.split(r"[@:/]", secret) if len(piece) >= 3]
+    return sorted({secret for secret in found + pieces if secret}, key=len, reverse=True)
+
+
+def scrub(message: str, url: str) -> str:
+    """A message with the URL's credentials masked wherever they appear."""
+    for secret in _secrets(url):
+        message = message.replace(secret, "***")
+    return redact(message)
 
 
 def default_url(study_dir: Path) -> str:
@@ -27,6 +63,10 @@ def default_url(study_dir: Path) -> str:
 
 def _check_sqlite_file(url: str) -> None:
     path = Path(url.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder, not a SQLite study database; check --storage or --runs-dir")
+    if path.exists() and not path.is_file():
+        raise BadInput(f"{path} is not a regular file (a FIFO or a device?); point --storage at a SQLite file")
     if path.exists():
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
@@ -43,48 +83,92 @@ def _check_sqlite_file(url: str) -> None:
             raise BadInput(f"cannot create {path}: {folder} is not writable; pick another --runs-dir")
 
 
+def _engine_kwargs(url: str) -> tuple[str, dict]:
+    """The SQLAlchemy URL (postgresql:// -> psycopg 3) and engine settings for a storage URL."""
+    if url.startswith("sqlite:///"):
+        # Several local workers on one SQLite file wait for the write lock instead of failing.
+        return url, {"connect_args": {"timeout": 120}}
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        driver_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return driver_url, {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    if url.startswith("mysql"):
+        return url, {"pool_pre_ping": True}
+    raise BadInput(f"unsupported storage URL {redact(url)!r}: use sqlite:///PATH or postgresql://USER:PASS@HOST/DB")
+
+
+def _check_schema_exists(url: str, driver_url: str, engine_kwargs: dict) -> None:
+    """Read-only commands must not create or migrate a schema: the Optuna tables must be there already."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise BadInput(
+            f"no study database at {url.removeprefix('sqlite:///')}; check the path, --runs-dir or --storage"
+        )
+    engine = sqlalchemy.create_engine(driver_url, **engine_kwargs)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("studies"):
+            raise BadInput(f"{redact(url)} holds no Optuna storage (no 'studies' table); check --storage")
+    finally:
+        engine.dispose()
+
+
 def open_storage(
-    url: str, heartbeat: int | None = None, grace_period: int | None = None, max_retry: int | None = None
+    url: str,
+    heartbeat: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+    read_only: bool = False,
 ) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats (a killed worker's trial fails and is retried) and lock timeouts."""
+    """An RDB storage with heartbeats (a killed worker's trial fails and is retried) and lock timeouts.
+
+    `read_only` (report, export, dashboard) refuses a storage without Optuna's tables instead of
+    creating them. Messages quote the URL as typed, with its credentials masked.
+    """
     if url.startswith("sqlite:///"):
         _check_sqlite_file(url)
-        # Several local workers on one SQLite file wait for the write lock instead of failing.
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-    elif url.startswith(("postgresql://", "postgresql+psycopg://")):
-        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    elif url.startswith("mysql"):
-        engine_kwargs = {"pool_pre_ping": True}
-    else:
-        raise BadInput(f"unsupported storage URL {redact(url)!r}: use sqlite:///PATH or postgresql://USER:PASS@HOST/DB")
+    driver_url, engine_kwargs = _engine_kwargs(url)
     retry = None
     if heartbeat and max_retry is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental in Optuna 5, and the supported way
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
+        if read_only:
+            _check_schema_exists(url, driver_url, engine_kwargs)
         with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url,
+                driver_url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=retry,
             )
     except sqlalchemy.exc.OperationalError as exc:
-        reason = redact(str(exc.orig).strip().splitlines()[0]) if exc.orig else "connection failed"
-        raise RuntimeFailure(f"cannot reach storage {redact(url)}: {reason}") from None
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+        if "readonly" in reason or "read-only" in reason:
+            raise BadInput(f"storage {redact(url)} is read-only; make it writable or copy it") from None
+        if "disk is full" in reason or "disk I/O error" in reason:
+            raise RuntimeFailure(f"storage {redact(url)}: {reason}; free some disk space") from None
+        raise RuntimeFailure(f"cannot reach storage {redact(url)}: {scrub(reason, url)}") from None
     except sqlalchemy.exc.DatabaseError as exc:
-        raise BadInput(f"storage {redact(url)} is not a usable database: {str(exc.orig).splitlines()[0]}") from None
-    except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as exc:
-        raise BadInput(f"bad storage URL {redact(url)}: {str(exc).splitlines()[0]}") from None
+        reason = scrub(str(exc.orig).splitlines()[0], url)
+        raise BadInput(f"storage {redact(url)} is not a usable database: {reason}") from None
+    except ModuleNotFoundError as exc:
+        raise BadInput(
+            f"storage {redact(url)} needs the Python driver {exc.name!r}, which is not installed; "
+            "install it, or use sqlite:/// or postgresql://"
+        ) from None
+    except RuntimeError as exc:  # Optuna: the tables were made by another Optuna version
+        reason = scrub(str(exc).splitlines()[0], url)
+        raise BadInput(
+            f"storage {redact(url)}: {reason} (upgrade it with 'optuna storage upgrade --storage URL')"
+        ) from None
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise BadInput(f"bad storage URL {redact(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
 
 
 def load_study(url: str, name: str) -> optuna.Study:
-    """Open an existing study, or fail with one line listing the studies that exist."""
-    storage = open_storage(url)
+    """Open an existing study, or fail with one line listing the studies that exist. Creates nothing."""
+    storage = open_storage(url, read_only=True)
     names = optuna.study.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names) if names else "none"

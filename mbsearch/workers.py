@@ -33,7 +33,7 @@ def _worker_main(config_json: str, worker_id: int) -> None:
     warnings.filterwarnings("ignore")
     config = RunConfig.model_validate_json(config_json)
     try:
-        run_search(config, ConsoleReporter(Console(width=150), worker=f"w{worker_id}"), worker_id)
+        run_search(config, ConsoleReporter(Console(width=150, markup=False), worker=f"w{worker_id}"), worker_id)
     except MbsearchError as exc:
         print(f"mbsearch: error: [w{worker_id}] {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
