@@ -104,7 +104,7 @@ def spaces() -> None:
 @app.command()
 def sample(
     space: Annotated[str, typer.Option(help="Shipped space name (v1, v2, v3) or a path to a YAML file.")] = "v3",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     input_size: InputSize = 28,
     channels: Channels = 1,
     classes: Classes = 10,
@@ -157,7 +157,7 @@ def show(
         "res",
         "params",
         "MACs",
-        title=f"{totals['name'] or arch} ({totals['input']}, {totals['num_classes']} classes)",
+        title=f"{_printable(totals['name'] or arch)} ({totals['input']}, {totals['num_classes']} classes)",
     )
     for row in rows:
         table.add_row(
@@ -385,6 +385,11 @@ def dashboard(
     serve(url, runs_dir / study, host, port)
 
 
+def _printable(text: str) -> str:
+    """User text for the terminal: control characters (escape sequences, newlines) shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -405,7 +410,7 @@ def train_command(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-trained').")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(min=1e-8, help="Peak learning rate.")] = 0.006,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
 ) -> None:
     """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
@@ -452,7 +457,7 @@ def measure(
     arch: Annotated[str, typer.Argument(help="Arch JSON file or a reference name.")],
     target: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
-    threads: Annotated[int, typer.Option(help="Threads for inference.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference.")] = 1,
     runs: Annotated[int, typer.Option(min=5, max=100_000, help="Timed runs per attempt.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:

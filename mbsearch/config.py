@@ -39,13 +39,13 @@ IDENTITY_KEYS = (
 )
 
 
-def check_study_name(name: str) -> str:
+def check_study_name(name: str, what: str = "study name") -> str:
     """A study name becomes a folder under --runs-dir: never a path out of it, never a hidden trick.
 
     fullmatch, not match: `$` would accept a trailing newline."""
     if not _STUDY_NAME.fullmatch(name) or name in (".", ".."):
         raise ValueError(
-            f"study name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, starting with a letter or digit)"
+            f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 100, starting with a letter or digit)"
         )
     return name
 
@@ -60,7 +60,7 @@ class RunConfig(pydantic.BaseModel):
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None
     input_size: Annotated[int, Field(ge=8, le=1024)] | None = None
-    channels: Annotated[int, Field(ge=1, le=4)] | None = None
+    channels: Literal[1, 3] | None = None  # grey or RGB; 2 or 4 would silently become RGB
     val_size: Annotated[int, Field(ge=1)] = 2000
     epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
     train_size: Annotated[int, Field(ge=1)] = 4000
@@ -68,7 +68,7 @@ class RunConfig(pydantic.BaseModel):
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.003
     train_threads: Annotated[int, Field(ge=1, le=256)] | None = None
     sampler: Sampler = "tpe"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # numpy and torch seeds are 32-bit
     trials: Annotated[int, Field(ge=1, le=1_000_000)] = 30
     timeout: Annotated[float, Field(gt=0)] | None = None
     study: str | None = None
@@ -78,18 +78,18 @@ class RunConfig(pydantic.BaseModel):
     max_params: Annotated[int, Field(ge=1)] | None = None
     objective: Objective = "pareto"
     latency_target: Annotated[float, Field(gt=0)] | None = None
-    mnas_w: float = -0.07
+    mnas_w: Annotated[float, Field(ge=-10, le=0, allow_inf_nan=False)] = -0.07
     workers: Annotated[int, Field(ge=1, le=256)] = 1
-    heartbeat: Annotated[int, Field(ge=1)] = 10
-    grace_period: Annotated[int, Field(ge=2)] = 30
-    max_retry: Annotated[int, Field(ge=0)] = 2
+    heartbeat: Annotated[int, Field(ge=1, le=3600)] = 10
+    grace_period: Annotated[int, Field(ge=2, le=86400)] = 30
+    max_retry: Annotated[int, Field(ge=0, le=100)] = 2
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.objective == "mnas" and self.latency_target is None:
             raise ValueError("--objective mnas needs --latency-target MS (the T in ACC*(LAT/T)^w)")
         if self.study is not None:
-            check_study_name(self.study)
+            check_study_name(self.study, "--study")
         if self.grace_period <= self.heartbeat:
             raise ValueError("--grace-period must be longer than --heartbeat")
         return self

@@ -26,6 +26,8 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+MAX_IDX_BYTES = 1 << 30  # Fashion-MNIST's largest file inflates to 47 MB
+_RESIZE_CHUNK = 1000  # images resized at a time: the whole set in float32 at 224x224 would be ~12 GB
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -70,7 +72,15 @@ def _how_to_get(name: str) -> str:
 
 def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if not path.is_file():
+            raise ValueError("not a regular file")
+        if path.suffix == ".gz":
+            with gzip.open(path) as handle:  # bounded: a small .gz may inflate to gigabytes
+                raw = handle.read(MAX_IDX_BYTES + 1)
+        else:
+            raw = path.read_bytes()[: MAX_IDX_BYTES + 1]
+        if len(raw) > MAX_IDX_BYTES:
+            raise ValueError(f"over {MAX_IDX_BYTES:,} bytes once inflated")
         zero, dtype, dims = struct.unpack(">HBB", raw[:4])
         if zero != 0 or dtype != 0x08 or dims != expected_dims:
             raise ValueError("bad IDX header")
@@ -122,6 +132,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        if len(labels) != len(data) or labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"{len(data)} images, {len(labels)} labels in 0-9 expected")
     except Exception as exc:  # any malformed pickle is bad input, whatever it raises
         raise BadInput(
             f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}); {_how_to_get('cifar10')}"
@@ -151,6 +163,8 @@ def _read_folder(root: Path, split: str, size: int, channels: int) -> tuple[np.n
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         for file in files:
+            if not file.is_file():  # a FIFO or a device would block or never end
+                raise BadInput(f"{file}: not a regular file; remove it from the dataset folder")
             try:
                 with Image.open(file) as image:
                     image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
@@ -179,12 +193,20 @@ def _read(name: str, root: Path, split: str, size: int | None, channels: int | N
 def _to_split(images: np.ndarray, labels: np.ndarray, size: int) -> Split:
     tensor = torch.from_numpy(np.ascontiguousarray(images))
     if tensor.shape[-1] != size:
-        resized = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        tensor = resized.round().clamp(0, 255).to(torch.uint8)
+        out = torch.empty((tensor.shape[0], tensor.shape[1], size, size), dtype=torch.uint8)
+        for start in range(0, len(tensor), _RESIZE_CHUNK):  # float32 for a chunk only, uint8 for the set
+            chunk = tensor[start : start + _RESIZE_CHUNK].float()
+            resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out[start : start + _RESIZE_CHUNK] = resized.round().clamp(0, 255).to(torch.uint8)
+        tensor = out
     return Split(tensor, torch.from_numpy(np.ascontiguousarray(labels)))
 
 
 def _resolve_root(name: str, data_dir: Path | None) -> Path:
+    if name not in DATASETS:
+        raise BadInput(
+            f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} (any image set works as --dataset folder)"
+        )
     root = data_dir or default_data_dir(name)
     if root is None:
         raise BadInput(f"--dataset {name} needs --data-dir; {_how_to_get(name)}")

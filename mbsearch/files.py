@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,50 @@ def read_text(path: Path, what: str) -> str:
         raise BadInput(f"{path}: cannot read {what} file: {exc}") from None
 
 
+MAX_NESTING = 64  # spaces and archs nest four levels deep; 200k levels would exhaust the stack
+MAX_INT_DIGITS = 30
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would let the last one win)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    keys = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in keys:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        keys.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _check_shape(text: str, source: str) -> None:
+    """Refuse absurd nesting and huge integers before a parser recurses or converts them."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise BadInput(f"{source}: nested {deepest} levels deep, over the limit of {MAX_NESTING}")
+    if re.search(rf"\d{{{MAX_INT_DIGITS + 1},}}", text):
+        raise BadInput(f"{source}: a number with more than {MAX_INT_DIGITS} digits; no setting needs one")
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML as plain data (safe_load: no object construction)."""
+    """Parse YAML as plain data (safe_load: no object construction), refusing duplicate keys."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark from some editors is not content
+    _check_shape(text, source)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -42,6 +83,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def parse_json(text: str, source: str) -> Any:
     """Parse JSON, reporting the line of a syntax error."""
+    text = text.removeprefix("\ufeff")
+    _check_shape(text, source)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -205,8 +205,9 @@ class LatencyCache:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection: sqlite3.Connection | None = sqlite3.connect(path, timeout=60)
+        self._connection: sqlite3.Connection | None = None
         try:
+            self._connection = sqlite3.connect(path, timeout=60)
             with self._connection:
                 self._connection.execute(
                     "CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, stats TEXT NOT NULL)"

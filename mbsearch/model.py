@@ -9,7 +9,8 @@ from torch import nn
 
 from mbsearch.arch import Arch
 from mbsearch.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
-from mbsearch.rules import mid_channels, output_size
+from mbsearch.errors import BadInput
+from mbsearch.rules import mid_channels, output_size, se_channels
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,28 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+MAX_PARAMS = 500_000_000  # 100x MobileNetV3-Large at 1000 classes; 2 GB of float32 weights
+
+
+def estimate_params(arch: Arch) -> int:
+    """Weights of the convolutions and linear layers, from the plan alone (nothing allocated)."""
+    total = 0
+    for plan, block in zip(plan_layers(arch)[1:-1], arch.blocks, strict=True):
+        total += plan.in_chs * plan.mid_chs + plan.mid_chs * block.kernel**2 + plan.mid_chs * plan.out_chs
+        total += 2 * plan.mid_chs * se_channels(plan.mid_chs, block.se) if block.se else 0
+    head = arch.head
+    total += (
+        arch.blocks[-1].out * head.conv + head.conv * (head.hidden or 1) + (head.hidden or head.conv) * arch.num_classes
+    )
+    return total
+
+
 def build_model(arch: Arch) -> MobileNet:
-    """Build the network an Arch describes."""
+    """Build the network an Arch describes; refuses one too large to hold in memory, before allocating."""
+    estimate = estimate_params(arch)
+    if estimate > MAX_PARAMS:
+        raise BadInput(
+            f"{arch.name or 'arch'}: about {estimate:,} parameters, over the {MAX_PARAMS:,} mbsearch builds; "
+            "shrink the channel counts"
+        )
     return MobileNet(arch)

@@ -72,6 +72,9 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset]:
     """Everything that can be wrong with the input is found here, before anything is written."""
     space = load_space(config.space)
     check_target(config.target, config.runtime, config.threads)
+    cache_path = config.runs_dir / "latency-cache.sqlite"
+    if cache_path.exists() and not cache_path.is_file():
+        raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")
     data = load_dataset(
         config.dataset, config.data_dir, config.input_size, config.channels, config.val_size, config.seed
     )

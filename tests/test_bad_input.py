@@ -98,6 +98,28 @@ def read_only_runs_dir(tmp: Path) -> list[str]:
     return ["run", "--runs-dir", str(folder / "runs")]
 
 
+def _gz_bomb(folder: Path) -> None:
+    """A small .gz that inflates past the reader's bound (written in chunks, never held whole)."""
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as handle:
+        handle.write(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        chunk = bytes(1 << 24)
+        for _ in range(65):  # 1.09 GB of zeros, about 1 MB compressed
+            handle.write(chunk)
+
+
+def _fifo_folder(tmp: Path) -> list[str]:
+    for name in ("a", "b"):
+        (tmp / "images" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp / "images" / name / "0.png")
+    os.mkfifo(tmp / "images" / "a" / "1.png")
+    return ["run", "--dataset", "folder", "--data-dir", str(tmp / "images"), "--input-size", "16"]
+
+
+def _cache_folder(tmp: Path) -> list[str]:
+    (tmp / "runs" / "latency-cache.sqlite").mkdir(parents=True)
+    return ["run"]
+
+
 def blocks(count: int) -> Callable[[dict], None]:
     def change(data: dict) -> None:
         data["blocks"] = [data["blocks"][0]] * count
@@ -160,6 +182,25 @@ CASES = {
     "storage corrupt SQLite file": (corrupt_sqlite, "not a usable SQLite study database"),
     "storage read-only directory": (read_only_runs_dir, "cannot create"),
     "storage unsupported URL": (flags("--storage", "redis://127.0.0.1/0"), "unsupported storage URL"),
+    # found from outside (issue 8): one case of ours for each defect
+    "mnas w not a number": (flags("--objective", "mnas", "--latency-target", "1", "--mnas-w", "nan"), "--mnas-w"),
+    "seed beyond 32 bits": (flags("--seed", str(2**40)), "--seed"),
+    "negative seed": (flags("--seed", "-3"), "--seed"),
+    "heartbeat of years": (flags("--heartbeat", "99999999", "--grace-period", "999999999"), "--heartbeat"),
+    "two channels": (flags("--dataset", "folder", "--data-dir", "/tmp", "--channels", "2"), "--channels"),
+    "dataset imagenet without folder": (flags("--dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    "space duplicate key": (space_file("choices:", "width: [0.5]\nchoices:"), "given twice"),
+    "space nested 5,000 deep": (space_file("kernel: [3, 5, 7]", "kernel: " + "[" * 5000 + "]" * 5000), "nested"),
+    "arch 5,000-digit integer": (arch_text('{"num_classes": ' + "9" * 5000 + "}"), "digits"),
+    "arch with a BOM": (arch_text("\ufeff[1]"), "must be a JSON object"),
+    "arch of 4.6e9 params": (
+        arch_file(lambda d: [b.update(out=16384, expand=16) for b in d["blocks"]]),
+        "parameters, over the",
+    ),
+    "dataset gz bomb": (fashion_copy(_gz_bomb), "once inflated"),
+    "dataset FIFO image": (_fifo_folder, "not a regular file"),
+    "latency cache is a folder": (_cache_folder, "latency cache"),
+    "measure 300 threads": (lambda tmp: ["measure", "mobilenet_v3_small", "--threads", "300"], "--threads"),
 }
 
 
