@@ -317,6 +317,72 @@ def report(
 
 
 @app.command()
+def verify(
+    study: StudyName,
+    top: Annotated[int, typer.Option(min=1, max=1000, help="Verify the front, then whole next layers, up to K.")] = 8,
+    epochs: Annotated[float, typer.Option(min=0.01, max=100, help="Epochs of the verification training.")] = 1.0,
+    train_size: Annotated[
+        int | None, typer.Option(min=64, help="Training images (default: the whole training split).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Local processes sharing the work.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, max=256, help="Training threads per process.")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the verification training.")] = 0,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+) -> None:
+    """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
+    split, scored on the search's validation split. Stored in the study; rerun to resume."""
+    import multiprocessing
+
+    import torch
+
+    from mbsearch.studies import open_finished
+    from mbsearch.verify import run_verify, study_data, summarize, verify_budget, verify_worker
+
+    finished = open_finished(study, runs_dir, storage)
+    stored_dir = finished.study.user_attrs.get("data_dir")
+    data_dir = data_dir or (Path(stored_dir) if stored_dir else None)
+    data = study_data(finished, data_dir)
+    budget = verify_budget(data, epochs, train_size)
+    per_process = threads or max(1, (os.cpu_count() or 1) // workers)
+    console.print(
+        f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {budget.train_size} images "
+        f"(batch {budget.batch_size}, lr {budget.lr}), {workers} process(es) x {per_process} thread(s)",
+        highlight=False,
+    )
+    if workers == 1:
+        torch.set_num_threads(per_process)
+
+        def say(event: str, number: int, accuracy: float | None) -> None:
+            if event == "done":
+                console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
+
+        result = run_verify(finished, data, budget, top, seed, on_event=say)
+    else:
+        context = multiprocessing.get_context("spawn")
+        args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
+        processes = [
+            context.Process(target=verify_worker, args=(*args, per_process, index)) for index in range(1, workers + 1)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        finished = open_finished(study, runs_dir, storage)
+        from mbsearch.verify import choose
+
+        result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
+    missing = [n for n in result.chosen if n not in result.verified]
+    tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"
+    console.print(
+        f"{len(result.verified)} trial(s) verified; Kendall tau proxy vs verified: {tau}"
+        + (f"; not verified yet: {missing}" if missing else ""),
+        highlight=False,
+    )
+
+
+@app.command()
 def export(
     study: StudyName,
     pick: Annotated[str, typer.Option(help="knee, max-accuracy or min-latency.")] = "knee",
@@ -340,12 +406,16 @@ def export(
         protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
     check_outputs({"--output": output, "--onnx": onnx}, protected)
     finished = open_finished(study, runs_dir, storage)
-    if finished.front.empty:
+    if finished.decision.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
-    arch = chosen_arch(finished, pick_row(finished.front, pick, max_latency))
+    arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
     arch_def = timm_arch_def(arch) if timm else None  # refuse before writing anything, never a wrong string
     write_arch(arch, output)
     metrics = arch.metrics or {}
+    basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
+        finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"
+    )
+    console.print(f"picked by {basis}", highlight=False)
     console.print(
         f"trial {arch.provenance['trial']}: val acc {metrics['val_accuracy']:.4f}, latency "
         f"{metrics['latency_ms']:.3f} ms, {metrics['params']:,} params -> {output}",

@@ -50,13 +50,18 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
         "dataset": settings["dataset"],
         "budget": {key: settings[key] for key in ("epochs", "train_size", "batch_size", "lr", "val_size")},
     }
+    proxy = finished.frame.set_index("number").loc[number]
     metrics = {
-        "val_accuracy": float(row["val_accuracy"]),
+        "val_accuracy": float(proxy["val_accuracy"]),  # the proxy's, as the search measured it
         "latency_ms": float(row["latency_ms"]),
         "latency_iqr_ms": float(row["latency_iqr_ms"]),
         "params": int(row["params"]),
         "macs": int(row["macs"]),
     }
+    if finished.basis != "proxy":
+        # The accuracy the pick rested on: verified (verify) or the highest multi-fidelity rung.
+        metrics["decision_accuracy"] = float(row["val_accuracy"])
+        metrics["decision_basis"] = finished.basis
     return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)
 
 

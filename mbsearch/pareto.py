@@ -8,6 +8,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from mbsearch import evaluations
+
 COLUMNS = [
     "number",
     "state",
@@ -49,7 +51,92 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row.update(trial.params)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else COLUMNS)
+    return _with_evaluations(frame, evaluations.stored(study))
+
+
+VERIFY_TAG = "verify"
+
+
+def rung_tag(rung: int) -> str:
+    return f"rung{rung}"
+
+
+def _with_evaluations(frame: pd.DataFrame, stored: dict[str, dict[int, dict]]) -> pd.DataFrame:
+    """Add the accuracies of later evaluations: `rung` (highest reached, 0 = the proxy), `rung_accuracy`
+    and `verified_accuracy` (NaN where the trial was not verified)."""
+    frame = frame.copy()
+    numbers = frame["number"].tolist() if not frame.empty else []
+    verified = stored.get(VERIFY_TAG, {})
+    frame["verified_accuracy"] = [_accuracy(verified.get(n)) for n in numbers]
+    rungs = [0] * len(numbers)
+    rung_accuracy = list(frame["val_accuracy"]) if not frame.empty else []
+    for tag, records in stored.items():
+        if not tag.startswith("rung"):
+            continue
+        level = int(tag.removeprefix("rung"))
+        for index, number in enumerate(numbers):
+            accuracy = _accuracy(records.get(number))
+            if accuracy == accuracy and level > rungs[index]:  # not NaN
+                rungs[index], rung_accuracy[index] = level, accuracy
+    frame["rung"] = rungs
+    frame["rung_accuracy"] = rung_accuracy
     return frame
+
+
+def _accuracy(record: dict | None) -> float:
+    value = record.get("accuracy") if record else None
+    return float(value) if value is not None else float("nan")
+
+
+def decision_front(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The front decisions use, and which accuracy it rests on: verified where any trial was verified,
+    else the highest multi-fidelity rung reached, else the proxy. `val_accuracy` holds that accuracy."""
+    if frame.empty:
+        return pareto_front(frame), "proxy"
+    if frame["verified_accuracy"].notna().any():
+        pool = frame[frame["verified_accuracy"].notna()].assign(val_accuracy=frame["verified_accuracy"])
+        return pareto_front(pool), "verified"
+    top = int(frame["rung"].max())
+    if top > 0:
+        pool = frame[frame["rung"] == top].assign(val_accuracy=frame["rung_accuracy"])
+        return pareto_front(pool), f"rung {top}"
+    return pareto_front(frame), "proxy"
+
+
+def nondominated_layers(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """Non-dominated sorting of the front candidates: the front, then the front of the rest, and so on."""
+    pool = candidates(frame)
+    layers = []
+    while not pool.empty:
+        mask = pareto_mask(pool["val_accuracy"].to_numpy(float), pool["latency_ms"].to_numpy(float))
+        layers.append(pool[mask].sort_values("latency_ms"))
+        pool = pool[~mask]
+    return layers
+
+
+def crowding_distance(layer: pd.DataFrame) -> pd.Series:
+    """NSGA-II's crowding distance within one layer (ends are infinitely far): prefers spread points."""
+    distance = pd.Series(0.0, index=layer.index)
+    if len(layer) <= 2:
+        return distance + math.inf
+    for column in ("val_accuracy", "latency_ms"):
+        ordered = layer[column].astype(float).sort_values()
+        span = ordered.iloc[-1] - ordered.iloc[0] or 1.0
+        distance[ordered.index[0]] = distance[ordered.index[-1]] = math.inf
+        for before, here, after in zip(ordered.index[:-2], ordered.index[1:-1], ordered.index[2:], strict=True):
+            distance[here] += (ordered[after] - ordered[before]) / span
+    return distance
+
+
+def pareto_ranking(frame: pd.DataFrame) -> list[int]:
+    """Trial numbers best first: by non-dominated layer, then by crowding distance (multi-objective ASHA)."""
+    ranked = []
+    for layer in nondominated_layers(frame):
+        crowd = crowding_distance(layer)
+        ranked += (
+            layer.assign(crowd=crowd).sort_values(["crowd", "latency_ms"], ascending=[False, True])["number"].tolist()
+        )
+    return [int(n) for n in ranked]
 
 
 def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:

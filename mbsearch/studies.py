@@ -11,7 +11,7 @@ import pandas as pd
 
 from mbsearch.arch import Arch
 from mbsearch.errors import BadInput
-from mbsearch.pareto import pareto_front, trials_frame
+from mbsearch.pareto import decision_front, pareto_front, trials_frame
 from mbsearch.storage import default_url, load_study
 
 
@@ -21,7 +21,9 @@ class FinishedStudy:
     study_dir: Path
     settings: dict[str, Any]  # the RunConfig identity stored by `mbsearch run`
     frame: pd.DataFrame
-    front: pd.DataFrame
+    front: pd.DataFrame  # the proxy front (the trials' own values)
+    decision: pd.DataFrame  # the front decisions use: verified, else highest rung, else proxy
+    basis: str  # "verified", "rung N" or "proxy": what `decision` rests on
 
     def arch(self, number: int) -> Arch:
         return Arch.from_dict(self.study.trials[number].user_attrs["arch"], f"trial {number}")
@@ -39,4 +41,5 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
     settings = study.user_attrs.get("mbsearch_config")
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
-    return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame))
+    decision, basis = decision_front(frame)
+    return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame), decision, basis)

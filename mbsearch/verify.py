@@ -1,0 +1,147 @@
+"""`mbsearch verify`: retrain the front (and the next non-dominated layers) at a longer budget.
+
+The proxy ranks architectures only roughly (benchmarks/README.md, fidelity), so the front and the
+claims built on it are checked at a longer budget on the training split, scored on the same validation
+split the search used (never the test set). Results go into the study's storage (evaluations.py):
+an interrupted verify resumes, and several processes or machines share the work through claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import optuna
+
+from mbsearch import evaluations, interrupts
+from mbsearch.data import Dataset, load_dataset
+from mbsearch.errors import BadInput
+from mbsearch.evaluate import evaluate
+from mbsearch.pareto import VERIFY_TAG, nondominated_layers
+from mbsearch.ranking import kendall_tau
+from mbsearch.studies import FinishedStudy
+from mbsearch.train import Budget, Diverged
+
+BUDGET_ATTR = "verify_budget"
+# The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
+VERIFY_BATCH, VERIFY_LR = 128, 0.004
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    chosen: list[int]
+    verified: dict[int, float]  # trial number -> verified accuracy (this run's and earlier runs')
+    tau: float | None  # proxy vs verified, over the verified trials
+    budget: Budget
+
+
+def choose(frame, top: int) -> list[int]:
+    """The front, then the next non-dominated layers, until at least `top` trials (whole layers)."""
+    chosen: list[int] = []
+    for layer in nondominated_layers(frame):
+        if chosen and len(chosen) >= top:
+            break
+        chosen += [int(n) for n in layer["number"]]
+    return chosen
+
+
+def verify_budget(data: Dataset, epochs: float, train_size: int | None) -> Budget:
+    size = min(train_size or len(data.train), len(data.train))
+    return Budget(epochs=epochs, train_size=size, batch_size=VERIFY_BATCH, lr=VERIFY_LR)
+
+
+def study_data(finished: FinishedStudy, data_dir) -> Dataset:
+    """The dataset and validation split the search used (its stored settings and seed)."""
+    settings = finished.settings
+    return load_dataset(
+        settings["dataset"],
+        data_dir,
+        settings.get("input_size"),
+        settings.get("channels"),
+        settings["val_size"],
+        settings.get("seed", 0),
+    )
+
+
+def run_verify(
+    finished: FinishedStudy,
+    data: Dataset,
+    budget: Budget,
+    top: int,
+    seed: int = 0,
+    grace_seconds: float = 600,
+    on_event: Callable[[str, int, float | None], None] | None = None,
+) -> VerifyResult:
+    """Verify the chosen trials not verified yet at this budget; return every verified accuracy."""
+    study = finished.study
+    stored_budget = study.user_attrs.get(BUDGET_ATTR)
+    if stored_budget is None:
+        study.set_user_attr(BUDGET_ATTR, asdict(budget))
+    elif stored_budget != asdict(budget):
+        raise BadInput(
+            f"study {study.study_name!r} was verified with {stored_budget}; rerun with the same --epochs/--train-size"
+        )
+    chosen = choose(finished.frame, top)
+    done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    with interrupts.deferred_signals():  # Ctrl-C and SIGTERM never land inside a storage write
+        for number in chosen:
+            if number in done or not evaluations.claim(study, VERIFY_TAG, number, grace_seconds):
+                continue
+            if on_event:
+                on_event("start", number, None)
+            try:
+                with interrupts.interruptible():
+                    result = evaluate(finished.arch(number), data, budget, seed)
+            except Diverged as exc:
+                evaluations.store_failure(study, VERIFY_TAG, number, f"diverged: {exc}")
+                continue
+            except BaseException:
+                evaluations.release(study, VERIFY_TAG, number)
+                raise
+            evaluations.store(study, VERIFY_TAG, number, result)
+            if on_event:
+                on_event("done", number, result.accuracy)
+    return summarize(study, finished.frame, chosen, budget)
+
+
+def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> VerifyResult:
+    records = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    verified = {n: float(r["accuracy"]) for n, r in records.items() if r.get("accuracy") is not None}
+    proxy = frame.set_index("number")["val_accuracy"]
+    common = [n for n in verified if n in proxy.index]
+    tau = kendall_tau([float(proxy[n]) for n in common], [verified[n] for n in common]) if len(common) > 2 else None
+    return VerifyResult(chosen, verified, tau, budget)
+
+
+def verify_worker(
+    name: str,
+    runs_dir: str,
+    storage: str | None,
+    data_dir: str | None,
+    epochs: float,
+    train_size: int | None,
+    top: int,
+    seed: int,
+    threads: int,
+    worker: int,
+) -> None:
+    """One process of `verify --workers N` (spawned): the same loop, sharing the work through claims."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from mbsearch.studies import open_finished
+
+    torch.set_num_threads(threads)
+    finished = open_finished(name, Path(runs_dir), storage)
+    data = study_data(finished, Path(data_dir) if data_dir else None)
+
+    def say(event: str, number: int, accuracy: float | None) -> None:
+        if event == "done":
+            print(f"[w{worker}] trial {number}: verified accuracy {accuracy:.4f}", flush=True)
+
+    try:
+        run_verify(finished, data, verify_budget(data, epochs, train_size), top, seed, on_event=say)
+    except KeyboardInterrupt:
+        sys.exit(130)
