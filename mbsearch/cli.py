@@ -301,18 +301,26 @@ def report(
     from mbsearch.baselines import baseline_frame
     from mbsearch.report import write_report
     from mbsearch.studies import open_finished
+    from mbsearch.verify import BUDGET_ATTR
 
     finished = open_finished(study, runs_dir, storage)
-    frame = None
+    verify_budget = finished.study.user_attrs.get(BUDGET_ATTR)
+    verified_any = finished.frame["verified_accuracy"].notna().any()
+    frame = verified_frame = None
     if baselines:
         stored_dir = finished.study.user_attrs.get("data_dir")
-        frame = baseline_frame(
-            finished.settings,
-            runs_dir,
-            data_dir or (Path(stored_dir) if stored_dir else None),
-            on_progress=lambda name, _: console.print(f"baseline {name}: training and timing (cached afterwards)"),
-        )
-    path = write_report(finished, frame)
+        folder = data_dir or (Path(stored_dir) if stored_dir else None)
+
+        def progress(name: str, _: bool) -> None:
+            console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
+
+        frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress)
+        if verify_budget and verified_any:
+            # The baselines at the verification budget, so that dominance is judged on equal terms.
+            keys = ("epochs", "train_size", "batch_size", "lr")
+            verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
+            verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress)
+    path = write_report(finished, frame, verify_budget, verified_frame)
     console.print(f"wrote {path}", highlight=False)
 
 

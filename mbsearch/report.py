@@ -14,7 +14,8 @@ from plotly.subplots import make_subplots
 
 from mbsearch.baselines import dominance
 from mbsearch.files import write_atomic
-from mbsearch.pareto import candidates, hypervolume_history, knee
+from mbsearch.pareto import candidates, hypervolume_history, knee, pareto_front
+from mbsearch.ranking import kendall_tau
 from mbsearch.studies import FinishedStudy
 
 
@@ -30,6 +31,45 @@ class ReportData:
     baselines: pd.DataFrame | None
     dominance: pd.DataFrame | None
     counts: dict[str, int]
+    verified: VerifiedData | None = None
+
+
+@dataclass
+class VerifiedData:
+    """The proxy front beside the verified one: what `mbsearch verify` found for this study."""
+
+    points: pd.DataFrame  # verified trials: number, val_accuracy (proxy), verified_accuracy, latency_ms, ...
+    proxy_front: pd.DataFrame
+    front: pd.DataFrame  # the front on verified accuracy (in val_accuracy)
+    tau: float | None  # Kendall tau, proxy vs verified, over the verified trials
+    budget: dict
+    baselines: pd.DataFrame | None  # the baselines trained at the verification budget
+    dominance: pd.DataFrame | None  # judged on verified accuracy
+
+
+def compute_verified(
+    finished: FinishedStudy, budget: dict | None, baselines: pd.DataFrame | None
+) -> VerifiedData | None:
+    """Proxy vs verified, or None where nothing was verified."""
+    frame = finished.frame
+    points = frame[frame["verified_accuracy"].notna()].copy()
+    if points.empty or budget is None:
+        return None
+    tau = (
+        kendall_tau(points["val_accuracy"].astype(float).tolist(), points["verified_accuracy"].astype(float).tolist())
+        if len(points) > 2
+        else None
+    )
+    front = pareto_front(points.assign(val_accuracy=points["verified_accuracy"]))
+    return VerifiedData(
+        points=points,
+        proxy_front=finished.front,
+        front=front,
+        tau=tau,
+        budget=budget,
+        baselines=baselines,
+        dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+    )
 
 
 def _importances(study: optuna.Study, trained: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -58,7 +98,12 @@ def _importances(study: optuna.Study, trained: pd.DataFrame) -> dict[str, dict[s
     return result
 
 
-def compute(finished: FinishedStudy, baselines: pd.DataFrame | None) -> ReportData:
+def compute(
+    finished: FinishedStudy,
+    baselines: pd.DataFrame | None,
+    verify_budget: dict | None = None,
+    verified_baselines: pd.DataFrame | None = None,
+) -> ReportData:
     """Everything the page shows, as data."""
     frame = finished.frame
     complete = frame[frame["state"] == "COMPLETE"].copy()
@@ -80,6 +125,7 @@ def compute(finished: FinishedStudy, baselines: pd.DataFrame | None) -> ReportDa
         baselines=baselines,
         dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        verified=compute_verified(finished, verify_budget, verified_baselines),
     )
 
 
@@ -265,6 +311,78 @@ def _dominance_text(data: ReportData) -> str:
     return f"<p>The front dominates {count} of {len(data.dominance)} baselines.</p><ul>{''.join(items)}</ul>"
 
 
+def verified_figure(verified: VerifiedData) -> go.Figure:
+    """Two panels, same latency axis: the proxy's view of the verified trials, and the verified view."""
+    figure = make_subplots(
+        rows=1, cols=2, shared_xaxes=True, subplot_titles=("Proxy accuracy (the search)", "Verified accuracy")
+    )
+    points = verified.points.sort_values("latency_ms")
+    front_numbers = set(verified.front["number"])
+    proxy_front_numbers = set(verified.proxy_front["number"])
+    for col, column, on_front in ((1, "val_accuracy", proxy_front_numbers), (2, "verified_accuracy", front_numbers)):
+        mask = points["number"].isin(on_front)
+        for kind, part in (("front", points[mask]), ("dominated", points[~mask])):
+            figure.add_trace(
+                go.Scatter(
+                    x=part["latency_ms"],
+                    y=part[column],
+                    mode="lines+markers" if kind == "front" else "markers",
+                    marker=_STYLE[kind],
+                    name=f"{'proxy' if col == 1 else 'verified'} {kind}",
+                    text=[f"trial {n}" for n in part["number"]],
+                    hovertemplate="%{text}<br>acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    if verified.baselines is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=verified.baselines["latency_ms"],
+                y=verified.baselines["val_accuracy"],
+                mode="markers",
+                name="baselines (verified budget)",
+                text=verified.baselines["name"],
+                marker={"color": "#f29900", "symbol": "diamond", "size": 10},
+                hovertemplate="%{text}<br>acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    figure.update_xaxes(type="log", title="latency (ms)")
+    figure.update_yaxes(title="validation accuracy", row=1, col=1)
+    figure.update_layout(height=450, title="Proxy front and verified front")
+    return figure
+
+
+def _verified_text(verified: VerifiedData | None) -> str:
+    if verified is None:
+        return (
+            "<p>No trial verified yet: accuracies above come from the brief proxy training only. "
+            "<code>mbsearch verify STUDY</code> retrains the front at a longer budget.</p>"
+        )
+    budget = verified.budget
+    tau = "n/a (fewer than 3 verified)" if verified.tau is None else f"{verified.tau:.3f}"
+    dominance_html = ""
+    if verified.dominance is not None:
+        lines = []
+        for row in verified.dominance.itertuples():
+            verdict = "dominated by the verified front" if row.dominated else "not dominated"
+            lines.append(f"<li>{html.escape(row.name)}: {verdict}</li>")
+        count = int(verified.dominance["dominated"].sum())
+        dominance_html = (
+            f"<p>On verified accuracy, the verified front dominates {count} of {len(verified.dominance)} "
+            f"baselines (trained at the same budget).</p><ul>{''.join(lines)}</ul>"
+        )
+    return (
+        f"<p>{len(verified.points)} trial(s) verified at {budget.get('epochs')} epoch(s) x "
+        f"{budget.get('train_size')} images (batch {budget.get('batch_size')}, lr {budget.get('lr')}). "
+        f"Kendall τ between proxy and verified accuracy over them: <b>{tau}</b> "
+        "(1 = the proxy ranked them exactly as the longer training does). Verified front: "
+        f"{len(verified.front)} point(s).</p>{dominance_html}"
+    )
+
+
 def render(data: ReportData) -> str:
     """One self-contained page: plotly's JavaScript is inlined once, so it opens offline."""
     figures = [
@@ -274,6 +392,8 @@ def render(data: ReportData) -> str:
     ]
     if data.importances:
         figures.append(("importance-plot", importance_figure(data)))
+    if data.verified is not None:
+        figures.append(("verified-plot", verified_figure(data.verified)))
     parts = [
         figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=div_id, config={"displaylogo": False})
         for index, (div_id, figure) in enumerate(figures)
@@ -293,12 +413,19 @@ def render(data: ReportData) -> str:
 {_dominance_text(data)}
 <h2>Pareto front</h2>
 {_front_table(data)}
+<h2>Verified</h2>
+{_verified_text(data.verified)}
 {"".join(parts[1:])}
 </body></html>
 """
 
 
-def write_report(finished: FinishedStudy, baselines: pd.DataFrame | None) -> Path:
+def write_report(
+    finished: FinishedStudy,
+    baselines: pd.DataFrame | None,
+    verify_budget: dict | None = None,
+    verified_baselines: pd.DataFrame | None = None,
+) -> Path:
     path = finished.study_dir / "report.html"
-    write_atomic(path, render(compute(finished, baselines)))
+    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines)))
     return path
