@@ -230,6 +230,11 @@ def run(
     heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats.")] = 10,
     grace_period: Annotated[int, typer.Option(help="Seconds without heartbeat before a trial is failed.")] = 30,
     max_retry: Annotated[int, typer.Option(help="Retries of a trial whose worker died.")] = 2,
+    rungs: Annotated[
+        str | None,
+        typer.Option(help="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."),
+    ] = None,
+    eta: Annotated[float, typer.Option(help="With --rungs: promote the top 1/eta of a rung by Pareto rank.")] = 3.0,
 ) -> None:
     """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
     config = _config(**locals())
@@ -238,13 +243,13 @@ def run(
     from mbsearch.workers import run_workers
 
     result = run_workers(config, console) if config.workers > 1 else run_search(config, ConsoleReporter(console))
-    _print_front(result.front, config.trials)
+    _print_front(result.front, result.basis)
     console.print(f"trials.csv and pareto.csv in {result.study_dir}", highlight=False)
     if result.timed_out:
         console.print("stopped by --timeout; rerun the same command to continue", highlight=False)
 
 
-def _print_front(front, trials: int) -> None:
+def _print_front(front, basis: str = "proxy") -> None:
     table = Table(
         "trial",
         "val acc",
@@ -253,7 +258,7 @@ def _print_front(front, trials: int) -> None:
         "params",
         "MMACs",
         "blocks",
-        title=f"Pareto front: {len(front)} point(s)",
+        title=f"Pareto front: {len(front)} point(s)" + ("" if basis == "proxy" else f", accuracy at {basis}"),
     )
     for row in front.itertuples():
         table.add_row(

@@ -36,6 +36,7 @@ IDENTITY_KEYS = (
     "mnas_w",
     "max_latency",
     "max_params",
+    "rungs",
 )
 
 
@@ -83,6 +84,8 @@ class RunConfig(pydantic.BaseModel):
     heartbeat: Annotated[int, Field(ge=1, le=3600)] = 10
     grace_period: Annotated[int, Field(ge=2, le=86400)] = 30
     max_retry: Annotated[int, Field(ge=0, le=100)] = 2
+    rungs: str | None = None  # multi-fidelity: budget multipliers such as "1,3,9" (rungs.py)
+    eta: Annotated[float, Field(ge=1.5, le=100, allow_inf_nan=False)] = 3.0
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -90,6 +93,12 @@ class RunConfig(pydantic.BaseModel):
             raise ValueError("--objective mnas needs --latency-target MS (the T in ACC*(LAT/T)^w)")
         if self.study is not None:
             check_study_name(self.study, "--study")
+        if self.rungs is not None:
+            from mbsearch.rungs import parse_rungs
+
+            parse_rungs(self.rungs)  # raises ValueError with the flag's name
+            if self.objective != "pareto":
+                raise ValueError("--rungs promotes by Pareto rank: use it with --objective pareto")
         if self.grace_period <= self.heartbeat:
             raise ValueError("--grace-period must be longer than --heartbeat")
         return self

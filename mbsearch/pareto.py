@@ -70,16 +70,21 @@ def _with_evaluations(frame: pd.DataFrame, stored: dict[str, dict[int, dict]]) -
     frame["verified_accuracy"] = [_accuracy(verified.get(n)) for n in numbers]
     rungs = [0] * len(numbers)
     rung_accuracy = list(frame["val_accuracy"]) if not frame.empty else []
+    per_rung: list[dict[int, float]] = [{0: a} if a is not None and a == a else {} for a in rung_accuracy]
     for tag, records in stored.items():
         if not tag.startswith("rung"):
             continue
         level = int(tag.removeprefix("rung"))
         for index, number in enumerate(numbers):
             accuracy = _accuracy(records.get(number))
-            if accuracy == accuracy and level > rungs[index]:  # not NaN
+            if accuracy != accuracy:  # NaN: not evaluated at this rung (or diverged)
+                continue
+            per_rung[index][level] = accuracy
+            if level > rungs[index]:
                 rungs[index], rung_accuracy[index] = level, accuracy
     frame["rung"] = rungs
     frame["rung_accuracy"] = rung_accuracy
+    frame["rung_accuracies"] = per_rung
     return frame
 
 

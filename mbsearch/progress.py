@@ -115,5 +115,15 @@ class ConsoleReporter:
         if self.task is not None:
             self.progress.update(self.task, completed=self.complete, front=len(self.front), best=self._best())
 
+    def promotion_done(self, promotion) -> None:
+        """One line per multi-fidelity promotion (the same trial, trained again at a bigger budget)."""
+        budget = promotion.budget
+        outcome = "diverged" if promotion.accuracy is None else f"val_acc {promotion.accuracy:.4f}"
+        self.console.print(
+            f"{self.worker}trial {promotion.number:>4}  promoted to rung {promotion.rung}: {outcome}  "
+            f"({budget.epochs:g} epoch(s) x {budget.train_size} images)  {promotion.seconds:.1f}s",
+            highlight=False,
+        )
+
     def finish(self) -> None:
         self.progress.stop()

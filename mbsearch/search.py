@@ -8,7 +8,9 @@ only while the complete and running ones fall short of the target, so the count 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,14 @@ import pandas as pd
 import torch
 
 from mbsearch import interrupts
-from mbsearch.config import RunConfig
+from mbsearch.config import IDENTITY_KEYS, RunConfig
 from mbsearch.data import Dataset, load_dataset
 from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency import LatencyCache, check_target
 from mbsearch.objective import Objective, complete_and_running
-from mbsearch.pareto import pareto_front, trials_frame
+from mbsearch.pareto import decision_front, trials_frame
+from mbsearch.rungs import Promoter
 from mbsearch.space import SearchSpace, load_space
 from mbsearch.storage import default_url, open_storage, redact
 
@@ -52,6 +55,7 @@ class SearchResult:
     front: pd.DataFrame
     study_dir: Path
     timed_out: bool
+    basis: str = "proxy"  # what the front's accuracy rests on: proxy, "rung N" or verified
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
@@ -121,8 +125,13 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
         study.set_user_attr("space_name", config.space_name)
         if config.data_dir is not None:
             study.set_user_attr("data_dir", str(config.data_dir.resolve()))
-    elif stored != config.identity():
-        changed = sorted(key for key in stored if stored.get(key) != config.identity().get(key))
+    if worker_id == 0 or stored is None:
+        # What accuracies depend on beyond the settings: thread counts and library versions. The same
+        # command on the same machine repeats its numbers; another machine may differ (README).
+        study.set_user_attr(f"environment:{socket.gethostname()}", environment(config))
+    if stored is not None and any(stored.get(key) != config.identity().get(key) for key in IDENTITY_KEYS):
+        # Compared key by key: a study made before a key existed stored no value for it (None).
+        changed = sorted(key for key in IDENTITY_KEYS if stored.get(key) != config.identity().get(key))
         detail = ", ".join(f"{key}={stored.get(key)!r}" for key in changed)
         raise BadInput(
             f"study {config.study_name!r} was run with {detail}; rerun with those settings or use a new --study"
@@ -130,13 +139,31 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     return study
 
 
-def write_outputs(study: optuna.Study, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials.csv and pareto.csv in the study folder."""
+def environment(config: RunConfig) -> dict:
+    import numpy
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "train_threads": config.train_threads or max(1, (os.cpu_count() or 1) // config.workers),
+        "latency_threads": config.threads,
+    }
+
+
+def write_outputs(study: optuna.Study, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """trials.csv and pareto.csv in the study folder. The front is the one at the highest fidelity
+    reached (verified, else the top multi-fidelity rung, else the proxy); the basis says which."""
     frame = trials_frame(study)
-    front = pareto_front(frame)
+    front, basis = decision_front(frame)
     write_atomic(study_dir / "trials.csv", frame.to_csv(index=False))
-    write_atomic(study_dir / "pareto.csv", front.to_csv(index=False))
-    return frame, front
+    write_atomic(study_dir / "pareto.csv", front.assign(accuracy_basis=basis).to_csv(index=False))
+    return frame, front, basis
 
 
 def _went_wrong(trial: optuna.trial.FrozenTrial) -> bool:
@@ -160,11 +187,12 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
     objective = Objective(config, space, data, cache)
+    promoter = Promoter(config, data) if config.rungs else None
     if reporter:
         reporter.start(study, config, complete_and_running(study)[0])
     try:
         with interrupts.deferred_signals():
-            timed_out = _trial_loop(study, objective, config, reporter)
+            timed_out = _trial_loop(study, objective, config, reporter, promoter)
     except KeyboardInterrupt:
         write_outputs(study, study_dir)
         complete, _ = complete_and_running(study)
@@ -175,12 +203,19 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
         cache.close()
         if reporter:
             reporter.finish()
-    frame, front = write_outputs(study, study_dir)
-    return SearchResult(study, frame, front, study_dir, timed_out)
+    frame, front, basis = write_outputs(study, study_dir)
+    return SearchResult(study, frame, front, study_dir, timed_out, basis)
 
 
-def _trial_loop(study: optuna.Study, objective: Objective, config: RunConfig, reporter: Reporter | None) -> bool:
-    """Run trials until `config.trials` are complete; True when --timeout stopped it first."""
+def _trial_loop(
+    study: optuna.Study,
+    objective: Objective,
+    config: RunConfig,
+    reporter: Reporter | None,
+    promoter: Promoter | None = None,
+) -> bool:
+    """Run trials until `config.trials` are complete (and, with --rungs, no promotion is due); True when
+    --timeout stopped it first. Promotions go first: ASHA promotes as soon as a candidate qualifies."""
     deadline = time.monotonic() + config.timeout if config.timeout else None
     failures = 0
     finished: list[optuna.trial.FrozenTrial] = []
@@ -189,11 +224,17 @@ def _trial_loop(study: optuna.Study, objective: Objective, config: RunConfig, re
         callbacks.append(reporter.trial_done)
     while True:
         interrupts.check()
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if promoter is not None:
+            promoted = promoter.run_next(study)
+            if promoted is not None:
+                if reporter and hasattr(reporter, "promotion_done"):
+                    reporter.promotion_done(promoted)
+                continue
         complete, running = complete_and_running(study)
         if complete >= config.trials:
             return False
-        if deadline is not None and time.monotonic() >= deadline:
-            return True
         if complete + running >= config.trials:
             # Others hold the remaining trials. If one of them died, its heartbeat stops, and this
             # marks its trial failed and re-queues it (RetryHeartbeatStaleTrialCallback).

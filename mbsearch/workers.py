@@ -92,7 +92,7 @@ def run_workers(config: RunConfig, console: Console) -> SearchResult:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     codes = [process.exitcode for process in processes]
-    frame, front = write_outputs(study, config.study_dir)
+    frame, front, basis = write_outputs(study, config.study_dir)
     if all(code != 0 for code in codes):
         raise RuntimeFailure(f"every worker failed (exit codes {codes}); see the lines above")
-    return SearchResult(study, frame, front, config.study_dir, timed_out=False)
+    return SearchResult(study, frame, front, config.study_dir, timed_out=False, basis=basis)
