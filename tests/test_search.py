@@ -155,3 +155,20 @@ def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path, delay: f
     study = _study(tmp_path, "int")
     assert len(study.get_trials(states=(COMPLETE,))) >= 1
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_same_command_same_seed_same_machine_gives_the_same_archs_and_accuracies(tmp_path) -> None:
+    """Reproducibility: two fresh studies from the same settings sample the same architectures, in the
+    same order, and train them to the same proxy accuracies (fixed threads, seeded everything)."""
+    first = run_search(tiny_config(tmp_path / "a", trials=3, sampler="tpe", seed=7))
+    second = run_search(tiny_config(tmp_path / "b", trials=3, sampler="tpe", seed=7))
+    other = run_search(tiny_config(tmp_path / "c", trials=3, sampler="tpe", seed=8))
+
+    def outcome(result):
+        trials = result.study.get_trials(states=(COMPLETE,))
+        return [(t.params, t.user_attrs["blocks"], t.user_attrs["val_accuracy"]) for t in trials]
+
+    assert outcome(first) == outcome(second)
+    assert [o[1] for o in outcome(first)] != [o[1] for o in outcome(other)]  # the seed matters
+    environment = next(v for k, v in first.study.user_attrs.items() if k.startswith("environment:"))
+    assert environment["train_threads"] == 1 and environment["torch"] == __import__("torch").__version__
