@@ -1,0 +1,98 @@
+"""Multi-fidelity vs single-budget search at equal wall time, judged on verified hypervolume.
+
+Two fresh searches of the v3 space, same seed, each stopped by the same --timeout:
+  single: every candidate at the default budget;
+  multi:  --rungs 1,3,9 --eta 3 from a base budget a third of the default (many briefly, the best longer).
+Then each search's front (plus the next non-dominated layers, up to --top) is verified at one common
+budget (`mbsearch verify`), and the hypervolume of each verified front is computed against one common
+reference point (accuracy 0, the slowest latency seen in either). Results are appended to
+benchmarks/multifidelity.json.
+
+    python benchmarks/multifidelity.py --minutes 10 --top 4 --verify-train-size 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mbsearch.pareto import hypervolume
+from mbsearch.studies import open_finished
+
+HERE = Path(__file__).resolve().parent
+
+
+def _mbsearch(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "mbsearch", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--top", type=int, default=4)
+    parser.add_argument("--verify-epochs", type=float, default=1)
+    parser.add_argument("--verify-train-size", type=int, default=20000)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench-multifidelity"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    timeout = str(args.minutes * 60)
+    common = ["--space", "v3", "--trials", "100000", "--timeout", timeout, "--runs-dir", str(args.runs_dir)]
+    common += ["--seed", str(args.seed)]
+    from mbsearch.config import RunConfig
+
+    base = RunConfig()
+    plans = {
+        "single": [],
+        "multi": ["--rungs", "1,3,9", "--eta", "3", "--train-size", str(max(256, base.train_size // 3))],
+    }
+    results = {}
+    for name, extra in plans.items():
+        study = f"mf-{name}-{args.seed}"
+        started = time.perf_counter()
+        _mbsearch("run", *common, "--study", study, *extra)
+        wall = time.perf_counter() - started
+        _mbsearch(
+            "verify", study, "--runs-dir", str(args.runs_dir), "--top", str(args.top),
+            "--epochs", str(args.verify_epochs), "--train-size", str(args.verify_train_size),
+        )  # fmt: skip
+        finished = open_finished(study, args.runs_dir, None)
+        frame = finished.frame
+        verified = frame[frame["verified_accuracy"].notna()]
+        results[name] = {
+            "search_seconds": round(wall, 1),
+            "trials": int((frame["state"] == "COMPLETE").sum()),
+            "promotions": int((frame["rung"] > 0).sum()),
+            "verified": verified[["number", "val_accuracy", "verified_accuracy", "latency_ms"]].to_dict("records"),
+        }
+    slowest = 1.1 * max(r["latency_ms"] for result in results.values() for r in result["verified"])
+    for result in results.values():
+        points = result["verified"]
+        result["verified_hypervolume"] = hypervolume(
+            np.array([p["verified_accuracy"] for p in points]), np.array([p["latency_ms"] for p in points]), slowest
+        )
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "minutes": args.minutes,
+        "top": args.top,
+        "verify": {"epochs": args.verify_epochs, "train_size": args.verify_train_size},
+        "results": results,
+    }
+    path = HERE / "multifidelity.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps([*history, record], indent=1) + "\n")
+    for name, result in results.items():
+        print(
+            f"{name}: {result['trials']} trials ({result['promotions']} promoted) in {result['search_seconds']} s, "
+            f"verified hypervolume {result['verified_hypervolume']:.4f} over {len(result['verified'])} verified"
+        )
+
+
+if __name__ == "__main__":
+    main()
