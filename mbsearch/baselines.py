@@ -45,6 +45,15 @@ def _cache_key(settings: dict[str, Any], name: str) -> str:
     return f"{host_fingerprint(settings['runtime'])}|{described}|{name}"
 
 
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """The cache, or an empty one where the file is missing or damaged (it is rebuilt, never trusted)."""
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return cache if isinstance(cache, dict) and all(isinstance(v, dict) for v in cache.values()) else {}
+
+
 def baseline_frame(
     settings: dict[str, Any],
     runs_dir: Path,
@@ -55,7 +64,7 @@ def baseline_frame(
     """One row per reference model; computed once, then read from the cache."""
     names = names or reference_names()
     cache_path = runs_dir / "baselines.json"
-    cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = _read_cache(cache_path)
     missing = [name for name in names if _cache_key(settings, name) not in cache]
     if missing:
         data = load_dataset(

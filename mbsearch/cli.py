@@ -450,13 +450,14 @@ def dashboard(
     storage: Storage = None,
 ) -> None:
     """Open optuna-dashboard on the study's storage (Ctrl-C stops it)."""
-    from mbsearch.dashboard import serve
+    from mbsearch.dashboard import check_port, serve
     from mbsearch.storage import default_url, load_study, redact
 
     url = storage or default_url(runs_dir / study)
     if storage is None and not (runs_dir / study / "study.db").is_file():
         raise BadInput(f"unknown study {study!r}: no {runs_dir / study / 'study.db'}; check --runs-dir or --storage")
     load_study(url, study)  # fail early, with one line, on an unknown study
+    check_port(host, port)
     shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
     if not _is_loopback(host):
         print(

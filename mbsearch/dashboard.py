@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import optuna
 
+from mbsearch.errors import BadInput
 from mbsearch.storage import open_storage
 
 
@@ -18,6 +20,19 @@ def artifact_store(study_dir: Path, create: bool = True) -> optuna.artifacts.Fil
         return None
     folder.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(str(folder))
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a busy port or an address this machine does not have, before anything is printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BadInput(
+                f"cannot listen on {host} port {port}: {exc.strerror}; pick another --port or --host"
+            ) from None
 
 
 def serve(storage_url: str, study_dir: Path, host: str = "127.0.0.1", port: int = 8080) -> None:

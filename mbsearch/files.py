@@ -19,6 +19,10 @@ MAX_FILE_BYTES = 1_000_000  # space and arch files are a few KB; a larger one is
 
 def read_text(path: Path, what: str) -> str:
     """Read a small UTF-8 text file, refusing missing, huge or binary files with one line."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder, not a {what} file")
+    if path.exists() and not path.is_file():
+        raise BadInput(f"{path} is not a regular file (a FIFO or a device); give a {what} file")
     if not path.is_file():
         raise BadInput(f"{what} file not found: {path}")
     size = path.stat().st_size

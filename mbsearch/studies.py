@@ -36,8 +36,15 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
         raise BadInput(f"unknown study {name!r}: no {study_dir / 'study.db'}; check --runs-dir or pass --storage URL")
     study = load_study(storage or default_url(study_dir), name)
     frame = trials_frame(study)
-    if frame.empty or not (frame["state"] == "COMPLETE").any():
-        raise BadInput(f"study {name!r} has no complete trial yet; run 'mbsearch run --study {name}' first")
+    if frame.empty:
+        raise BadInput(f"study {name!r} has no trial yet; run 'mbsearch run --study {name}' first")
+    if not (frame["state"] == "COMPLETE").any():
+        failed = frame[frame["state"].isin(["FAIL", "PRUNED"])]
+        reason = next((str(r) for r in failed.get("fail_reason", []) if isinstance(r, str) and r), "no reason stored")
+        raise BadInput(
+            f"study {name!r}: none of its {len(frame)} trial(s) completed ({len(failed)} failed or pruned, "
+            f"e.g. {reason.splitlines()[0]}); fix the cause and rerun 'mbsearch run --study {name}'"
+        )
     settings = study.user_attrs.get("mbsearch_config")
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")

@@ -118,7 +118,9 @@ def test_export_bad_input(runner, tiny_study, tmp_path) -> None:
     (empty / "idle").mkdir(parents=True)
     study = optuna.create_study(study_name="idle", storage=f"sqlite:///{empty / 'idle' / 'study.db'}")
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
-    _one_line_exit_2(runner.invoke(app, ["export", "idle", "--runs-dir", str(empty)]), "no complete trial")
+    _one_line_exit_2(
+        runner.invoke(app, ["export", "idle", "--runs-dir", str(empty)]), "none of its 1 trial(s) completed"
+    )
 
 
 def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:

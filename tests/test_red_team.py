@@ -121,3 +121,35 @@ def test_user_text_is_printed_without_markup(runner, tmp_path) -> None:
     assert measured.exit_code == 0, measured.output
     assert str(path) in measured.stdout.replace("\n", "") or "net[bold]x[/]" in measured.stdout
     assert load_arch(path).name == "net[bold]x[/]"
+
+
+def test_dashboard_on_a_busy_port_is_one_line_before_anything_else(runner, tiny_study) -> None:
+    import socket
+
+    runs, name, _ = tiny_study
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["dashboard", name, "--runs-dir", str(runs), "--port", str(port)])
+    _one_line(result, 2, f"port {port}")
+    assert "dashboard for" not in result.stdout
+
+
+def test_corrupt_baseline_cache_is_rebuilt_not_fatal(tmp_path) -> None:
+    from mbsearch.baselines import _read_cache
+
+    (tmp_path / "baselines.json").write_text("{not json")
+    assert _read_cache(tmp_path / "baselines.json") == {}
+    (tmp_path / "baselines.json").write_text('{"k": 3}')
+    assert _read_cache(tmp_path / "baselines.json") == {}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_is_not_called_missing(runner, tmp_path, kind: str) -> None:
+    import os
+
+    path = tmp_path / "arch.json"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    line = _one_line(runner.invoke(app, ["show", str(path)]), 2, str(path))
+    assert "not found" not in line
