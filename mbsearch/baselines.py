@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from mbsearch.cost import count_macs, count_params
-from mbsearch.data import load_dataset
+from mbsearch.data import load_study_data
 from mbsearch.evaluate import evaluate
 from mbsearch.files import write_atomic
 from mbsearch.latency import LatencyCache, host_fingerprint, measure_cached
@@ -67,14 +67,7 @@ def baseline_frame(
     cache = _read_cache(cache_path)
     missing = [name for name in names if _cache_key(settings, name) not in cache]
     if missing:
-        data = load_dataset(
-            settings["dataset"],
-            data_dir,
-            settings.get("input_size"),
-            settings.get("channels"),
-            settings["val_size"],
-            settings.get("seed", 0),
-        )
+        data = load_study_data(settings, data_dir)
         budget = Budget(
             epochs=settings["epochs"],
             train_size=settings["train_size"],

@@ -244,6 +244,18 @@ def load_dataset(
     )
 
 
+def load_study_data(settings: dict, data_dir: Path | None) -> Dataset:
+    """The dataset and validation split a study used, from its stored settings (the seed fixes the split)."""
+    return load_dataset(
+        settings["dataset"],
+        data_dir,
+        settings.get("input_size"),
+        settings.get("channels"),
+        settings["val_size"],
+        settings.get("seed", 0),
+    )
+
+
 def load_full_train(
     name: str, data_dir: Path | None, input_size: int, channels: int | None = None
 ) -> tuple[Split, int]:

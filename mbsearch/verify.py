@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 from mbsearch import evaluations, interrupts
-from mbsearch.data import Dataset, load_dataset
+from mbsearch.data import Dataset, load_study_data
 from mbsearch.errors import BadInput
 from mbsearch.evaluate import evaluate
 from mbsearch.pareto import VERIFY_TAG, nondominated_layers
@@ -52,15 +52,7 @@ def verify_budget(data: Dataset, epochs: float, train_size: int | None) -> Budge
 
 def study_data(finished: FinishedStudy, data_dir) -> Dataset:
     """The dataset and validation split the search used (its stored settings and seed)."""
-    settings = finished.settings
-    return load_dataset(
-        settings["dataset"],
-        data_dir,
-        settings.get("input_size"),
-        settings.get("channels"),
-        settings["val_size"],
-        settings.get("seed", 0),
-    )
+    return load_study_data(finished.settings, data_dir)
 
 
 def run_verify(
