@@ -230,6 +230,16 @@ def fidelity_rows(reference: dict, proxies: dict) -> tuple[dict, list[dict]]:
     return ceiling, rows
 
 
+def choose_default(rows: list[dict], max_seconds: float = 60.0, target_tau: float = 0.7) -> tuple[dict, str]:
+    """The issue's rule: the cheapest budget with tau >= 0.7; else the best tau within max_seconds."""
+    good = sorted((r for r in rows if r["tau"] >= target_tau), key=lambda r: r["seconds"])
+    if good:
+        return good[0], f"cheapest budget with tau >= {target_tau}"
+    affordable = [r for r in rows if r["seconds"] <= max_seconds] or rows
+    best = max(affordable, key=lambda r: (r["tau"], -r["seconds"]))
+    return best, f"no budget reached tau {target_tau}; best tau within {max_seconds:.0f} s per candidate"
+
+
 def print_table(args: argparse.Namespace) -> None:
     reference = json.loads(REFERENCE_FILE.read_text())
     proxies = json.loads(PROXY_FILE.read_text()) if PROXY_FILE.is_file() else {"runs": {}}
@@ -258,6 +268,9 @@ def print_table(args: argparse.Namespace) -> None:
             f"| {row['budget']} | {row['members']} | {row['tau']:.3f} | {row['rho']:.3f} | {row['top25']:.2f} | "
             f"{row['seconds']:.1f} | {sd} | {row['spread']:.1f} |"
         )
+    if rows:
+        chosen, why = choose_default(rows, args.max_seconds)
+        print(f"\nchosen: {chosen['budget']} ({why}): tau {chosen['tau']:.3f}, {chosen['seconds']:.1f} s per candidate")
 
 
 def main() -> None:
@@ -265,6 +278,7 @@ def main() -> None:
     parser.add_argument("step", choices=["run", "table", "panel"])
     parser.add_argument("--prefer", choices=["reference", "proxies"], default="reference", help="which jobs first")
     parser.add_argument("--threads", type=int, default=1, help="training threads (default 1)")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="seconds per candidate allowed (table)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panel samples through in-memory studies
     torch.set_num_threads(args.threads)
