@@ -90,3 +90,32 @@ def test_report_bad_input(runner, tiny_study, tmp_path) -> None:
     result = runner.invoke(app, ["report", "missing", "--runs-dir", str(runs)])
     assert result.exit_code == 2 and "unknown study 'missing'" in result.stderr
     assert not (runs / "missing").exists()
+
+
+def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_study, tmp_path) -> None:
+    """After `verify`: both fronts, this study's own tau, baselines at the verification budget, and
+    dominance judged on verified accuracy."""
+    from mbsearch.ranking import kendall_tau
+    from mbsearch.report import compute
+
+    runs, name, _ = tiny_study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / name, copy / name)
+    verify = ["verify", name, "--runs-dir", str(copy), "--top", "3", "--epochs", "0.25", "--train-size", "256"]
+    assert runner.invoke(app, verify).exit_code == 0
+    finished = open_finished(name, copy, None)
+    budget = finished.study.user_attrs["verify_budget"]
+    names = ["mobilenet_v3_small_050", "mobilenet_v2_050"]
+    settings = finished.settings | {key: budget[key] for key in ("epochs", "train_size", "batch_size", "lr")}
+    verified_baselines = baseline_frame(settings, copy, names=names)
+    data = compute(finished, None, budget, verified_baselines).verified
+    points = finished.frame[finished.frame["verified_accuracy"].notna()]
+    assert set(data.points["number"]) == set(points["number"]) and len(points) >= 3
+    assert data.tau == pytest.approx(kendall_tau(list(points["val_accuracy"]), list(points["verified_accuracy"])))
+    best = points.loc[points["verified_accuracy"].idxmax(), "number"]
+    assert best in set(data.front["number"])  # the most accurate verified trial is on the verified front
+    assert list(data.dominance["name"]) == names
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    page = (copy / name / "report.html").read_text()
+    assert 'id="verified-plot"' in page and "Kendall τ between proxy and verified" in page
