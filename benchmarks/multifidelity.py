@@ -29,10 +29,6 @@ from mbsearch.studies import open_finished
 HERE = Path(__file__).resolve().parent
 
 
-def _mbsearch(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "mbsearch", *args], check=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
@@ -52,21 +48,50 @@ def main() -> None:
         "single": [],
         "multi": ["--rungs", "1,3,9", "--eta", "3", "--train-size", str(max(256, base.train_size // 3))],
     }
+    # Both searches run at once, one training thread each on the two cores: the same wall time under the
+    # same conditions (run one after the other, a machine's load could favour either).
+    studies = {name: f"mf-{name}-{args.seed}" for name in plans}
+    started = time.perf_counter()
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "mbsearch", "run", *common, "--study", studies[name], "--train-threads", "1", *extra]
+        )
+        for name, extra in plans.items()
+    }
+    walls = {}
+    for name, process in processes.items():
+        process.wait()
+        walls[name] = time.perf_counter() - started
+    verifiers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mbsearch",
+                "verify",
+                studies[name],
+                "--runs-dir",
+                str(args.runs_dir),
+                "--top",
+                str(args.top),
+                "--epochs",
+                str(args.verify_epochs),
+                "--train-size",
+                str(args.verify_train_size),
+                "--threads",
+                "1",
+            ]
+        )
+        for name in plans
+    ]
+    for verifier in verifiers:
+        verifier.wait()
     results = {}
-    for name, extra in plans.items():
-        study = f"mf-{name}-{args.seed}"
-        started = time.perf_counter()
-        _mbsearch("run", *common, "--study", study, *extra)
-        wall = time.perf_counter() - started
-        _mbsearch(
-            "verify", study, "--runs-dir", str(args.runs_dir), "--top", str(args.top),
-            "--epochs", str(args.verify_epochs), "--train-size", str(args.verify_train_size),
-        )  # fmt: skip
-        finished = open_finished(study, args.runs_dir, None)
-        frame = finished.frame
+    for name in plans:
+        frame = open_finished(studies[name], args.runs_dir, None).frame
         verified = frame[frame["verified_accuracy"].notna()]
         results[name] = {
-            "search_seconds": round(wall, 1),
+            "search_seconds": round(walls[name], 1),
             "trials": int((frame["state"] == "COMPLETE").sum()),
             "promotions": int((frame["rung"] > 0).sum()),
             "verified": verified[["number", "val_accuracy", "verified_accuracy", "latency_ms"]].to_dict("records"),
