@@ -28,9 +28,9 @@ class Budget:
 
     # The default proxy, chosen by benchmarks/fidelity.py (RunConfig repeats it for the CLI).
     epochs: float = 1.0
-    train_size: int = 16000
-    batch_size: int = 128
-    lr: float = 0.006
+    train_size: int = 8000
+    batch_size: int = 64
+    lr: float = 0.003
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
     augment: bool = False
