@@ -351,7 +351,7 @@ def verify(
     import torch
 
     from mbsearch.studies import open_finished
-    from mbsearch.verify import run_verify, study_data, summarize, verify_budget, verify_worker
+    from mbsearch.verify import choose, run_verify, study_data, summarize, verify_budget, verify_worker
 
     finished = open_finished(study, runs_dir, storage)
     stored_dir = finished.study.user_attrs.get("data_dir")
@@ -383,8 +383,6 @@ def verify(
         for process in processes:
             process.join()
         finished = open_finished(study, runs_dir, storage)
-        from mbsearch.verify import choose
-
         result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
     missing = [n for n in result.chosen if n not in result.verified]
     tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"

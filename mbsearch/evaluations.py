@@ -16,11 +16,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 
-from mbsearch.evaluate import Evaluation
+from mbsearch import interrupts
+from mbsearch.arch import Arch
+from mbsearch.data import Dataset
+from mbsearch.evaluate import Evaluation, evaluate
+from mbsearch.train import Budget, Diverged
 
 _PREFIX = "eval"
 
@@ -72,3 +77,34 @@ def store(study: optuna.Study, tag: str, number: int, evaluation: Evaluation) ->
 def store_failure(study: optuna.Study, tag: str, number: int, reason: str) -> None:
     """A diverged evaluation: recorded (accuracy None) so that it is not retried forever."""
     study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, "worker": _worker()})
+
+
+def evaluate_claimed(
+    study: optuna.Study,
+    tag: str,
+    number: int,
+    arch: Arch,
+    data: Dataset,
+    budget: Budget,
+    seed: int,
+    grace_seconds: float,
+    on_start: Callable[[], None] | None = None,
+) -> Evaluation | str | None:
+    """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged, stored so it is
+    not retried forever), or None when it is done or held by another worker. An interruption gives the
+    claim back, so that a rerun takes it at once."""
+    if not claim(study, tag, number, grace_seconds):
+        return None
+    if on_start:
+        on_start()
+    try:
+        with interrupts.interruptible():
+            result = evaluate(arch, data, budget, seed)
+    except Diverged as exc:
+        store_failure(study, tag, number, f"diverged: {exc}")
+        return f"diverged: {exc}"
+    except BaseException:
+        release(study, tag, number)
+        raise
+    store(study, tag, number, result)
+    return result

@@ -17,13 +17,12 @@ from dataclasses import dataclass, replace
 import optuna
 import pandas as pd
 
-from mbsearch import evaluations, interrupts
+from mbsearch import evaluations
 from mbsearch.arch import Arch
 from mbsearch.config import RunConfig
 from mbsearch.data import Dataset
-from mbsearch.evaluate import evaluate
 from mbsearch.pareto import candidates, pareto_ranking, rung_tag, trials_frame
-from mbsearch.train import Budget, Diverged
+from mbsearch.train import Budget
 
 
 def rung_budget(base: Budget, multiplier: float, available: int) -> Budget:
@@ -70,10 +69,6 @@ def promotable(frame: pd.DataFrame, rung_count: int, eta: float) -> list[tuple[i
     return jobs
 
 
-def tag(rung: int) -> str:
-    return rung_tag(rung)
-
-
 @dataclass(frozen=True)
 class Promotion:
     number: int
@@ -100,19 +95,15 @@ class Promoter:
             return None
         frame = trials_frame(study)
         for number, rung in promotable(frame, len(self.multipliers), self.eta):
-            if not evaluations.claim(study, tag(rung), number, grace_seconds=self.config.grace_period * 20):
-                continue
             arch = Arch.from_dict(study.trials[number].user_attrs["arch"], f"trial {number}")
             budget = self.budget(rung)
-            try:
-                with interrupts.interruptible():
-                    result = evaluate(arch, self.data, budget, self.config.seed)
-            except Diverged as exc:
-                evaluations.store_failure(study, tag(rung), number, f"diverged: {exc}")
+            result = evaluations.evaluate_claimed(
+                study, rung_tag(rung), number, arch, self.data, budget, self.config.seed,
+                grace_seconds=self.config.grace_period * 20,
+            )  # fmt: skip
+            if result is None:
+                continue  # done already, or another worker holds it
+            if isinstance(result, str):  # diverged at this rung
                 return Promotion(number, rung, None, 0.0, budget)
-            except BaseException:
-                evaluations.release(study, tag(rung), number)
-                raise
-            evaluations.store(study, tag(rung), number, result)
             return Promotion(number, rung, result.accuracy, result.seconds, budget)
         return None

@@ -16,11 +16,11 @@ import optuna
 from mbsearch import evaluations, interrupts
 from mbsearch.data import Dataset, load_study_data
 from mbsearch.errors import BadInput
-from mbsearch.evaluate import evaluate
+from mbsearch.evaluate import Evaluation
 from mbsearch.pareto import VERIFY_TAG, nondominated_layers
 from mbsearch.ranking import kendall_tau
 from mbsearch.studies import FinishedStudy
-from mbsearch.train import Budget, Diverged
+from mbsearch.train import Budget
 
 BUDGET_ATTR = "verify_budget"
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
@@ -77,21 +77,13 @@ def run_verify(
     done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
     with interrupts.deferred_signals():  # Ctrl-C and SIGTERM never land inside a storage write
         for number in chosen:
-            if number in done or not evaluations.claim(study, VERIFY_TAG, number, grace_seconds):
+            if number in done:
                 continue
-            if on_event:
-                on_event("start", number, None)
-            try:
-                with interrupts.interruptible():
-                    result = evaluate(finished.arch(number), data, budget, seed)
-            except Diverged as exc:
-                evaluations.store_failure(study, VERIFY_TAG, number, f"diverged: {exc}")
-                continue
-            except BaseException:
-                evaluations.release(study, VERIFY_TAG, number)
-                raise
-            evaluations.store(study, VERIFY_TAG, number, result)
-            if on_event:
+            start = (lambda n=number: on_event("start", n, None)) if on_event else None
+            result = evaluations.evaluate_claimed(
+                study, VERIFY_TAG, number, finished.arch(number), data, budget, seed, grace_seconds, start
+            )
+            if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)
     return summarize(study, finished.frame, chosen, budget)
 
