@@ -1,24 +1,33 @@
-"""mbsearch: hardware-aware neural architecture search over MobileNet-style spaces."""
+"""mbsearch: hardware-aware neural architecture search over MobileNet-style spaces.
 
-from mbsearch.arch import Arch, Block, load_arch
-from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
-from mbsearch.model import build_model
-from mbsearch.sample import sample_arch
-from mbsearch.space import SearchSpace, load_space
-from mbsearch.zoo import reference_arch, reference_names
+The public names load lazily, so that `mbsearch.agent` (which runs on small devices with onnxruntime and
+numpy only) can be imported without torch.
+"""
 
-__all__ = [
-    "Arch",
-    "BadInput",
-    "Block",
-    "MbsearchError",
-    "RuntimeFailure",
-    "SearchSpace",
-    "build_model",
-    "load_arch",
-    "load_space",
-    "reference_arch",
-    "reference_names",
-    "sample_arch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "Arch": "mbsearch.arch",
+    "Block": "mbsearch.arch",
+    "load_arch": "mbsearch.arch",
+    "BadInput": "mbsearch.errors",
+    "MbsearchError": "mbsearch.errors",
+    "RuntimeFailure": "mbsearch.errors",
+    "build_model": "mbsearch.model",
+    "sample_arch": "mbsearch.sample",
+    "SearchSpace": "mbsearch.space",
+    "load_space": "mbsearch.space",
+    "reference_arch": "mbsearch.zoo",
+    "reference_names": "mbsearch.zoo",
+}
+__all__ = sorted(_PUBLIC)  # resolved by __getattr__
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'mbsearch' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from mbsearch.cost import count_macs, count_params
 from mbsearch.data import load_study_data
 from mbsearch.evaluate import evaluate
 from mbsearch.files import write_atomic
-from mbsearch.latency import LatencyCache, host_fingerprint, measure_cached
+from mbsearch.latency import LatencyCache, Target, deployed, measure_cached, open_target
 from mbsearch.model import build_model
 from mbsearch.train import Budget, Diverged
 from mbsearch.zoo import reference_arch, reference_names
@@ -26,7 +26,7 @@ from mbsearch.zoo import reference_arch, reference_names
 COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
 
 
-def _cache_key(settings: dict[str, Any], name: str) -> str:
+def _cache_key(settings: dict[str, Any], name: str, device: str) -> str:
     fields = [
         "dataset",
         "input_size",
@@ -40,9 +40,10 @@ def _cache_key(settings: dict[str, Any], name: str) -> str:
         "runtime",
         "threads",
         "seed",
+        "latency_input_size",
     ]
     described = ",".join(f"{key}={settings.get(key)}" for key in fields)
-    return f"{host_fingerprint(settings['runtime'])}|{described}|{name}"
+    return f"{device}|{described}|{name}"
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
@@ -60,12 +61,16 @@ def baseline_frame(
     data_dir: Path | None = None,
     names: list[str] | None = None,
     on_progress: Callable[[str, bool], None] | None = None,
+    target: Target | None = None,
 ) -> pd.DataFrame:
-    """One row per reference model; computed once, then read from the cache."""
+    """One row per reference model, timed on `target` (default: the study's own local target); computed
+    once per device, then read from the cache."""
     names = names or reference_names()
+    target = target or open_target(settings["target"], settings["runtime"], settings["threads"])
+    device = target.device()["fingerprint"]
     cache_path = runs_dir / "baselines.json"
     cache = _read_cache(cache_path)
-    missing = [name for name in names if _cache_key(settings, name) not in cache]
+    missing = [name for name in names if _cache_key(settings, name, device) not in cache]
     if missing:
         data = load_study_data(settings, data_dir)
         budget = Budget(
@@ -79,17 +84,19 @@ def baseline_frame(
             for name in missing:
                 if on_progress:
                     on_progress(name, False)
-                arch = reference_arch(name, data.size, data.channels, data.num_classes)
+                # Like a candidate: timed at the deployment resolution, trained at the dataset's.
+                arch = reference_arch(
+                    name, settings.get("latency_input_size") or data.size, data.channels, data.num_classes
+                )
                 torch.manual_seed(settings.get("seed", 0))
                 model = build_model(arch)
-                stats, _ = measure_cached(
-                    model, arch, latency_cache, settings["target"], settings["runtime"], settings["threads"]
-                )
+                stats, _ = measure_cached(model, arch, latency_cache, target)
                 try:
-                    accuracy = evaluate(arch, data, budget, settings.get("seed", 0), model=model).accuracy
+                    trained = deployed(arch, data.size)
+                    accuracy = evaluate(trained, data, budget, settings.get("seed", 0), model=model).accuracy
                 except Diverged:
                     accuracy = float("nan")
-                cache[_cache_key(settings, name)] = {
+                cache[_cache_key(settings, name, device)] = {
                     "name": name,
                     "val_accuracy": accuracy,
                     "latency_ms": stats.median_ms,
@@ -100,7 +107,7 @@ def baseline_frame(
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:
             latency_cache.close()
-    rows = [cache[_cache_key(settings, name)] for name in names]
+    rows = [cache[_cache_key(settings, name, device)] for name in names]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -77,11 +77,25 @@ def _quiet() -> None:
     # line per trial with its failure reason, and our own problems end as one-line errors.
     logging.getLogger("optuna").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    # Optuna resets its logger's level when it is first imported: import it now, then quiet it. The agent
+    # runs on small devices without optuna.
+    try:
+        import optuna
+    except ImportError:
+        return
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 InputSize = Annotated[int, typer.Option(min=8, max=1024, help="Input image size (square).")]
 Channels = Annotated[int, typer.Option(min=1, max=16, help="Input image channels.")]
 Classes = Annotated[int, typer.Option(min=2, max=100_000, help="Number of classes.")]
+TargetToken = Annotated[
+    str | None,
+    typer.Option(envvar="MBSEARCH_TARGET_TOKEN", help="Token of the agent of an http:// target (or the env var)."),
+]
+LatencyInputSize = Annotated[
+    int | None, typer.Option(min=8, max=1024, help="Time at this input size (the deployment resolution).")
+]
 
 
 @app.command()
@@ -201,7 +215,18 @@ def _config(**flags: Any):
 @app.command()
 def run(
     space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
-    target: Annotated[str, typer.Option(help="Where latency is measured: cpu or cuda.")] = "cpu",
+    target: Annotated[
+        str, typer.Option(help="Where latency is measured: cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")
+    ] = "cpu",
+    target_token: TargetToken = None,
+    latency: Annotated[str, typer.Option(help="measured (on --target) or predicted (from --lut, no device).")] = (
+        "measured"
+    ),
+    lut: Annotated[Path | None, typer.Option(help="Lookup table of 'mbsearch profile' (--latency predicted).")] = None,
+    latency_input_size: LatencyInputSize = None,
+    confirm_on: Annotated[
+        str | None, typer.Option(help="After the search, re-time the front on this target (cpu, cuda, http://...).")
+    ] = None,
     runtime: Annotated[str, typer.Option(help="onnxruntime (deployed model) or torch (eager).")] = "onnxruntime",
     threads: Annotated[int, typer.Option(help="Threads for latency timing.")] = 1,
     dataset: Annotated[str, typer.Option(help="fashion-mnist, cifar10 or folder.")] = "fashion-mnist",
@@ -537,31 +562,131 @@ def train_command(
 @app.command()
 def measure(
     arch: Annotated[str, typer.Argument(help="Arch JSON file or a reference name.")],
-    target: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
     runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
-    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference.")] = 1,
-    runs: Annotated[int, typer.Option(min=5, max=100_000, help="Timed runs per attempt.")] = 100,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
+    runs: Annotated[int, typer.Option(min=5, max=10_000, help="Timed runs per attempt.")] = 100,
+    target_token: TargetToken = None,
+    latency_input_size: LatencyInputSize = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Time batch-1 inference of an architecture on a target and print latency statistics."""
     from dataclasses import asdict
 
-    from mbsearch.latency import check_target
-    from mbsearch.latency import measure as measure_latency
+    from mbsearch.latency import deployed, measure_on, open_target
     from mbsearch.model import build_model
 
-    check_target(target, runtime, threads)
-    spec = _load_arch_or_reference(arch, None, None, None)
-    stats = measure_latency(build_model(spec), spec, target, runtime, threads, runs=runs)
+    device = open_target(target, runtime, threads, target_token)
+    spec = deployed(_load_arch_or_reference(arch, None, None, None), latency_input_size)
+    stats = measure_on(device, build_model(spec), spec, runs=runs)
+    info = device.device()
     if as_json:
-        sys.stdout.write(json.dumps(asdict(stats)) + "\n")
+        sys.stdout.write(json.dumps(asdict(stats) | {"device": info}) + "\n")
         return
     console.print(
-        f"{spec.name or arch}: median {stats.median_ms:.3f} ms, IQR {stats.iqr_ms:.3f} ms "
-        f"({stats.relative_iqr:.1%}), mean {stats.mean_ms:.3f} ms, min {stats.min_ms:.3f} ms over {stats.runs} "
-        f"runs (attempt {stats.attempts}) on {target}/{runtime} with {threads} thread(s)",
+        f"{_printable(spec.name or arch)} at {spec.input.size}x{spec.input.size}: median {stats.median_ms:.3f} ms, "
+        f"IQR {stats.iqr_ms:.3f} ms ({stats.relative_iqr:.1%}), mean {stats.mean_ms:.3f} ms, min {stats.min_ms:.3f} ms "
+        f"over {stats.runs} runs (attempt {stats.attempts}) on {device.name}/{stats.runtime} with {stats.threads} "
+        f"thread(s); device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s)",
         highlight=False,
     )
+
+
+@app.command()
+def profile(
+    space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
+    target_token: TargetToken = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
+    input_size: Annotated[int, typer.Option(min=8, max=1024, help="Input size the table is for.")] = 28,
+    channels: Annotated[int, typer.Option(min=1, max=16, help="Input channels.")] = 1,
+    classes: Classes = 10,
+    calibrate: Annotated[int, typer.Option(min=0, max=10_000, help="Whole networks timed to fit the overhead.")] = 30,
+    seed: Annotated[int, typer.Option(min=0, max=2**31, help="Seed of the calibration networks.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Lookup table file to write.")] = Path("lut.json"),
+) -> None:
+    """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
+    Interrupted, the same command resumes from OUTPUT.partial."""
+    import torch
+
+    from mbsearch.files import check_outputs
+    from mbsearch.latency import open_target
+    from mbsearch.lut import profile as build_table
+    from mbsearch.lut import space_parts
+    from mbsearch.space import load_space
+
+    check_outputs({"--output": output}, {})
+    search_space = load_space(space)
+    device = open_target(target, "onnxruntime", threads, target_token)
+    torch.set_num_threads(1)
+    info = device.device()
+    count = len(space_parts(search_space, input_size, channels, classes))
+    console.print(
+        f"profiling {count} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
+        f"{device.name} (device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s), "
+        f"{info['threads']} thread(s)), then {calibrate} calibration network(s)",
+        highlight=False,
+    )
+    partial = output.with_name(output.name + ".partial")
+    shown = {"part": 0, "calibration network": 0}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if done == total or done - shown[what] >= max(1, total // 10):
+            shown[what] = done
+            console.print(f"{what}s: {done}/{total}", highlight=False)
+
+    table = build_table(search_space, device, input_size, channels, classes, calibrate, seed, partial, progress)
+    table.save(output)
+    partial.unlink(missing_ok=True)
+    summary = table.data.calibration
+    if summary:
+        console.print(
+            f"per-network overhead {table.data.network_overhead_ms:+.3f} ms; median |error| on the "
+            f"{summary['networks']} calibration networks: sum {summary.get('median_abs_error_sum', float('nan')):.1%}, "
+            f"corrected {summary.get('median_abs_error_corrected', float('nan')):.1%}; predicts with the "
+            f"{table.data.use} (benchmarks/latency.py measures held-out error)",
+            highlight=False,
+        )
+    console.print(f"wrote {output}", highlight=False)
+
+
+@app.command()
+def agent(
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MBSEARCH_AGENT_TOKEN", help="Token clients must send (default: a new one, printed)."),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Inference threads on this device.")] = 1,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider.")] = "CPUExecutionProvider",
+    max_model_mb: Annotated[float, typer.Option(min=0.01, max=4096, help="Largest model accepted, in MB.")] = 64,
+    max_seconds: Annotated[float, typer.Option(min=1, max=86400, help="Longest timing of one request.")] = 120,
+) -> None:
+    """Serve latency measurements on this device (run it on the target: a Pi, a Jetson, a server, a phone).
+    Needs only onnxruntime, numpy and bottle."""
+    import onnxruntime
+
+    from mbsearch.agent import AgentConfig, new_token, serve
+
+    if provider not in onnxruntime.get_available_providers():
+        raise BadInput(
+            f"--provider {provider}: not available here; use one of {', '.join(onnxruntime.get_available_providers())}"
+        )
+    if token is not None and len(token) < 16:
+        raise BadInput("--token must be at least 16 characters; leave it out to get a random one")
+    if not _is_loopback(host):
+        print(
+            f"mbsearch: warning: --host {host} lets every machine that can reach this one send models; "
+            "keep the token secret",
+            file=sys.stderr,
+        )
+    config = AgentConfig(token or new_token(), threads, provider, int(max_model_mb * 1024 * 1024), max_seconds)
+    try:
+        serve(host, port, config, announce=lambda line: print(line, flush=True))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise BadInput(f"cannot listen on {host}:{port}: {reason}; pick another --port or --host") from None
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ IDENTITY_KEYS = (
     "max_latency",
     "max_params",
     "rungs",
+    "latency",
+    "latency_input_size",
 )
 
 
@@ -55,7 +57,13 @@ class RunConfig(pydantic.BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     space: str = "v3"
-    target: str = "cpu"
+    target: str = "cpu"  # cpu, cuda, or http://HOST:PORT of a device running `mbsearch agent`
+    # The agent's token: never stored with the study (not an identity key) and never shown in a repr.
+    target_token: str | None = Field(default=None, repr=False)
+    latency: Literal["measured", "predicted"] = "measured"
+    lut: Path | None = None  # with --latency predicted: the lookup table from `mbsearch profile`
+    latency_input_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # time at the deployment resolution
+    confirm_on: str | None = None  # after the search, re-time the front on this target (predicted searches)
     runtime: str = "onnxruntime"
     threads: Annotated[int, Field(ge=1, le=256)] = 1
     dataset: str = "fashion-mnist"
@@ -102,6 +110,8 @@ class RunConfig(pydantic.BaseModel):
             parse_rungs(self.rungs)  # raises ValueError with the flag's name
             if self.objective != "pareto":
                 raise ValueError("--rungs promotes by Pareto rank: use it with --objective pareto")
+        if (self.latency == "predicted") != (self.lut is not None):
+            raise ValueError("--latency predicted and --lut FILE go together (the table from 'mbsearch profile')")
         if self.grace_period <= self.heartbeat:
             raise ValueError("--grace-period must be longer than --heartbeat")
         return self
@@ -111,8 +121,16 @@ class RunConfig(pydantic.BaseModel):
         return Path(self.space).stem if self.space.endswith((".yaml", ".yml")) else self.space
 
     @property
+    def target_label(self) -> str:
+        """The target as a name part: cpu, cuda, predicted, or HOST-PORT of an agent."""
+        if self.latency == "predicted":
+            return "predicted"
+        label = re.sub(r"[^A-Za-z0-9._-]+", "-", self.target.split("://", 1)[-1]).strip("-.")
+        return label or "target"
+
+    @property
     def study_name(self) -> str:
-        return self.study or f"{self.space_name}-{self.target}-{self.dataset}"
+        return self.study or f"{self.space_name}-{self.target_label}-{self.dataset}"
 
     @property
     def study_dir(self) -> Path:

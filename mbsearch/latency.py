@@ -1,133 +1,221 @@
 """Latency of a model on a target, at batch 1: warm-up, repeated timing, robust statistics.
 
-Timing runs under the per-host lock (never beside training), on a fixed thread count, and is repeated
-when the spread (IQR / median) is too high. Results are cached per (host, architecture, target, runtime,
-threads) so that a resampled architecture is not timed twice.
+A target is where timing happens: this machine's CPU or GPU (`LocalTarget`), a device running
+`mbsearch agent` (`remote.RemoteTarget`), or a per-block lookup table (`lut.LookupTable`, predicted, no
+device). All share one interface: `prepare` (export, on this machine) then `time` (on the device), so the
+search can export in its own thread and let a remote device time while it trains.
+
+Local timing runs under the per-host lock (never beside training), on a fixed thread count, and is repeated
+when the spread (IQR / median) is too high (timing.py). Results are cached per (device fingerprint,
+architecture), so a resampled architecture is not timed twice.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import platform
 import sqlite3
-import statistics
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from mbsearch import hostlock
-from mbsearch.arch import Arch
+from mbsearch.arch import Arch, InputSpec
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.onnx_export import export_onnx
+from mbsearch.timing import (
+    LatencyStats,
+    device_info,
+    fingerprint,
+    onnx_session,
+    repeat_until_steady,
+    summarize_samples,
+    time_onnx_repeated,
+)
 
-TARGETS = ("cpu", "cuda")
+__all__ = ["LatencyStats", "LocalTarget", "Prepared", "Target", "measure", "open_target", "summarize_samples"]
+
+LOCAL_TARGETS = ("cpu", "cuda")
 RUNTIMES = ("onnxruntime", "torch")
-MAX_RELATIVE_IQR = 0.10
+REMOTE_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
-class LatencyStats:
-    median_ms: float
-    iqr_ms: float
-    mean_ms: float
-    min_ms: float
-    runs: int
-    attempts: int
-    target: str
-    runtime: str
-    threads: int
+class Prepared:
+    """What a target times: ONNX bytes (or the eager module for --runtime torch) and the input shape."""
+
+    payload: Any
+    shape: tuple[int, ...]
+    arch: Arch | None  # None for a part of a network (a block timed alone by `mbsearch profile`)
+    warmup: int = 10
+    runs: int = 50
+    attempts: int = 3
 
     @property
-    def relative_iqr(self) -> float:
-        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
+    def recipe(self) -> dict[str, int]:
+        return {"warmup": self.warmup, "runs": self.runs, "attempts": self.attempts}
 
 
-def summarize_samples(samples_ms: list[float]) -> tuple[float, float, float, float]:
-    """Median, IQR, mean and minimum of timing samples in ms."""
-    if not samples_ms:
-        raise ValueError("no timing samples")
-    q1, median, q3 = np.percentile(samples_ms, [25, 50, 75])
-    return float(median), float(q3 - q1), statistics.fmean(samples_ms), min(samples_ms)
+class Target(Protocol):
+    name: str  # as the user wrote it: cpu, cuda, http://host:port, or the lookup table's path
+    runtime: str
+    threads: int
+    overlaps_training: bool  # True where timing happens on another machine, so the search trains meanwhile
+
+    def device(self) -> dict[str, Any]: ...
+    def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared: ...
+    def time(self, prepared: Prepared) -> LatencyStats: ...
+
+
+class LocalTarget:
+    """This machine's CPU or GPU, through ONNX Runtime or torch eager."""
+
+    overlaps_training = False
+
+    def __init__(self, name: str = "cpu", runtime: str = "onnxruntime", threads: int = 1) -> None:
+        if name not in LOCAL_TARGETS:
+            raise BadInput(
+                f"unknown target {name!r}: use one of {', '.join(LOCAL_TARGETS)} or http://HOST:PORT of an agent"
+            )
+        if runtime not in RUNTIMES:
+            raise BadInput(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if threads < 1:
+            raise BadInput(f"--threads must be at least 1, got {threads}")
+        if name == "cuda":
+            if not torch.cuda.is_available():
+                raise BadInput("--target cuda: no CUDA GPU is visible to torch here; use --target cpu")
+            if runtime == "onnxruntime":
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    raise BadInput("--target cuda --runtime onnxruntime needs onnxruntime-gpu; or use --runtime torch")
+        self.name, self.runtime, self.threads = name, runtime, threads
+        self._device: dict[str, Any] | None = None
+
+    def device(self) -> dict[str, Any]:
+        if self._device is None:
+            self._device = self._describe()
+        return self._device
+
+    def _describe(self) -> dict[str, Any]:
+        provider = "CUDAExecutionProvider" if self.name == "cuda" else "CPUExecutionProvider"
+        info = device_info(self.threads, [provider])
+        if self.runtime == "torch":
+            info["runtime"] = f"torch {torch.__version__}"
+            info["providers"] = [self.name]
+            if self.name == "cuda":
+                info["cpu"] = torch.cuda.get_device_name()
+            info["fingerprint"] = fingerprint(info)
+        return info
+
+    def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
+        shape = (1, arch.input.channels, arch.input.size, arch.input.size)
+        if self.runtime == "torch":
+            return Prepared(model, shape, arch)  # eager timing runs the module itself
+        return _export(model, arch, shape, timings)
+
+    def time(self, prepared: Prepared) -> LatencyStats:
+        try:
+            with hostlock.timing():
+                if self.runtime == "torch":
+                    return self._time_torch(prepared)
+                providers = ["CUDAExecutionProvider"] if self.name == "cuda" else ["CPUExecutionProvider"]
+                session = onnx_session(prepared.payload, self.threads, providers)
+                return time_onnx_repeated(session, prepared.shape, self.name, self.threads, **prepared.recipe)
+        except (RuntimeError, OSError) as exc:
+            raise RuntimeFailure(
+                f"latency measurement on {self.name}/{self.runtime} failed: {exc}".splitlines()[0]
+            ) from None
+
+    def _time_torch(self, prepared: Prepared) -> LatencyStats:
+        device = torch.device(self.name)
+        model = prepared.payload.eval().to(device)
+        example = torch.zeros(prepared.shape, device=device)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        runs = prepared.runs
+
+        def sample() -> list[float]:
+            samples = []
+            with torch.inference_mode():
+                for _ in range(prepared.warmup):
+                    model(example)
+                if self.name == "cuda":
+                    torch.cuda.synchronize()
+                for _ in range(runs):
+                    if self.name == "cuda":
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        model(example)
+                        end.record()
+                        end.synchronize()
+                        samples.append(start.elapsed_time(end))
+                    else:
+                        begin = time.perf_counter_ns()
+                        model(example)
+                        samples.append((time.perf_counter_ns() - begin) / 1e6)
+            return samples
+
+        try:
+            return repeat_until_steady(
+                sample,
+                prepared.attempts,
+                lambda median, iqr, mean, minimum, attempt: LatencyStats(
+                    median, iqr, mean, minimum, runs, attempt, self.name, "torch", self.threads
+                ),
+            )
+        finally:
+            torch.set_num_threads(previous_threads)
+            model.to("cpu")
+
+
+def _export(model: nn.Module, arch: Arch, shape: tuple[int, int, int, int], timings: dict | None) -> Prepared:
+    started = time.perf_counter()
+    exported = export_onnx(model, arch)
+    if timings is not None:
+        timings[f"export_{exported.exporter}"] = round(time.perf_counter() - started, 4)
+    return Prepared(exported.data, shape, arch)
+
+
+def is_remote(name: str) -> bool:
+    return name.startswith(REMOTE_SCHEMES)
+
+
+def open_target(
+    name: str, runtime: str = "onnxruntime", threads: int = 1, token: str | None = None, lut: Path | None = None
+) -> Target:
+    """The target a flag names; refuses an unknown, unavailable or unreachable one before any work is done."""
+    if name == "predicted" or lut is not None:
+        from mbsearch.lut import LookupTable
+
+        if lut is None:
+            raise BadInput("--latency predicted needs --lut FILE (made by 'mbsearch profile')")
+        return LookupTable.load(lut)
+    if is_remote(name):
+        from mbsearch.remote import RemoteTarget
+
+        if runtime != "onnxruntime":
+            raise BadInput(f"--target {name}: an agent times ONNX models; use --runtime onnxruntime")
+        return RemoteTarget(name, token)
+    return LocalTarget(name, runtime, threads)
 
 
 def check_target(target: str, runtime: str, threads: int) -> None:
-    """Refuse an unknown or unavailable target/runtime before any work is done."""
-    if target not in TARGETS:
-        raise BadInput(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
-    if runtime not in RUNTIMES:
-        raise BadInput(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    if threads < 1:
-        raise BadInput(f"--threads must be at least 1, got {threads}")
-    if target == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInput("--target cuda: no CUDA GPU is visible to torch here; use --target cpu")
-        if runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BadInput("--target cuda --runtime onnxruntime needs onnxruntime-gpu; or use --runtime torch")
+    """Refuse an unknown or unavailable local target/runtime before any work is done."""
+    LocalTarget(target, runtime, threads)
 
 
-def _time_onnxruntime(model: bytes, arch: Arch, target: str, threads: int, warmup: int, runs: int) -> list[float]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    providers = ["CUDAExecutionProvider"] if target == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model, options, providers=providers)
-    feed = {
-        session.get_inputs()[0].name: np.zeros(
-            (1, arch.input.channels, arch.input.size, arch.input.size), dtype=np.float32
-        )
-    }
-    for _ in range(warmup):
-        session.run(None, feed)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        session.run(None, feed)
-        samples.append((time.perf_counter_ns() - start) / 1e6)
-    return samples
-
-
-def _time_torch(model: nn.Module, arch: Arch, target: str, threads: int, warmup: int, runs: int) -> list[float]:
-    device = torch.device(target)
-    model = model.eval().to(device)
-    example = torch.zeros(1, arch.input.channels, arch.input.size, arch.input.size, device=device)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    samples = []
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(example)
-            if target == "cuda":
-                torch.cuda.synchronize()
-                for _ in range(runs):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    model(example)
-                    end.record()
-                    end.synchronize()
-                    samples.append(start.elapsed_time(end))
-            else:
-                for _ in range(runs):
-                    begin = time.perf_counter_ns()
-                    model(example)
-                    samples.append((time.perf_counter_ns() - begin) / 1e6)
-    finally:
-        torch.set_num_threads(previous_threads)
-        model.to("cpu")
-    return samples
+def deployed(arch: Arch, latency_input_size: int | None) -> Arch:
+    """The arch at the resolution it is timed at: the same blocks, another input size."""
+    if latency_input_size is None or latency_input_size == arch.input.size:
+        return arch
+    return arch.model_copy(update={"input": InputSpec(channels=arch.input.channels, size=latency_input_size)})
 
 
 def measure(
@@ -141,59 +229,26 @@ def measure(
     attempts: int = 3,
     timings: dict[str, float] | None = None,
 ) -> LatencyStats:
-    """Time batch-1 inference; re-measure up to `attempts` times while IQR/median > 10%.
+    """Time batch-1 inference on a local target; re-measure up to `attempts` times while IQR/median > 10%."""
+    return measure_on(LocalTarget(target, runtime, threads), model, arch, timings, warmup, runs, attempts)
 
-    With the onnxruntime runtime the model is exported first; `timings` receives the seconds spent
-    exporting ("export_torchscript" or "export_dynamo", naming the exporter that ran) and timing ("latency").
-    """
-    check_target(target, runtime, threads)
+
+def measure_on(
+    target: Target,
+    model: nn.Module,
+    arch: Arch,
+    timings: dict[str, float] | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    attempts: int = 3,
+) -> LatencyStats:
+    """prepare + time on any target, with `timings` receiving the seconds of each ("latency" for timing)."""
+    prepared = replace(target.prepare(model, arch, timings), warmup=warmup, runs=runs, attempts=attempts)
     started = time.perf_counter()
-    if runtime == "onnxruntime":
-        exported_model = export_onnx(model, arch)
-        timer, runnable = _time_onnxruntime, exported_model.data
-        export_key = f"export_{exported_model.exporter}"
-    else:
-        timer, runnable = _time_torch, model
-        export_key = None  # eager timing runs the module itself
-    exported = time.perf_counter()
-    best: LatencyStats | None = None
-    try:
-        with hostlock.timing():
-            for attempt in range(1, attempts + 1):
-                median, iqr, mean, minimum = summarize_samples(timer(runnable, arch, target, threads, warmup, runs))
-                stats = LatencyStats(median, iqr, mean, minimum, runs, attempt, target, runtime, threads)
-                if best is None or stats.relative_iqr < best.relative_iqr:
-                    best = stats
-                if stats.relative_iqr <= MAX_RELATIVE_IQR:
-                    break
-    except (RuntimeError, OSError) as exc:
-        raise RuntimeFailure(f"latency measurement on {target}/{runtime} failed: {exc}".splitlines()[0]) from None
-    assert best is not None
+    stats = target.time(prepared)
     if timings is not None:
-        if export_key:
-            timings[export_key] = round(exported - started, 4)
-        timings["latency"] = round(time.perf_counter() - exported, 4)
-    return best
-
-
-@functools.cache
-def host_fingerprint(runtime: str) -> str:
-    """Latency belongs to a machine and a runtime version: both are part of the cache key."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        version = f"ort{ort.__version__}"
-    else:
-        version = f"torch{torch.__version__}"
-    return f"{platform.node()}|{cpu}|{version}"
+        timings["latency"] = round(time.perf_counter() - started, 4)
+    return stats
 
 
 class LatencyCache:
@@ -207,7 +262,7 @@ class LatencyCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._connection: sqlite3.Connection | None = None
         try:
-            self._connection = sqlite3.connect(path, timeout=60)
+            self._connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
             with self._connection:
                 self._connection.execute(
                     "CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, stats TEXT NOT NULL)"
@@ -216,9 +271,10 @@ class LatencyCache:
             self.close()
 
     @staticmethod
-    def key(arch: Arch, target: str, runtime: str, threads: int) -> str:
+    def key(arch: Arch, target: Target) -> str:
+        """Latency belongs to a device (its fingerprint: CPU, cores, runtime, threads) and a network."""
         digest = hashlib.sha256(arch.key().encode()).hexdigest()
-        return f"{host_fingerprint(runtime)}|{digest}|{target}|{runtime}|{threads}"
+        return f"{target.device()['fingerprint']}|{type(target).__name__}|{digest}"
 
     def get(self, key: str) -> LatencyStats | None:
         if self._connection is None:
@@ -246,20 +302,69 @@ class LatencyCache:
             self._connection = None
 
 
+class PendingLatency:
+    """A latency being taken, possibly on another machine while this one trains; `result()` waits for it."""
+
+    def __init__(self, work: Callable[[], tuple[LatencyStats, bool]], background: bool) -> None:
+        self._work = work
+        self._outcome: tuple[LatencyStats, bool] | BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            # A daemon thread: an interrupted search must not wait for an agent's answer to exit.
+            self._thread = threading.Thread(target=self._run, daemon=True, name="latency")
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = self._work()
+        except BaseException as exc:  # handed to the caller of result(), in its own thread
+            self._outcome = exc
+
+    def result(self) -> tuple[LatencyStats, bool]:
+        if self._thread is not None:
+            while self._thread.is_alive():
+                self._thread.join(0.2)  # short joins: Ctrl-C still reaches the main thread
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+
+def start_latency(
+    model: nn.Module,
+    arch: Arch,
+    cache: LatencyCache | None,
+    target: Target,
+    timings: dict[str, float] | None = None,
+    background: bool = False,
+) -> PendingLatency:
+    """Cached latency, or export here and time on the target, in the background when the target is another
+    machine and `background` is asked (so the caller trains meanwhile)."""
+    key = LatencyCache.key(arch, target)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return PendingLatency(lambda: (hit, True), background=False)
+    prepared = target.prepare(model, arch, timings)
+
+    def work() -> tuple[LatencyStats, bool]:
+        started = time.perf_counter()
+        stats = target.time(prepared)
+        if timings is not None:
+            timings["latency"] = round(time.perf_counter() - started, 4)
+        if cache is not None:
+            cache.put(key, stats)
+        return stats, False
+
+    return PendingLatency(work, background=background and target.overlaps_training)
+
+
 def measure_cached(
     model: nn.Module,
     arch: Arch,
     cache: LatencyCache | None,
-    target: str,
-    runtime: str,
-    threads: int,
+    target: Target,
     timings: dict[str, float] | None = None,
 ) -> tuple[LatencyStats, bool]:
-    """Latency from the cache when this host already timed this architecture; else measure and store."""
-    key = LatencyCache.key(arch, target, runtime, threads)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit, True
-    stats = measure(model, arch, target, runtime, threads, timings=timings)
-    if cache is not None:
-        cache.put(key, stats)
-    return stats, False
+    """Latency from the cache when this device already timed this architecture; else measure and store."""
+    return start_latency(model, arch, cache, target, timings).result()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mbsearch.arch import Arch
+from mbsearch.arch import Arch, Block
 from mbsearch.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.errors import BadInput
 from mbsearch.rules import mid_channels, output_size, se_channels
@@ -50,25 +50,25 @@ class MobileNet(nn.Module):
         layers: list[nn.Module] = [
             ConvBNAct(arch.input.channels, arch.stem.out, arch.stem.kernel, arch.stem.stride, act=arch.stem.act)
         ]
-        for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
-            if block.type == "ir":
-                layer = InvertedResidual(
-                    plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act
-                )
-            else:
-                layer = DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act)
-            layers.append(layer)
+        layers += [build_block(block, plan) for block, plan in zip(arch.blocks, plans[1:-1], strict=True)]
         layers.append(ConvBNAct(plans[-1].in_chs, arch.head.conv, 1, act=arch.head.act))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = _classifier(arch)
+        self.classifier = build_classifier(arch)
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def _classifier(arch: Arch) -> nn.Sequential:
+def build_block(block: Block, plan: LayerPlan) -> nn.Module:
+    """One block of `features`, as planned (in and mid channels from `plan_layers`)."""
+    if block.type == "ir":
+        return InvertedResidual(plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act)
+    return DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act)
+
+
+def build_classifier(arch: Arch) -> nn.Sequential:
     head = arch.head
     if head.hidden == 0:  # MobileNetV2: dropout then the classifier
         return nn.Sequential(nn.Dropout(head.dropout), nn.Linear(head.conv, arch.num_classes))

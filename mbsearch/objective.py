@@ -24,7 +24,7 @@ from mbsearch.cost import count_macs, count_params
 from mbsearch.dashboard import artifact_store
 from mbsearch.data import Dataset
 from mbsearch.evaluate import evaluate
-from mbsearch.latency import LatencyCache, measure_cached
+from mbsearch.latency import LatencyCache, Target, deployed, start_latency
 from mbsearch.model import build_model
 from mbsearch.sample import sample_arch
 from mbsearch.space import SearchSpace
@@ -58,6 +58,7 @@ class Objective:
     space: SearchSpace
     data: Dataset
     cache: LatencyCache | None
+    target: Target
     normalizer: Normalizer = field(init=False)
     artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
@@ -82,20 +83,64 @@ class Objective:
             timings[name] = round(now - clock, 4)
             clock = now
 
-        arch = sample_arch(trial, self.space, self.data.size, self.data.channels, self.data.num_classes)
+        # With --latency-input-size the stride plan is the deployment resolution's: the network trained at the
+        # dataset's resolution and the one timed at the deployment resolution are the same blocks.
+        deploy_size = config.latency_input_size or self.data.size
+        arch = sample_arch(trial, self.space, deploy_size, self.data.channels, self.data.num_classes)
         arch = arch.with_info(name=f"{config.study_name}-trial-{trial.number}")
+        trained_arch = deployed(arch, self.data.size)
         lap("sample")
+        # Where timing happens on another device, it runs while this machine trains. A latency constraint
+        # needs the latency first (an over-budget candidate is never trained), so then it waits.
+        overlap = config.max_latency is None and self.target.overlaps_training
         # Building, timing and training may be interrupted at once by Ctrl-C; storage writes never are.
         with interrupts.interruptible():
             torch.manual_seed(config.seed)  # the same initial weights for the same architecture
             model = build_model(arch)
             lap("build")
             params = count_params(model)
-            macs, _ = count_macs(model, arch)
+            macs, _ = count_macs(model, arch)  # of the deployed network, at the timed resolution
             lap("cost")
-            stats, cached = measure_cached(
-                model, arch, self.cache, config.target, config.runtime, config.threads, timings
-            )
+            pending = start_latency(model, arch, self.cache, self.target, timings, background=overlap)
+        if not overlap:
+            with interrupts.interruptible():
+                stats, cached = pending.result()
+            self._store_measures(trial, arch, params, macs, stats, cached)
+            violations = self._set_constraints(trial, stats.median_ms, params)
+            if violations:
+                # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
+                trial.set_user_attr("skipped", "; ".join(violations))
+                trial.set_user_attr("val_accuracy", 0.0)
+                trial.set_user_attr("epochs_run", 0.0)
+                trial.set_user_attr("timings", timings)
+                return self._values(0.0, stats.median_ms)
+        result = self._train(trial, trained_arch, model, timings)
+        if overlap:
+            waited = time.perf_counter()
+            with interrupts.interruptible():
+                stats, cached = pending.result()  # a latency that never comes fails the trial: none is invented
+            timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for the device
+            self._store_measures(trial, arch, params, macs, stats, cached)
+            self._set_constraints(trial, stats.median_ms, params)
+        trial.set_user_attr("val_accuracy", result.accuracy)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
+        trial.set_user_attr("timings", timings)
+        return self._values(result.accuracy, stats.median_ms)
+
+    def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
+        """The proxy training; a diverged one prunes the trial."""
+        started = time.perf_counter()
+        try:
+            with interrupts.interruptible():
+                result = evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model)
+        except Diverged as exc:
+            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        timings["train"] = round(time.perf_counter() - started, 4)
+        return result
+
+    def _store_measures(self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool) -> None:
         trial.set_user_attr("arch", arch.to_dict())
         self._upload_arch(trial, arch)
         trial.set_user_attr("blocks", " ".join(block_strings(arch)))
@@ -107,29 +152,6 @@ class Objective:
             "latency_cached": cached,
         }.items():
             trial.set_user_attr(key, value)
-
-        violations = self._set_constraints(trial, stats.median_ms, params)
-        if violations:
-            # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
-            trial.set_user_attr("skipped", "; ".join(violations))
-            trial.set_user_attr("val_accuracy", 0.0)
-            trial.set_user_attr("epochs_run", 0.0)
-            trial.set_user_attr("timings", timings)
-            return self._values(0.0, stats.median_ms)
-
-        clock = time.perf_counter()  # storage writes above are not part of any phase
-        try:
-            with interrupts.interruptible():
-                result = evaluate(arch, self.data, config.budget, config.seed, self.normalizer, model=model)
-        except Diverged as exc:
-            trial.set_user_attr("fail_reason", f"diverged: {exc}")
-            raise optuna.TrialPruned(f"diverged: {exc}") from None
-        lap("train")
-        trial.set_user_attr("val_accuracy", result.accuracy)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
-        trial.set_user_attr("timings", timings)
-        return self._values(result.accuracy, stats.median_ms)
 
     def _upload_arch(self, trial: optuna.Trial, arch: Arch) -> None:
         """The arch JSON as a file artifact, downloadable from optuna-dashboard."""

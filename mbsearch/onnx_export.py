@@ -46,6 +46,11 @@ def _dynamo(model: nn.Module, example: torch.Tensor) -> bytes:
 
 
 def export_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> Exported:
+    """Export the network of `arch` at batch 1 (see export_module)."""
+    return export_module(model, (1, arch.input.channels, arch.input.size, arch.input.size), fast)
+
+
+def export_module(model: nn.Module, shape: tuple[int, ...], fast: bool = True) -> Exported:
     """Export at batch 1 in eval mode, saying which exporter ran.
 
     `fast` uses the TorchScript exporter: 0.4 s per candidate here against 2-6 s for the dynamo exporter
@@ -55,7 +60,7 @@ def export_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> Exported:
     global _fallback_warned
     was_training = model.training
     model.eval()
-    example = torch.zeros(1, arch.input.channels, arch.input.size, arch.input.size)
+    example = torch.zeros(shape)
     try:
         if fast:
             try:

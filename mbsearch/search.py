@@ -25,7 +25,7 @@ from mbsearch.config import IDENTITY_KEYS, RunConfig
 from mbsearch.data import Dataset, load_dataset
 from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
 from mbsearch.files import write_atomic
-from mbsearch.latency import LatencyCache, check_target
+from mbsearch.latency import LatencyCache, Target, open_target
 from mbsearch.objective import Objective, complete_and_running
 from mbsearch.pareto import decision_front, trials_frame
 from mbsearch.rungs import Promoter
@@ -72,10 +72,23 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     raise BadInput(f"unknown sampler {name!r}: use tpe, nsga2 or random")
 
 
-def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset]:
+def open_config_target(config: RunConfig) -> Target:
+    """The latency target of a search: local, a remote agent, or a lookup table."""
+    return open_target(
+        "predicted" if config.latency == "predicted" else config.target,
+        config.runtime,
+        config.threads,
+        config.target_token,
+        config.lut,
+    )
+
+
+def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
     """Everything that can be wrong with the input is found here, before anything is written."""
     space = load_space(config.space)
-    check_target(config.target, config.runtime, config.threads)
+    target = open_config_target(config)
+    if config.confirm_on is not None:
+        open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
     cache_path = config.runs_dir / "latency-cache.sqlite"
     if cache_path.exists() and not cache_path.is_file():
         raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")
@@ -87,7 +100,11 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset]:
             f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
             f"after the validation split; lower it or --val-size"
         )
-    return space, data
+    if config.latency == "predicted":
+        target.check_fits(  # type: ignore[attr-defined]
+            space.name, config.latency_input_size or data.size, data.channels, data.num_classes
+        )
+    return space, data, target
 
 
 def create_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
@@ -139,6 +156,24 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     return study
 
 
+DEVICE_ATTR = "latency_device"
+
+
+def check_device(study: optuna.Study, target: Target) -> None:
+    """A study's latencies come from one device: record its fingerprint once, refuse another one later."""
+    device = target.device() | {"target": target.name}
+    stored = study.user_attrs.get(DEVICE_ATTR)
+    if stored is None:
+        study.set_user_attr(DEVICE_ATTR, device)
+    elif stored.get("fingerprint") != device["fingerprint"]:
+        raise BadInput(
+            f"study {study.study_name!r} was timed on device {stored.get('fingerprint')} ({stored.get('cpu')}, "
+            f"{stored.get('cores')} core(s), {stored.get('threads')} thread(s)); {target.name} is device "
+            f"{device['fingerprint']} ({device['cpu']}, {device['cores']} core(s), {device['threads']} thread(s)); "
+            "use that device or a new --study"
+        )
+
+
 def environment(config: RunConfig) -> dict:
     import numpy
     import onnxruntime
@@ -180,13 +215,14 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
 
 def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
     """Run (or resume) the search described by `config`."""
-    space, data = prepare(config)
+    space, data, target = prepare(config)
     study_dir = config.study_dir
     url = config.storage or default_url(study_dir)
     study = create_study(config, url, worker_id)
+    check_device(study, target)
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
-    objective = Objective(config, space, data, cache)
+    objective = Objective(config, space, data, cache, target)
     promoter = Promoter(config, data) if config.rungs else None
     if reporter:
         reporter.start(study, config, complete_and_running(study)[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -133,15 +134,23 @@ def open_storage(
     try:
         if read_only:
             _check_schema_exists(url, driver_url, engine_kwargs)
-        with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                driver_url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
-            )
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        driver_url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=retry,
+                    )
+            except sqlalchemy.exc.IntegrityError:
+                # Two processes created the schema of a new database at once (workers starting together, or
+                # a reader opening it mid-creation): the other one won; opening again finds its tables.
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
         if "readonly" in reason or "read-only" in reason:

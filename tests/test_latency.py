@@ -12,7 +12,7 @@ import torch
 
 from mbsearch import hostlock
 from mbsearch.errors import BadInput
-from mbsearch.latency import LatencyCache, check_target, measure, measure_cached, summarize_samples
+from mbsearch.latency import LatencyCache, LocalTarget, check_target, measure, measure_cached, summarize_samples
 from mbsearch.model import build_model
 from mbsearch.zoo import reference_arch
 
@@ -52,12 +52,14 @@ def test_bigger_model_is_slower() -> None:
 def test_cache_returns_stored_stats_without_timing(tmp_path) -> None:
     arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     cache = LatencyCache(tmp_path / "cache.sqlite")
-    first, hit1 = measure_cached(build_model(arch), arch, cache, "cpu", "onnxruntime", 1)
-    second, hit2 = measure_cached(build_model(arch), arch, cache, "cpu", "onnxruntime", 1)
+    one_thread = LocalTarget("cpu", "onnxruntime", 1)
+    first, hit1 = measure_cached(build_model(arch), arch, cache, one_thread)
+    second, hit2 = measure_cached(build_model(arch), arch, cache, one_thread)
     assert (hit1, hit2) == (False, True) and first == second
     renamed = arch.with_info(name="other", metrics={"x": 1})  # same network, other label: same key
-    assert LatencyCache.key(renamed, "cpu", "onnxruntime", 1) == LatencyCache.key(arch, "cpu", "onnxruntime", 1)
-    assert LatencyCache.key(arch, "cpu", "onnxruntime", 2) != LatencyCache.key(arch, "cpu", "onnxruntime", 1)
+    assert LatencyCache.key(renamed, one_thread) == LatencyCache.key(arch, one_thread)
+    assert LatencyCache.key(arch, LocalTarget("cpu", "onnxruntime", 2)) != LatencyCache.key(arch, one_thread)
+    assert LatencyCache.key(arch, LocalTarget("cpu", "torch", 1)) != LatencyCache.key(arch, one_thread)
 
 
 def test_bad_targets_are_refused_up_front() -> None:

@@ -149,7 +149,7 @@ def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path, delay: f
     time.sleep(delay)  # into the next trial
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1].startswith("mbsearch: error: interrupted:")
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
     study = _study(tmp_path, "int")

@@ -1,0 +1,217 @@
+"""`mbsearch agent`: a latency service that runs on the target device.
+
+It receives an ONNX model over HTTP and answers with latency statistics taken exactly as a local search
+takes them (timing.py): warm-up, median and IQR, re-measured while noisy, one timing at a time. It needs
+numpy, onnxruntime and bottle only (no torch), so `pip install --no-deps mbsearch` plus those is enough on a
+Raspberry Pi, a Jetson or a phone under Termux.
+
+Protocol (JSON answers; `Authorization: Bearer TOKEN` on every call but /v1/health):
+  GET  /v1/health                  {"ok": true}
+  GET  /v1/device                  the device fingerprint (CPU, cores, runtime, providers, threads)
+  POST /v1/measure?warmup=&runs=&attempts=   body: the ONNX model  ->  {"stats": {...}, "device": {...}}
+
+Security: binds 127.0.0.1 unless told otherwise; every call needs the token (compared in constant time);
+bodies over --max-model-mb are refused before they are read; only the ONNX format with standard operators
+loads (no custom-operator library is ever registered) and nothing is ever unpickled. A bad request gets a
+4xx with a one-line JSON reason and the agent keeps serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import bottle
+
+from mbsearch import hostlock
+from mbsearch.timing import device_info, onnx_session, time_onnx_repeated, time_session
+
+API = "v1"
+MAX_INPUT_ELEMENTS = 4 * 1024 * 1024  # 4 channels at 1024x1024: the largest input an arch file allows
+QUERY_LIMITS = {"warmup": (0, 1000, 10), "runs": (5, 10_000, 50), "attempts": (1, 10, 3)}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    token: str
+    threads: int = 1
+    provider: str = "CPUExecutionProvider"
+    max_model_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 120.0  # timing budget of one request; a slower model is refused, not timed for hours
+
+
+class _Refused(Exception):
+    """A request the agent will not serve: becomes a 4xx with this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def make_app(config: AgentConfig) -> bottle.Bottle:
+    """The agent as a WSGI app. One timing at a time, whatever the number of clients."""
+    app = bottle.Bottle(catchall=True)
+    timing_lock = threading.Lock()
+    device = device_info(config.threads, [config.provider])
+
+    def answer(status: int, body: dict[str, Any]) -> str:
+        bottle.response.status = status
+        bottle.response.content_type = "application/json"
+        return json.dumps(body)
+
+    def guarded(handler):
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            try:
+                _check_token(bottle.request, config.token)
+                return answer(200, handler(*args, **kwargs))
+            except _Refused as refused:
+                return answer(refused.status, {"error": str(refused)})
+
+        return wrapper
+
+    @app.get(f"/{API}/health")
+    def health() -> str:
+        return answer(200, {"ok": True, "api": API})
+
+    @app.get(f"/{API}/device")
+    @guarded
+    def device_route() -> dict[str, Any]:
+        return device
+
+    @app.post(f"/{API}/measure")
+    @guarded
+    def measure_route() -> dict[str, Any]:
+        settings = {name: _query_int(bottle.request, name, *limits) for name, limits in QUERY_LIMITS.items()}
+        model = _read_body(bottle.request, config.max_model_bytes)
+        with timing_lock, hostlock.timing():
+            session = _load(model, config)
+            shape = _input_shape(session)
+            first = time_session(session, shape, warmup=1, runs=1)[0] / 1000
+            expected = first * (settings["warmup"] + settings["runs"] * settings["attempts"])
+            if expected > config.max_seconds:
+                raise _Refused(
+                    422,
+                    f"one run takes {first:.2f} s: timing would take ~{expected:.0f} s, over this agent's "
+                    f"--max-seconds {config.max_seconds:g}; ask for fewer runs or raise the limit",
+                )
+            stats = time_onnx_repeated(session, shape, "agent", config.threads, **settings)
+        return {"stats": asdict(stats), "device": device}
+
+    def error_page(error: bottle.HTTPError) -> str:
+        # bottle's own errors (404, 405, 500) as one JSON line, never an HTML page or a traceback
+        bottle.response.content_type = "application/json"
+        return json.dumps({"error": f"{error.status_line}: {bottle.request.method} {bottle.request.path}"})
+
+    app.default_error_handler = error_page
+    return app
+
+
+def _check_token(request: bottle.BaseRequest, token: str) -> None:
+    given = request.get_header("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise _Refused(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' (printed at agent start)")
+
+
+def _query_int(request: bottle.BaseRequest, name: str, low: int, high: int, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise _Refused(400, f"{name}={text[:20]!r}: not an integer") from None
+    if not low <= value <= high:
+        raise _Refused(400, f"{name}={value}: must be from {low} to {high}")
+    return value
+
+
+def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
+    """The body, refused by its declared length before a byte is read when it is too big."""
+    length = request.content_length
+    if length < 0:
+        raise _Refused(411, "no Content-Length: send the ONNX model as the request body with its length")
+    if length > limit:
+        raise _Refused(413, f"model of {length:,} bytes is over this agent's limit of {limit:,} (--max-model-mb)")
+    if length == 0:
+        raise _Refused(400, "empty body: send the ONNX model as the request body")
+    stream = request.environ["wsgi.input"]
+    chunks, left = [], length
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            raise _Refused(400, f"body ended after {length - left:,} of {length:,} bytes")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _load(model: bytes, config: AgentConfig) -> Any:
+    try:
+        return onnx_session(model, config.threads, [config.provider])
+    except Exception as exc:  # ORT raises its own exception types for every malformed or foreign model
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise _Refused(422, f"not an ONNX model with standard operators that ONNX Runtime loads: {reason}") from None
+
+
+def _input_shape(session: Any) -> tuple[int, ...]:
+    """The one float image input, at batch 1; symbolic dimensions other than the batch are refused."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        raise _Refused(422, "the model must take one float input of shape (1, C, H, W)")
+    _batch, *rest = inputs[0].shape  # the batch may be symbolic: it is timed at 1
+    if not all(isinstance(dim, int) and dim > 0 for dim in rest):
+        raise _Refused(422, f"input shape {inputs[0].shape}: C, H and W must be fixed numbers")
+    shape = (1, *rest)
+    if shape[1] * shape[2] * shape[3] > MAX_INPUT_ELEMENTS:
+        raise _Refused(422, f"input shape {shape} is over the agent's limit of {MAX_INPUT_ELEMENTS:,} values")
+    return shape
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection (a waiting client never blocks health or auth checks); timing is
+    serialised by the app's lock."""
+
+    daemon_threads = True
+
+
+class _RequestLog(WSGIRequestHandler):
+    """One line per request on stderr, the agent's log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
+
+
+def serve(host: str, port: int, config: AgentConfig, announce: Any = print) -> None:
+    """Serve until interrupted. `announce` gets the startup lines (address, device, token)."""
+    server_class = _ThreadingServer
+    if ":" in host:
+        server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
+    app = make_app(config)
+    server = make_server(host, port, app, server_class=server_class, handler_class=_RequestLog)
+    bound_port = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    device = device_info(config.threads, [config.provider])
+    announce(f"mbsearch agent on http://{shown}:{bound_port}/ ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+    announce(
+        f"device {device['fingerprint']}: {device['cpu']}, {device['cores']} core(s), {device['runtime']}, "
+        f"{config.provider}, {config.threads} thread(s)"
+    )
+    announce(f"token {config.token}")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
