@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_PACKAGES := dataset-fashion-mnist
-TEST_PACKAGES := dataset-fashion-mnist postgresql chromium chromium-driver
+TEST_PACKAGES := dataset-fashion-mnist postgresql chromium chromium-driver util-linux
 
 .PHONY: setup demo test lint bench clean
 
@@ -23,7 +23,8 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages, installed only where missing: the Fashion-MNIST data, and for the tests a
-# PostgreSQL server (distributed search) and Chromium (the report's browser test).
+# PostgreSQL server (distributed search) and Chromium (the report's browser test). taskset (util-linux)
+# pins a test latency agent to one core.
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -215,3 +215,53 @@ def serve(host: str, port: int, config: AgentConfig, announce: Any = print) -> N
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+@dataclass
+class LocalAgent:
+    """An agent process on this machine (tests, benchmarks, or "what would one core do")."""
+
+    process: Any
+    url: str
+    token: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+def start_local_agent(
+    threads: int = 1, cpus: str | None = None, port: int = 0, token: str | None = None, env: dict | None = None
+) -> LocalAgent:
+    """Start `mbsearch agent` in a subprocess on 127.0.0.1, pinned to `cpus` with taskset when given
+    (another core count stands in for another device), and wait until it serves."""
+    import os
+    import shutil
+    import subprocess
+
+    token = token or new_token()
+    command = [sys.executable, "-m", "mbsearch", "agent", "--port", str(port), "--threads", str(threads)]
+    if cpus is not None:
+        taskset = shutil.which("taskset")
+        if taskset is None:
+            raise RuntimeError("taskset is not installed (Debian package util-linux)")
+        command = [taskset, "-c", cpus, *command]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=(env or os.environ) | {"MBSEARCH_AGENT_TOKEN": token},
+    )
+    assert process.stdout is not None
+    url = None
+    for line in process.stdout:
+        if line.startswith("mbsearch agent on "):
+            url = line.split()[3].rstrip("/")
+        if line.startswith("token "):
+            break
+    if url is None:
+        process.kill()
+        raise RuntimeError(f"the agent did not start (exit code {process.wait()})")
+    return LocalAgent(process, url, token)

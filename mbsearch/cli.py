@@ -326,14 +326,16 @@ def report(
     storage: Storage = None,
     baselines: Annotated[bool, typer.Option(help="Train and time the MobileNet baselines (cached).")] = True,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+    target_token: TargetToken = None,
 ) -> None:
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
     from mbsearch.baselines import baseline_frame
     from mbsearch.report import write_report
-    from mbsearch.studies import open_finished
+    from mbsearch.studies import open_finished, study_target
     from mbsearch.verify import BUDGET_ATTR
 
     finished = open_finished(study, runs_dir, storage)
+    target = study_target(finished, target_token) if baselines else None
     verify_budget = finished.study.user_attrs.get(BUDGET_ATTR)
     verified_any = finished.frame["verified_accuracy"].notna().any()
     frame = verified_frame = None
@@ -344,12 +346,12 @@ def report(
         def progress(name: str, _: bool) -> None:
             console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
 
-        frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress)
+        frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress, target=target)
         if verify_budget and verified_any:
             # The baselines at the verification budget, so that dominance is judged on equal terms.
             keys = ("epochs", "train_size", "batch_size", "lr")
             verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
-            verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress)
+            verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress, target=target)
     path = write_report(finished, frame, verify_budget, verified_frame)
     console.print(f"wrote {path}", highlight=False)
 
@@ -368,6 +370,10 @@ def verify(
     runs_dir: RunsDir = Path("runs"),
     storage: Storage = None,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Also re-time the verified trials on this target (cpu, cuda, http://...).")
+    ] = None,
+    target_token: TargetToken = None,
 ) -> None:
     """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
     split, scored on the search's validation split. Stored in the study; rerun to resume."""
@@ -409,6 +415,17 @@ def verify(
             process.join()
         finished = open_finished(study, runs_dir, storage)
         result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
+    if target is not None:
+        from mbsearch.confirm import confirm
+        from mbsearch.latency import open_target
+
+        settings = finished.settings
+        device = open_target(target, settings["runtime"], settings["threads"], target_token)
+
+        def timed(number: int, searched: float, measured: float) -> None:
+            console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
+
+        confirm(finished.study, result.chosen, device, on_done=timed)
     missing = [n for n in result.chosen if n not in result.verified]
     tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"
     console.print(

@@ -66,11 +66,12 @@ class ConsoleReporter:
         self.complete = 0
 
     def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None:
+        """One line: what is searched, where it is timed, where it is stored."""
         storage = redact(config.storage or f"sqlite:///{config.study_dir / 'study.db'}")
         verb = "resuming" if complete else "starting"
         self.console.print(
             f"{self.worker}{verb} study {config.study_name} ({complete}/{config.trials} complete) "
-            f"space={config.space_name} target={config.target}/{config.runtime} threads={config.threads} "
+            f"space={config.space_name} target={_target(config)} threads={config.threads} "
             f"dataset={config.dataset} budget={config.epochs:g} epoch(s) x {config.train_size} images "
             f"storage={storage}",
             highlight=False,
@@ -127,3 +128,10 @@ class ConsoleReporter:
 
     def finish(self) -> None:
         self.progress.stop()
+
+
+def _target(config: RunConfig) -> str:
+    if config.latency == "predicted":
+        return f"predicted by {config.lut}"
+    size = f" at {config.latency_input_size}x{config.latency_input_size}" if config.latency_input_size else ""
+    return f"{config.target}/{config.runtime}{size}"

@@ -40,9 +40,9 @@ class RemoteTarget:
     runtime = "onnxruntime"
     overlaps_training = True
 
-    def __init__(self, url: str, token: str | None = None, backoff: tuple[float, ...] = BACKOFF_SECONDS) -> None:
+    def __init__(self, url: str, token: str | None = None, backoff: tuple[float, ...] | None = None) -> None:
         self.name = url.rstrip("/")
-        self.backoff = backoff
+        self.backoff = BACKOFF_SECONDS if backoff is None else backoff  # read at call time: tests shorten it
         token = token or os.environ.get(TOKEN_ENV)
         if not token:
             raise BadInput(

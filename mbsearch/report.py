@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mbsearch.baselines import dominance
+from mbsearch.confirm import confirmed
 from mbsearch.files import write_atomic
 from mbsearch.pareto import candidates, hypervolume_history, knee, pareto_front
 from mbsearch.ranking import kendall_tau
@@ -32,6 +33,8 @@ class ReportData:
     dominance: pd.DataFrame | None
     counts: dict[str, int]
     verified: VerifiedData | None = None
+    device: dict | None = None  # the latency target and its fingerprint (search.check_device)
+    confirmed: pd.DataFrame | None = None  # number, latency_ms (the search's), confirmed_ms, target
 
 
 @dataclass
@@ -126,6 +129,57 @@ def compute(
         dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         verified=compute_verified(finished, verify_budget, verified_baselines),
+        device=finished.study.user_attrs.get("latency_device"),
+        confirmed=_confirmed_frame(finished),
+    )
+
+
+def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
+    records = confirmed(finished.study)
+    if not records:
+        return None
+    latency = finished.frame.set_index("number")["latency_ms"]
+    rows = [
+        {
+            "number": number,
+            "latency_ms": float(latency.get(number, float("nan"))),
+            "confirmed_ms": record["latency_ms"],
+            "target": record["target"],
+            "fingerprint": record["fingerprint"],
+        }
+        for number, record in sorted(records.items())
+    ]
+    return pd.DataFrame(rows)
+
+
+def _device_text(device: dict | None) -> str:
+    """Which device the latencies come from: a report names it."""
+    if not device:
+        return "<p>Latency device: not recorded (a study made before mbsearch recorded device fingerprints).</p>"
+    if str(device.get("fingerprint", "")).startswith("lut-"):
+        what = f"predicted by the lookup table {device.get('target')} for device {device.get('predicts_for')}"
+    else:
+        what = f"measured on {device.get('target')}, device {device.get('fingerprint')}"
+    return (
+        f"<p id='latency-device'>Latency {html.escape(what)}: {html.escape(str(device.get('cpu')))}, "
+        f"{device.get('cores')} core(s), {html.escape(str(device.get('runtime')))}, "
+        f"{device.get('threads')} thread(s).</p>"
+    )
+
+
+def _confirmed_text(frame: pd.DataFrame | None) -> str:
+    if frame is None:
+        return "<p>No trial re-timed on another target ('run --confirm-on' or 'verify --target' does it).</p>"
+    rows = "".join(
+        f"<tr><td>{row.number}</td><td>{row.latency_ms:.3f}</td><td>{row.confirmed_ms:.3f}</td>"
+        f"<td>{(row.latency_ms - row.confirmed_ms) / row.confirmed_ms:+.1%}</td><td>{html.escape(row.target)}</td></tr>"
+        for row in frame.itertuples()
+    )
+    within = float(((frame["latency_ms"] - frame["confirmed_ms"]).abs() / frame["confirmed_ms"] <= 0.10).mean())
+    return (
+        f"<p>{within:.0%} of {len(frame)} re-timed trial(s) within ±10% of the search's latency.</p>"
+        "<table class='front' id='confirmed-table'><tr><th>trial</th><th>search latency ms</th>"
+        f"<th>re-timed ms</th><th>error</th><th>target</th></tr>{rows}</table>"
     )
 
 
@@ -408,6 +462,7 @@ def render(data: ReportData) -> str:
 <h1>{html.escape(data.title)}</h1>
 <p>Trials: {html.escape(counts)}. Pareto front: {len(data.front)} point(s).</p>
 <p><small>{html.escape(settings)}</small></p>
+{_device_text(data.device)}
 {parts[0]}
 <h2>Against the MobileNet baselines</h2>
 {_dominance_text(data)}
@@ -415,6 +470,8 @@ def render(data: ReportData) -> str:
 {_front_table(data)}
 <h2>Verified</h2>
 {_verified_text(data.verified)}
+<h2>Predicted against measured latency</h2>
+{_confirmed_text(data.confirmed)}
 {"".join(parts[1:])}
 </body></html>
 """

@@ -22,6 +22,7 @@ import torch
 
 from mbsearch import interrupts
 from mbsearch.config import IDENTITY_KEYS, RunConfig
+from mbsearch.confirm import confirm
 from mbsearch.data import Dataset, load_dataset
 from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
 from mbsearch.files import write_atomic
@@ -240,6 +241,10 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
         if reporter:
             reporter.finish()
     frame, front, basis = write_outputs(study, study_dir)
+    if config.confirm_on is not None and worker_id == 0 and not front.empty:
+        # Predicted (or elsewhere-measured) latencies of the front, re-timed on the real target.
+        device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+        confirm(study, [int(n) for n in front["number"]], device)
     return SearchResult(study, frame, front, study_dir, timed_out, basis)
 
 

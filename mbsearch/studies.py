@@ -50,3 +50,14 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
     decision, basis = decision_front(frame)
     return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame), decision, basis)
+
+
+def study_target(finished: FinishedStudy, token: str | None = None):
+    """The latency target the study was searched on (local, an agent, or its lookup table), reopened."""
+    from mbsearch.latency import open_target
+
+    settings = finished.settings
+    device = finished.study.user_attrs.get("latency_device") or {}
+    if settings.get("latency") == "predicted":
+        return open_target("predicted", lut=Path(device.get("target", "")))
+    return open_target(settings["target"], settings["runtime"], settings["threads"], token)

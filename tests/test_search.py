@@ -172,3 +172,22 @@ def test_same_command_same_seed_same_machine_gives_the_same_archs_and_accuracies
     assert [o[1] for o in outcome(first)] != [o[1] for o in outcome(other)]  # the seed matters
     environment = next(v for k, v in first.study.user_attrs.items() if k.startswith("environment:"))
     assert environment["train_threads"] == 1 and environment["torch"] == __import__("torch").__version__
+
+
+def test_latency_input_size_times_the_deployed_network_and_trains_the_same_blocks(tmp_path) -> None:
+    from mbsearch.arch import Arch
+    from mbsearch.latency import LocalTarget, deployed, measure_on
+    from mbsearch.model import build_model
+    from mbsearch.sample import sample_arch
+    from mbsearch.space import load_space
+
+    result = run_search(tiny_config(tmp_path, trials=1, sampler="random", latency_input_size=224))
+    trial = result.study.get_trials(states=(COMPLETE,))[0]
+    arch = Arch.from_dict(trial.user_attrs["arch"])
+    assert arch.input.size == 224 and arch.stem.stride == 2  # 224's stride plan; 28's drops the stem stride
+    replayed = sample_arch(optuna.trial.FixedTrial(trial.params), load_space("v3"), 224, 1, 10)
+    assert replayed.blocks == arch.blocks
+    assert sample_arch(optuna.trial.FixedTrial(trial.params), load_space("v3"), 28, 1, 10).stem.stride == 1
+    assert trial.user_attrs["val_accuracy"] > 0  # trained on the 28x28 images, same blocks
+    at_28 = deployed(arch, 28)
+    assert trial.user_attrs["latency_ms"] > 3 * measure_on(LocalTarget(), build_model(at_28), at_28).median_ms
