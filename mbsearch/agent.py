@@ -37,7 +37,7 @@ from mbsearch.timing import device_info, onnx_session, time_onnx_repeated, time_
 
 API = "v1"
 MAX_INPUT_ELEMENTS = 4 * 1024 * 1024  # 4 channels at 1024x1024: the largest input an arch file allows
-QUERY_LIMITS = {"warmup": (0, 1000, 10), "runs": (5, 10_000, 50), "attempts": (1, 10, 3)}
+QUERY_LIMITS = {"warmup": (0, 1000, 10), "runs": (5, 10_000, 50), "attempts": (1, 10, 3), "sessions": (1, 10, 3)}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ def make_app(config: AgentConfig) -> bottle.Bottle:
                 _check_token(bottle.request, config.token)
                 return answer(200, handler(*args, **kwargs))
             except _Refused as refused:
+                _drain(bottle.request, config.max_model_bytes)
                 return answer(refused.status, {"error": str(refused)})
 
         return wrapper
@@ -90,20 +91,22 @@ def make_app(config: AgentConfig) -> bottle.Bottle:
     @app.post(f"/{API}/measure")
     @guarded
     def measure_route() -> dict[str, Any]:
-        settings = {name: _query_int(bottle.request, name, *limits) for name, limits in QUERY_LIMITS.items()}
+        # The body is read before the query is judged: a client still sending would otherwise lose the
+        # answer to a reset connection.
         model = _read_body(bottle.request, config.max_model_bytes)
+        settings = {name: _query_int(bottle.request, name, *limits) for name, limits in QUERY_LIMITS.items()}
         with timing_lock, hostlock.timing():
             session = _load(model, config)
             shape = _input_shape(session)
             first = time_session(session, shape, warmup=1, runs=1)[0] / 1000
-            expected = first * (settings["warmup"] + settings["runs"] * settings["attempts"])
+            expected = first * (settings["warmup"] + settings["runs"]) * settings["sessions"] * settings["attempts"]
             if expected > config.max_seconds:
                 raise _Refused(
                     422,
                     f"one run takes {first:.2f} s: timing would take ~{expected:.0f} s, over this agent's "
                     f"--max-seconds {config.max_seconds:g}; ask for fewer runs or raise the limit",
                 )
-            stats = time_onnx_repeated(session, shape, "agent", config.threads, **settings)
+            stats = time_onnx_repeated(lambda: _load(model, config), shape, "agent", config.threads, **settings)
         return {"stats": asdict(stats), "device": device}
 
     def error_page(error: bottle.HTTPError) -> str:
@@ -145,6 +148,7 @@ def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
     if length == 0:
         raise _Refused(400, "empty body: send the ONNX model as the request body")
     stream = request.environ["wsgi.input"]
+    request.environ["mbsearch.body_read"] = True
     chunks, left = [], length
     while left > 0:
         chunk = stream.read(min(left, 1 << 20))
@@ -153,6 +157,17 @@ def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _drain(request: bottle.BaseRequest, limit: int) -> None:
+    """Read what is left of a refused request's body (when within the limit), so that the client, still
+    sending, gets the answer rather than a reset connection."""
+    length = request.content_length
+    if request.environ.get("mbsearch.body_read") or not 0 < length <= limit:
+        return
+    stream, left = request.environ["wsgi.input"], length
+    while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+        left -= len(chunk)
 
 
 def _load(model: bytes, config: AgentConfig) -> Any:

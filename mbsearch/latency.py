@@ -30,6 +30,10 @@ from mbsearch.arch import Arch, InputSpec
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.onnx_export import export_onnx
 from mbsearch.timing import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_RUNS,
+    DEFAULT_SESSIONS,
+    DEFAULT_WARMUP,
     LatencyStats,
     device_info,
     fingerprint,
@@ -53,13 +57,14 @@ class Prepared:
     payload: Any
     shape: tuple[int, ...]
     arch: Arch | None  # None for a part of a network (a block timed alone by `mbsearch profile`)
-    warmup: int = 10
-    runs: int = 50
-    attempts: int = 3
+    warmup: int = DEFAULT_WARMUP
+    runs: int = DEFAULT_RUNS
+    attempts: int = DEFAULT_ATTEMPTS
+    sessions: int = DEFAULT_SESSIONS  # ONNX Runtime sessions pooled per attempt (timing.time_onnx_repeated)
 
     @property
     def recipe(self) -> dict[str, int]:
-        return {"warmup": self.warmup, "runs": self.runs, "attempts": self.attempts}
+        return {"warmup": self.warmup, "runs": self.runs, "attempts": self.attempts, "sessions": self.sessions}
 
 
 class Target(Protocol):
@@ -126,8 +131,13 @@ class LocalTarget:
                 if self.runtime == "torch":
                     return self._time_torch(prepared)
                 providers = ["CUDAExecutionProvider"] if self.name == "cuda" else ["CPUExecutionProvider"]
-                session = onnx_session(prepared.payload, self.threads, providers)
-                return time_onnx_repeated(session, prepared.shape, self.name, self.threads, **prepared.recipe)
+                return time_onnx_repeated(
+                    lambda: onnx_session(prepared.payload, self.threads, providers),
+                    prepared.shape,
+                    self.name,
+                    self.threads,
+                    **prepared.recipe,
+                )
         except (RuntimeError, OSError) as exc:
             raise RuntimeFailure(
                 f"latency measurement on {self.name}/{self.runtime} failed: {exc}".splitlines()[0]
@@ -224,9 +234,9 @@ def measure(
     target: str = "cpu",
     runtime: str = "onnxruntime",
     threads: int = 1,
-    warmup: int = 10,
-    runs: int = 50,
-    attempts: int = 3,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    attempts: int = DEFAULT_ATTEMPTS,
     timings: dict[str, float] | None = None,
 ) -> LatencyStats:
     """Time batch-1 inference on a local target; re-measure up to `attempts` times while IQR/median > 10%."""
@@ -238,9 +248,9 @@ def measure_on(
     model: nn.Module,
     arch: Arch,
     timings: dict[str, float] | None = None,
-    warmup: int = 10,
-    runs: int = 50,
-    attempts: int = 3,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    attempts: int = DEFAULT_ATTEMPTS,
 ) -> LatencyStats:
     """prepare + time on any target, with `timings` receiving the seconds of each ("latency" for timing)."""
     prepared = replace(target.prepare(model, arch, timings), warmup=warmup, runs=runs, attempts=attempts)
@@ -274,7 +284,8 @@ class LatencyCache:
     def key(arch: Arch, target: Target) -> str:
         """Latency belongs to a device (its fingerprint: CPU, cores, runtime, threads) and a network."""
         digest = hashlib.sha256(arch.key().encode()).hexdigest()
-        return f"{target.device()['fingerprint']}|{type(target).__name__}|{digest}"
+        recipe = f"{DEFAULT_SESSIONS}x{DEFAULT_RUNS}"  # a latency taken by another recipe is not reused
+        return f"{target.device()['fingerprint']}|{type(target).__name__}|{recipe}|{digest}"
 
     def get(self, key: str) -> LatencyStats | None:
         if self._connection is None:

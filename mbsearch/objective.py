@@ -23,6 +23,7 @@ from mbsearch.config import RunConfig
 from mbsearch.cost import count_macs, count_params
 from mbsearch.dashboard import artifact_store
 from mbsearch.data import Dataset
+from mbsearch.errors import RuntimeFailure
 from mbsearch.evaluate import evaluate
 from mbsearch.latency import LatencyCache, Target, deployed, start_latency
 from mbsearch.model import build_model
@@ -67,6 +68,15 @@ class Objective:
         self.artifacts = artifact_store(self.config.study_dir)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._run(trial)
+        except (RuntimeFailure, RuntimeError) as exc:
+            # Optuna records a failed trial without its reason: keep it, for the log, the report and resume.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            trial.set_user_attr("fail_reason", reason[:500])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config
         complete, running = complete_and_running(trial.study, below=trial.number)
         if complete + running >= config.trials:

@@ -21,8 +21,9 @@ import numpy as np
 
 MAX_RELATIVE_IQR = 0.10
 DEFAULT_WARMUP = 10
-DEFAULT_RUNS = 50
+DEFAULT_RUNS = 50  # per session
 DEFAULT_ATTEMPTS = 3
+DEFAULT_SESSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -97,20 +98,35 @@ def time_session(session: Any, input_shape: tuple[int, ...], warmup: int, runs: 
 
 
 def time_onnx_repeated(
-    session: Any,
+    open_session: Callable[[], Any],
     input_shape: tuple[int, ...],
     target: str,
     threads: int,
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     attempts: int = DEFAULT_ATTEMPTS,
+    sessions: int = DEFAULT_SESSIONS,
 ) -> LatencyStats:
-    """Warm-up, `runs` timed runs, re-measured while noisy: the one timing recipe of mbsearch."""
+    """The one timing recipe of mbsearch: `sessions` fresh sessions, each warmed up then timed `runs` times,
+    the samples pooled (median, IQR), re-measured while noisy.
+
+    Several sessions because on the VMs measured here one session's median wandered by 5-15% from the
+    next one's (memory placement, neighbours), far more than within a session: pooling 3 sessions cut the
+    median |difference| between two passes over 10 networks at 28x28 from 5.3% to 1.8% (benchmarks/README.md).
+    """
+    runs_in_all = runs * sessions
+
+    def sample() -> list[float]:
+        pooled: list[float] = []
+        for _ in range(sessions):
+            pooled += time_session(open_session(), input_shape, warmup, runs)
+        return pooled
+
     return repeat_until_steady(
-        lambda: time_session(session, input_shape, warmup, runs),
+        sample,
         attempts,
         lambda median, iqr, mean, minimum, attempt: LatencyStats(
-            median, iqr, mean, minimum, runs, attempt, target, "onnxruntime", threads
+            median, iqr, mean, minimum, runs_in_all, attempt, target, "onnxruntime", threads
         ),
     )
 
