@@ -120,6 +120,42 @@ def lut_error(size: int, calibrate: int, held_out: int) -> dict:
     }
 
 
+def markdown(results: dict) -> str:
+    """The tables of benchmarks/README.md, from a results file."""
+    lines = [
+        "| input | statistic | Kendall tau | median abs diff | max abs diff | range ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, by_statistic in results["repeatability"].items():
+        for statistic in ("median_ms", "min_ms"):
+            r = by_statistic[statistic]
+            lines.append(
+                f"| {size}x{size} | {statistic[:-3]} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "
+                f"{r['max_abs_delta_pct']:.1f}% | {r['range_ms'][0]:.2f}-{r['range_ms'][1]:.2f} |"
+            )
+    agent = results["agent"]
+    lines += [
+        "",
+        f"Agent on 127.0.0.1 (1 core): {agent['local_seconds_per_candidate']:.3f} s per candidate locally, "
+        f"{agent['agent_seconds_per_candidate']:.3f} s through the agent (overhead "
+        f"{agent['overhead_seconds_per_candidate']:+.3f} s); agent against local latencies: tau "
+        f"{agent['kendall_tau_local_vs_agent']:.3f}, "
+        f"median abs diff {agent['median_abs_delta_pct_local_vs_agent']:.1f}%.",
+        "",
+        "| input | parts | profile s | predictor | within 5% | within 10% | median abs error | Kendall tau |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lut in results["lut"]:
+        for name in ("sum", "corrected"):
+            e = lut[name]
+            lines.append(
+                f"| {lut['input_size']}x{lut['input_size']} | {lut['parts']} | {lut['profile_seconds']:.0f} | {name} | "
+                f"{e['within_5pct']:.0%} | {e['within_10pct']:.0%} | {e['median_abs_error']:.1%} | "
+                f"{e['kendall_tau']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--archs", type=int, default=30)
@@ -128,7 +164,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", type=Path, help="only print the markdown tables of this results file")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
     global SPACE
     SPACE = args.space
     torch.set_num_threads(1)

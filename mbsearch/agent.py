@@ -8,7 +8,7 @@ Raspberry Pi, a Jetson or a phone under Termux.
 Protocol (JSON answers; `Authorization: Bearer TOKEN` on every call but /v1/health):
   GET  /v1/health                  {"ok": true}
   GET  /v1/device                  the device fingerprint (CPU, cores, runtime, providers, threads)
-  POST /v1/measure?warmup=&runs=&attempts=   body: the ONNX model  ->  {"stats": {...}, "device": {...}}
+  POST /v1/measure?warmup=&runs=&attempts=&sessions=   body: the ONNX model  ->  {"stats": {...}, "device": {...}}
 
 Security: binds 127.0.0.1 unless told otherwise; every call needs the token (compared in constant time);
 bodies over --max-model-mb are refused before they are read; only the ONNX format with standard operators
@@ -37,7 +37,7 @@ from mbsearch.timing import device_info, onnx_session, time_onnx_repeated, time_
 
 API = "v1"
 MAX_INPUT_ELEMENTS = 4 * 1024 * 1024  # 4 channels at 1024x1024: the largest input an arch file allows
-QUERY_LIMITS = {"warmup": (0, 1000, 10), "runs": (5, 10_000, 50), "attempts": (1, 10, 3), "sessions": (1, 10, 3)}
+QUERY_LIMITS = {"warmup": (0, 1000, 10), "runs": (5, 10_000, 50), "attempts": (1, 10, 3), "sessions": (1, 10, 1)}
 
 
 @dataclass(frozen=True)

@@ -582,7 +582,7 @@ def measure(
     target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
     runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
     threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
-    runs: Annotated[int, typer.Option(min=5, max=10_000, help="Timed runs per session (3 sessions pooled).")] = 50,
+    runs: Annotated[int, typer.Option(min=5, max=10_000, help="Timed runs per attempt.")] = 50,
     target_token: TargetToken = None,
     latency_input_size: LatencyInputSize = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,

@@ -38,7 +38,7 @@ from mbsearch.timing import LatencyStats
 
 FORMAT = "mbsearch.lut/1"
 # Parts are small: fewer runs than a whole network, still re-measured while noisy.
-PART_RECIPE = {"warmup": 5, "runs": 30, "attempts": 2, "sessions": 2}
+PART_RECIPE = {"warmup": 5, "runs": 30, "attempts": 2, "sessions": 1}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 
 

@@ -23,7 +23,7 @@ MAX_RELATIVE_IQR = 0.10
 DEFAULT_WARMUP = 10
 DEFAULT_RUNS = 50  # per session
 DEFAULT_ATTEMPTS = 3
-DEFAULT_SESSIONS = 3
+DEFAULT_SESSIONS = 1
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ def time_onnx_repeated(
     """The one timing recipe of mbsearch: `sessions` fresh sessions, each warmed up then timed `runs` times,
     the samples pooled (median, IQR), re-measured while noisy.
 
-    Several sessions because on the VMs measured here one session's median wandered by 5-15% from the
-    next one's (memory placement, neighbours), far more than within a session: pooling 3 sessions cut the
-    median |difference| between two passes over 10 networks at 28x28 from 5.3% to 1.8% (benchmarks/README.md).
+    The default is one session: pooling three measured no gain in benchmarks/latency.py (median |difference|
+    between two passes over 30 networks at 28x28: 6.6% with one session, 8.0% with three, at three times
+    the cost), so more sessions are an option (`sessions=`, the agent's `?sessions=`), not the default.
     """
     runs_in_all = runs * sessions
 
