@@ -17,6 +17,11 @@ from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error, parse_json, read_text
 
 FORMAT = "mbsearch.arch/1"
+# /2 adds an explicit expansion width per inverted-residual block (`mid`), for widths that are not
+# `in x expand` rounded, as NetAdapt-style per-layer pruning produces. A file is written as /2 only when a
+# block uses it, so every arch that /1 can express stays a /1 file that older readers load.
+FORMAT_V2 = "mbsearch.arch/2"
+FORMATS = (FORMAT, FORMAT_V2)
 MAX_BLOCKS = 256
 MAX_CHANNELS = 16384
 
@@ -69,8 +74,16 @@ class Block(_Data):
     out: Channels
     se: Annotated[float, Field(ge=0, lt=1, strict=True)]
     act: Activation
+    mid: Annotated[int, Field(gt=0, le=MAX_CHANNELS, strict=True)] | None = None  # explicit expansion width (/2)
 
     _kernel = field_validator("kernel")(_check_kernel)
+
+    @field_validator("mid")
+    @classmethod
+    def _mid_needs_an_expansion_layer(cls, mid: int | None, info: pydantic.ValidationInfo) -> int | None:
+        if mid is not None and (info.data.get("type") != "ir" or info.data.get("expand") == 1):
+            raise ValueError("mid (an explicit expansion width) applies to ir blocks with expand > 1 only")
+        return mid
 
     @field_validator("expand")
     @classmethod
@@ -100,7 +113,7 @@ class Head(_Data):
 class Arch(_Data):
     """A whole network as data. `provenance` and `metrics` are informative and not used to build."""
 
-    format: Literal["mbsearch.arch/1"] = FORMAT
+    format: Literal["mbsearch.arch/1", "mbsearch.arch/2"] = FORMAT
     name: str = ""
     input: InputSpec
     num_classes: Annotated[int, Field(ge=2, le=100_000, strict=True)]
@@ -111,14 +124,19 @@ class Arch(_Data):
     metrics: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["format"] = FORMAT_V2 if any(block.mid is not None for block in self.blocks) else FORMAT
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def key(self) -> str:
         """What decides the network, without name, provenance or metrics: for caches and dedup."""
-        core = self.model_dump(mode="json", include={"input", "num_classes", "stem", "blocks", "head"})
+        # exclude_none: a block without an explicit `mid` keys as it did before format /2 existed
+        core = self.model_dump(
+            mode="json", include={"input", "num_classes", "stem", "blocks", "head"}, exclude_none=True
+        )
         return json.dumps(core, sort_keys=True, separators=(",", ":"))
 
     def with_info(self, **changes: Any) -> Arch:
@@ -132,15 +150,23 @@ class Arch(_Data):
     def from_dict(cls, data: Any, source: str = "arch") -> Arch:
         if not isinstance(data, dict):
             raise BadInput(f"{source}: an arch must be a JSON object, got {type(data).__name__}")
-        if "format" in data and data["format"] != FORMAT:
-            raise BadInput(f"{source}: format: unsupported version {data['format']!r}, expected {FORMAT!r}")
+        if "format" in data and data["format"] not in FORMATS:
+            raise BadInput(
+                f"{source}: format: unsupported version {data['format']!r}, expected one of {', '.join(FORMATS)}"
+            )
         blocks = data.get("blocks")
         if isinstance(blocks, list) and len(blocks) > MAX_BLOCKS:
             raise BadInput(f"{source}: blocks: {len(blocks)} blocks, over the limit of {MAX_BLOCKS}")
         try:
-            return cls.model_validate(data)
+            arch = cls.model_validate(data)
         except pydantic.ValidationError as exc:
             raise BadInput(describe_validation_error(exc, source)) from None
+        explicit = [index for index, block in enumerate(arch.blocks) if block.mid is not None]
+        if explicit and data.get("format", FORMAT) == FORMAT:
+            raise BadInput(
+                f'{source}: blocks.{explicit[0]}.mid: an explicit expansion width needs "format": "{FORMAT_V2}"'
+            )
+        return arch
 
     @classmethod
     def from_json(cls, text: str, source: str = "arch") -> Arch:

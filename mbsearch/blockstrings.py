@@ -59,12 +59,18 @@ def block_string(block: Block, in_chs: int) -> str:
         head = "ir"
     parts = [head, "r1", f"k{block.kernel}", f"s{block.stride}"]
     if head == "ir":
-        parts.append(f"e{_number(block.expand)}")
+        parts.append(f"e{_number(_ratio(block, in_chs))}")
     parts.append(f"c{block.out}")
     if block.se:
         parts.append(f"se{_number(block.se)}")
     parts.append(f"n{_ACT_CODES[block.act]}")
     return "_".join(parts)
+
+
+def _ratio(block: Block, in_chs: int) -> float:
+    """The expansion ratio timm reads: the block's own, or for an explicit width (format /2) the ratio whose
+    rounding gives it back (checked by _check_timm)."""
+    return block.expand if block.mid is None else round(block.mid / in_chs, 4)
 
 
 def block_strings(arch: Arch) -> list[str]:
@@ -82,8 +88,13 @@ def _check_timm(block: Block, in_chs: int, index: int) -> None:
             f"block {index} (ds with a shortcut, stride 1 and {in_chs}->{block.out} channels) has no timm "
             "equivalent: timm's dsa never has a shortcut and its ds has no pointwise activation"
         )
+    if block.mid is not None and make_divisible(in_chs * _ratio(block, in_chs)) != block.mid:
+        raise NotExpressible(
+            f"block {index}: explicit expansion width {block.mid} on {in_chs} input channels is not timm's "
+            "rounding of any ratio (timm rounds expanded widths to multiples of 8)"
+        )
     if block.se:
-        seen = in_chs if block.type == "ds" else mid_channels(in_chs, block.expand)
+        seen = in_chs if block.type == "ds" else (block.mid or mid_channels(in_chs, block.expand))
         if make_divisible(seen * block.se) != se_channels(seen, block.se):
             raise NotExpressible(
                 f"block {index}: SE ratio {_number(block.se)} on {seen} channels rounds differently in timm"

@@ -610,6 +610,116 @@ def measure(
 
 
 @app.command()
+def adapt(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")],
+    latency_target: Annotated[float | None, typer.Option(help="Trim until the latency is at most this (ms).")] = None,
+    latency_reduction: Annotated[
+        float | None, typer.Option(help="Or trim by this share of the current latency, e.g. 0.15.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Trained weights (model.safetensors from 'train').")] = None,
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
+    target_token: TargetToken = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for latency timing (local targets).")] = 1,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the arch was searched on).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    val_size: Annotated[int, typer.Option(min=100, help="Validation images that score proposals.")] = 10000,
+    train_size: Annotated[int, typer.Option(min=64, help="Images of the first training (without --weights).")] = 8000,
+    finetune_images: Annotated[int, typer.Option(min=64, help="Images of each proposal's short fine-tune.")] = 2000,
+    final_epochs: Annotated[float, typer.Option(min=0.01, max=100, help="Epochs of the final fine-tune.")] = 1.0,
+    max_iterations: Annotated[int, typer.Option(min=1, max=1000, help="Stop after this many iterations.")] = 30,
+    first_reduction: Annotated[
+        float, typer.Option(min=0.001, max=0.9, help="Share of the start latency the first iteration removes.")
+    ] = 0.04,
+    decay: Annotated[float, typer.Option(min=0.1, max=1.0, help="Each iteration asks this times the last.")] = 0.9,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-adapted').")] = None,
+) -> None:
+    """NetAdapt: trim layer widths until a latency target is met (MobileNetV3's second step). Rerun the same
+    command to resume from the last finished iteration."""
+    import hashlib
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mbsearch.arch import load_arch
+    from mbsearch.data import load_dataset
+    from mbsearch.latency import open_target
+    from mbsearch.model import build_model
+    from mbsearch.netadapt import Adapter, Settings, begin, finish
+    from mbsearch.netadapt import adapt as run_adapt
+    from mbsearch.train import Budget, train
+
+    if (latency_target is None) == (latency_reduction is None):
+        raise BadInput("give one of --latency-target MS or --latency-reduction SHARE")
+    if latency_target is not None and not latency_target > 0:
+        raise BadInput(f"--latency-target must be a positive number of ms, got {latency_target}")
+    if latency_reduction is not None and not 0 < latency_reduction < 1:
+        raise BadInput(f"--latency-reduction must be between 0 and 1 (0.15 = 15% faster), got {latency_reduction}")
+    spec = load_arch(arch)
+    device = open_target(target, "onnxruntime", threads, target_token)
+    name = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
+    data = load_dataset(name, data_dir, None, spec.input.channels, val_size, seed)
+    out = out or arch.with_name(arch.stem + "-adapted")
+    torch.set_num_threads(os.cpu_count() or 1)
+    source = {
+        "arch": hashlib.sha256(spec.key().encode()).hexdigest()[:16],
+        "weights": str(weights) if weights else None,
+        "latency_target": latency_target,
+        "latency_reduction": latency_reduction,
+        "device": device.device()["fingerprint"],
+    }
+    model = build_model(spec)
+    if weights is not None:
+        try:
+            model.load_state_dict(load_file(weights))
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise BadInput(
+                f"{weights}: not the weights of {arch} ({reason}); use the model.safetensors 'train' wrote"
+            ) from None
+    settings = Settings(
+        finetune=Budget(epochs=1.0, train_size=min(finetune_images, len(data.train)), batch_size=64, lr=0.001),
+        first_reduction=first_reduction,
+        decay=decay,
+        max_iterations=max_iterations,
+        seed=seed,
+    )
+    adapter = Adapter(device, data, settings, out, on_event=lambda line: console.print(line, highlight=False))
+    if weights is None and not (out / "adapt-state.json").is_file():
+        console.print(f"training {spec.name or arch} first ({train_size} images, 1 epoch)", highlight=False)
+        train(
+            model, data.train, data.val, Budget(train_size=min(train_size, len(data.train))), seed, adapter.normalizer
+        )
+
+    def goal_for(latency: float) -> float:
+        return latency_target if latency_target is not None else latency * (1 - latency_reduction)
+
+    current, model, trajectory, goal = begin(adapter, spec, model, source, goal_for)
+    current, model, trajectory = run_adapt(adapter, current, model, trajectory, goal, source)
+    final = Budget(epochs=final_epochs, train_size=len(data.train), batch_size=128, lr=0.002)
+    provenance = {
+        "adapted_from": str(arch),
+        "source_name": spec.name,
+        "source_provenance": spec.provenance,
+        "latency_target_ms": goal,
+        "target": device.name,
+        "device": device.device()["fingerprint"],
+        "dataset": name,
+    }
+    adapted = finish(adapter, current, model, trajectory, final, provenance)
+    metrics = adapted.metrics or {}
+    met = "met" if metrics["latency_ms"] <= goal else "NOT met (no proposal reached it)"
+    console.print(
+        f"{trajectory[0].latency_ms:.3f} ms -> {metrics['latency_ms']:.3f} ms (goal {goal:.3f} ms, {met}) in "
+        f"{trajectory[-1].iteration} iteration(s); validation accuracy {trajectory[0].accuracy:.4f} -> "
+        f"{metrics['val_accuracy']:.4f}; {trajectory[0].params:,} -> {metrics['params']:,} params; "
+        f"adapted.json, model.safetensors, model.onnx, trajectory.csv/html in {out}",
+        highlight=False,
+    )
+
+
+@app.command()
 def profile(
     space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
     target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",

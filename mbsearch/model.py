@@ -33,7 +33,7 @@ def plan_layers(arch: Arch) -> list[LayerPlan]:
     in_chs = arch.stem.out
     for index, block in enumerate(arch.blocks, start=1):
         size = output_size(size, block.stride)
-        mid = mid_channels(in_chs, block.expand) if block.type == "ir" else in_chs
+        mid = (block.mid or mid_channels(in_chs, block.expand)) if block.type == "ir" else in_chs
         plans.append(LayerPlan(f"features.{index}", block.type, in_chs, mid, block.out, block.stride, size))
         in_chs = block.out
     plans.append(LayerPlan(f"features.{len(arch.blocks) + 1}", "head", in_chs, arch.head.conv, arch.head.conv, 1, size))

@@ -40,7 +40,9 @@ def summarize(arch: Arch) -> tuple[list[Row], dict[str, Any]]:
             details = (1, None, None, arch.head.act)
         else:
             block = arch.blocks[index - 1]
-            details = (block.kernel, block.expand, block.se, block.act)
+            # an explicit expansion width (format /2) shows as the ratio it amounts to
+            expand = block.expand if block.mid is None else round(plan.mid_chs / plan.in_chs, 2)
+            details = (block.kernel, expand, block.se, block.act)
         rows.append(
             Row(
                 plan.name,

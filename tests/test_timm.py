@@ -102,3 +102,21 @@ def test_every_sampled_block_is_built_identically_by_timm_or_refused(space: str)
 def _inputs(arch: Arch) -> list[tuple]:
     channels = [arch.stem.out] + [b.out for b in arch.blocks[:-1]]
     return list(zip(arch.blocks, channels, strict=True))
+
+
+def test_an_explicit_expansion_width_is_built_identically_by_timm_or_refused() -> None:
+    """Format /2 widths: a multiple of 8 is timm's rounding of a ratio, so timm builds the same block;
+    another width has no timm string, and timm_arch_def says so instead of printing a wrong one."""
+    arch = reference_arch("mobilenet_v3_small", 28, 1, 10)
+    index = next(i for i, b in enumerate(arch.blocks) if b.type == "ir" and b.expand > 1)
+
+    def with_mid(mid: int) -> Arch:
+        blocks = list(arch.blocks)
+        blocks[index] = blocks[index].model_copy(update={"mid": mid})
+        return Arch.from_dict(arch.model_copy(update={"blocks": tuple(blocks)}).to_dict())
+
+    slim = with_mid(48)
+    theirs = timm_model(timm_arch_def(slim), slim.stem.out).blocks
+    _assert_same(build_model(slim).features[1:-1], theirs, slim.stem.out, 28)
+    with pytest.raises(NotExpressible, match="explicit expansion width 44"):
+        timm_arch_def(with_mid(44))
