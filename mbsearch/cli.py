@@ -791,7 +791,7 @@ def agent(
     max_seconds: Annotated[float, typer.Option(min=1, max=86400, help="Longest timing of one request.")] = 120,
 ) -> None:
     """Serve latency measurements on this device (run it on the target: a Pi, a Jetson, a server, a phone).
-    Needs only onnxruntime, numpy and bottle."""
+    Needs onnxruntime, numpy, bottle, typer and rich, not torch."""
     import onnxruntime
 
     from mbsearch.agent import AgentConfig, new_token, serve

@@ -145,10 +145,12 @@ def open_storage(
                         grace_period=grace_period,
                         heartbeat_stale_trial_callback=retry,
                     )
-            except sqlalchemy.exc.IntegrityError:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
                 # Two processes created the schema of a new database at once (workers starting together, or
-                # a reader opening it mid-creation): the other one won; opening again finds its tables.
-                if attempt == 2:
+                # a reader opening it mid-creation): the other one won ("UNIQUE constraint failed:
+                # alembic_version", "table ... already exists"); opening again finds its tables.
+                racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc.orig)
+                if not racing or attempt == 2:
                     raise
                 time.sleep(0.5)
     except sqlalchemy.exc.OperationalError as exc:

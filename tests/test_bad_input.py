@@ -155,7 +155,7 @@ CASES = {
     "arch wrong type": (arch_file(lambda d: d["blocks"][0].update(out="16")), "blocks[0].out"),
     "arch unknown key": (arch_file(lambda d: d.update(extra=1)), "extra: unknown key"),
     "arch truncated JSON": (arch_text('{"format": "mbsearch.arch/1", "blocks": [{"type"'), "invalid JSON"),
-    "arch wrong format version": (arch_file(lambda d: d.update(format="mbsearch.arch/2")), "unsupported version"),
+    "arch wrong format version": (arch_file(lambda d: d.update(format="mbsearch.arch/9")), "unsupported version"),
     "arch 10,000 blocks": (arch_file(blocks(10_000)), "10000 blocks, over the limit of 256"),
     "arch no blocks": (arch_file(blocks(0)), "blocks"),
     "arch not an object": (arch_text("[1, 2, 3]", "train"), "must be a JSON object"),

@@ -185,3 +185,18 @@ def test_interrupting_the_parent_stops_every_worker_cleanly(tmp_path) -> None:
     study = _load(url, "stop")
     assert not study.get_trials(states=(RUNNING,))  # every worker failed its running trial and left
     assert 2 <= len(study.get_trials(states=(COMPLETE,))) < 200
+
+
+def test_processes_creating_one_new_sqlite_study_at_once_all_succeed(tmp_path) -> None:
+    """Workers that start together race to create the schema of a new SQLite file; none may fail on it."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    code = "import sys; from mbsearch.storage import open_storage; open_storage(sys.argv[1])"
+    barrier = tmp_path / "go"
+    script = f"import os, time\nwhile not os.path.exists({str(barrier)!r}): time.sleep(0.01)\n{code}"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    time.sleep(3)  # every process imported and waiting
+    barrier.touch()
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], errors
