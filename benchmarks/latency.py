@@ -1,6 +1,7 @@
 """Latency instruments: repeatability, agent overhead, and the lookup table's prediction error.
 
 Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--calibrate 30] [--sizes 28,224]
+                                   [--target http://HOST:PORT --target-token T]   (measure your own device)
 Writes benchmarks/latency_results.json and prints the tables for benchmarks/README.md.
 
 - repeatability: `--archs` sampled v3 networks timed twice, in two separate passes (fresh ONNX Runtime sessions),
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mbsearch.agent import start_local_agent
-from mbsearch.latency import LocalTarget, measure_on
+from mbsearch.latency import LocalTarget, Target, measure_on, open_target
 from mbsearch.lut import calibrated, prediction_error, profile
 from mbsearch.model import build_model
 from mbsearch.ranking import kendall_tau
@@ -55,9 +56,8 @@ def timed(target, networks, statistic: str = "median_ms") -> tuple[list[float], 
     return [getattr(s, statistic) for s in stats], (time.perf_counter() - started) / len(networks)
 
 
-def repeatability(networks) -> dict:
+def repeatability(networks, local: Target) -> dict:
     """Two passes; the median is what mbsearch records, the minimum is shown beside it for comparison."""
-    local = LocalTarget("cpu", "onnxruntime", 1)
     passes = [[measure_on(local, build_model(arch), arch) for arch in networks] for _ in range(2)]
     result: dict = {"networks": len(networks)}
     for statistic in ("median_ms", "min_ms"):
@@ -92,9 +92,8 @@ def agent_overhead(networks) -> dict:
     }
 
 
-def lut_error(size: int, calibrate: int, held_out: int) -> dict:
+def lut_error(size: int, calibrate: int, held_out: int, local: Target) -> dict:
     space = load_space(SPACE)
-    local = LocalTarget("cpu", "onnxruntime", 1)
     started = time.perf_counter()
     table = profile(space, local, size, 1, 10, calibrate=0)
     profile_seconds = time.perf_counter() - started
@@ -133,10 +132,12 @@ def markdown(results: dict) -> str:
                 f"| {size}x{size} | {statistic[:-3]} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "
                 f"{r['max_abs_delta_pct']:.1f}% | {r['range_ms'][0]:.2f}-{r['range_ms'][1]:.2f} |"
             )
-    agent = results["agent"]
+    agent = results.get("agent") or {}
     lines += [
         "",
-        f"Agent on 127.0.0.1 (1 core): {agent['local_seconds_per_candidate']:.3f} s per candidate locally, "
+        "Agent overhead: not measured (a remote --target run)."
+        if not agent
+        else f"Agent on 127.0.0.1 (1 core): {agent['local_seconds_per_candidate']:.3f} s per candidate locally, "
         f"{agent['agent_seconds_per_candidate']:.3f} s through the agent (overhead "
         f"{agent['overhead_seconds_per_candidate']:+.3f} s); agent against local latencies: tau "
         f"{agent['kendall_tau_local_vs_agent']:.3f}, "
@@ -164,6 +165,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--target", default="cpu", help="the device measured: cpu, or http://HOST:PORT of 'mbsearch agent' on it"
+    )
+    parser.add_argument("--target-token", default=None, help="the agent's token (or MBSEARCH_TARGET_TOKEN)")
     parser.add_argument("--table", type=Path, help="only print the markdown tables of this results file")
     args = parser.parse_args()
     if args.table:
@@ -173,14 +178,18 @@ def main() -> None:
     SPACE = args.space
     torch.set_num_threads(1)
     os.sched_setaffinity(0, {0})  # local timing on core 0; the agent gets core 1
+    device = open_target(args.target, "onnxruntime", 1, args.target_token)
     with tempfile.TemporaryDirectory() as lock_dir:
         os.environ["MBSEARCH_LOCK_DIR"] = lock_dir  # nothing else on this machine holds our timing lock
         results = {
             "date": str(date.today()),
             "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
-            "repeatability": {size: repeatability(archs(args.archs, size)) for size in (28, 224)},
-            "agent": agent_overhead(archs(args.archs, 28)),
-            "lut": [lut_error(int(size), args.calibrate, args.held_out) for size in args.sizes.split(",")],
+            "target": args.target,
+            "device": device.device(),
+            "repeatability": {size: repeatability(archs(args.archs, size), device) for size in (28, 224)},
+            # the agent-overhead comparison needs both paths on this machine: local CPU runs only
+            "agent": agent_overhead(archs(args.archs, 28)) if args.target == "cpu" else None,
+            "lut": [lut_error(int(size), args.calibrate, args.held_out, device) for size in args.sizes.split(",")],
         }
     results["space"] = SPACE
     args.out.write_text(json.dumps(results, indent=1) + "\n")
