@@ -29,7 +29,7 @@ import torch
 
 from mbsearch.agent import start_local_agent
 from mbsearch.latency import LocalTarget, Target, measure_on, open_target
-from mbsearch.lut import calibrated, prediction_error, profile
+from mbsearch.lut import calibrated, calibration_archs, prediction_error, profile
 from mbsearch.model import build_model
 from mbsearch.ranking import kendall_tau
 from mbsearch.remote import RemoteTarget
@@ -97,7 +97,7 @@ def lut_error(size: int, calibrate: int, held_out: int, local: Target) -> dict:
     started = time.perf_counter()
     table = profile(space, local, size, 1, 10, calibrate=0)
     profile_seconds = time.perf_counter() - started
-    calibration = [random_arch(space, 1_000_000 + index, size, 1, 10) for index in range(calibrate)]
+    calibration = calibration_archs(space, calibrate, size, 1, 10)  # as `mbsearch profile` draws them
     calibration_ms, _ = timed(local, calibration)
     table = calibrated(table, calibration, calibration_ms)
     networks = archs(held_out, size, HELD_OUT_SEED)

@@ -57,11 +57,10 @@ class _Refused(Exception):
         self.status = status
 
 
-def make_app(config: AgentConfig) -> bottle.Bottle:
-    """The agent as a WSGI app. One timing at a time, whatever the number of clients."""
+def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
+    """The agent as a WSGI app answering for `device`. One timing at a time, whatever the number of clients."""
     app = bottle.Bottle(catchall=True)
     timing_lock = threading.Lock()
-    device = device_info(config.threads, [config.provider])
 
     def answer(status: int, body: dict[str, Any]) -> str:
         bottle.response.status = status
@@ -211,11 +210,10 @@ def serve(host: str, port: int, config: AgentConfig, announce: Any = print) -> N
     server_class = _ThreadingServer
     if ":" in host:
         server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
-    app = make_app(config)
-    server = make_server(host, port, app, server_class=server_class, handler_class=_RequestLog)
+    device = device_info(config.threads, [config.provider])
+    server = make_server(host, port, make_app(config, device), server_class=server_class, handler_class=_RequestLog)
     bound_port = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
-    device = device_info(config.threads, [config.provider])
     announce(f"mbsearch agent on http://{shown}:{bound_port}/ ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     announce(
         f"device {device['fingerprint']}: {device['cpu']}, {device['cores']} core(s), {device['runtime']}, "

@@ -120,10 +120,9 @@ class LocalTarget:
         return info
 
     def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
-        shape = (1, arch.input.channels, arch.input.size, arch.input.size)
         if self.runtime == "torch":
-            return Prepared(model, shape, arch)  # eager timing runs the module itself
-        return _export(model, arch, shape, timings)
+            return Prepared(model, input_shape(arch), arch)  # eager timing runs the module itself
+        return exported(model, arch, timings)
 
     def time(self, prepared: Prepared) -> LatencyStats:
         try:
@@ -185,12 +184,18 @@ class LocalTarget:
             model.to("cpu")
 
 
-def _export(model: nn.Module, arch: Arch, shape: tuple[int, int, int, int], timings: dict | None) -> Prepared:
+def input_shape(arch: Arch) -> tuple[int, int, int, int]:
+    """The batch-1 input a network is timed on."""
+    return (1, arch.input.channels, arch.input.size, arch.input.size)
+
+
+def exported(model: nn.Module, arch: Arch, timings: dict | None = None) -> Prepared:
+    """The network as ONNX, ready for any ONNX Runtime target; `timings` gets the export's seconds."""
     started = time.perf_counter()
-    exported = export_onnx(model, arch)
+    onnx = export_onnx(model, arch)
     if timings is not None:
-        timings[f"export_{exported.exporter}"] = round(time.perf_counter() - started, 4)
-    return Prepared(exported.data, shape, arch)
+        timings[f"export_{onnx.exporter}"] = round(time.perf_counter() - started, 4)
+    return Prepared(onnx.data, input_shape(arch), arch)
 
 
 def is_remote(name: str) -> bool:

@@ -29,7 +29,7 @@ from mbsearch.arch import Arch
 from mbsearch.blocks import ConvBNAct
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
-from mbsearch.latency import Prepared, Target, measure_on
+from mbsearch.latency import Prepared, Target, input_shape, measure_on
 from mbsearch.model import build_block, build_classifier, build_model, plan_layers
 from mbsearch.onnx_export import export_module
 from mbsearch.sample import arch_from_decisions, random_arch
@@ -151,6 +151,7 @@ class LookupTable:
 
     def __init__(self, data: LutFile, path: Path | None = None) -> None:
         self.data = data
+        self.path = path
         self.name = str(path) if path else "lookup table"
         self.threads = int(data.device.get("threads", 1))
         digest = hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:16]
@@ -211,7 +212,7 @@ class LookupTable:
         return plain + self.data.network_overhead_ms
 
     def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
-        return Prepared(None, (1, arch.input.channels, arch.input.size, arch.input.size), arch)
+        return Prepared(None, input_shape(arch), arch)
 
     def time(self, prepared: Prepared) -> LatencyStats:
         assert prepared.arch is not None
@@ -261,16 +262,22 @@ def profile(
             entries=entries,
         )
     )
-    calibration = [
-        random_arch(space, CALIBRATION_SEED + seed + index, input_size, channels, num_classes)
-        for index in range(calibrate)
-    ]
+    calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
     measured = []
     for index, arch in enumerate(calibration, start=1):
         measured.append(measure_on(target, build_model(arch), arch).median_ms)
         if on_progress:
             on_progress("calibration network", index, len(calibration))
     return calibrated(table, calibration, measured)
+
+
+def calibration_archs(
+    space: SearchSpace, count: int, input_size: int, channels: int, num_classes: int, seed: int = 0
+) -> list[Arch]:
+    """The networks a table is calibrated on: sampled with seeds apart from any a user would pick."""
+    return [
+        random_arch(space, CALIBRATION_SEED + seed + index, input_size, channels, num_classes) for index in range(count)
+    ]
 
 
 def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> LookupTable:
@@ -293,7 +300,7 @@ def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> 
         use = "corrected" if fit_error < 0.8 * sum_error else "sum"
         summary |= {"median_abs_error_sum": float(sum_error), "median_abs_error_corrected": float(fit_error)}
     update |= {"use": use, "calibration": summary}
-    return LookupTable(table.data.model_copy(update=update), Path(table.name) if table.name != "lookup table" else None)
+    return LookupTable(table.data.model_copy(update=update), table.path)
 
 
 def _read_partial(path: Path | None, header: dict[str, Any]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from mbsearch.arch import Arch
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency import Prepared, _export
+from mbsearch.latency import Prepared, exported
 from mbsearch.timing import LatencyStats
 
 TOKEN_ENV = "MBSEARCH_TARGET_TOKEN"
@@ -64,8 +64,7 @@ class RemoteTarget:
         return self._device
 
     def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
-        shape = (1, arch.input.channels, arch.input.size, arch.input.size)
-        return _export(model, arch, shape, timings)
+        return exported(model, arch, timings)  # exported here, timed on the device
 
     def time(self, prepared: Prepared) -> LatencyStats:
         query = "&".join(f"{key}={value}" for key, value in prepared.recipe.items())
