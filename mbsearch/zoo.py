@@ -100,6 +100,15 @@ def reference_arch(name: str, input_size: int = 224, channels: int = 3, num_clas
         raise BadInput(f"unknown reference {name!r}: use one of {', '.join(reference_names())}")
     family = next(f for f in sorted(FAMILIES, key=len, reverse=True) if name.startswith(f))
     width = WIDTHS[name.removeprefix(family).lstrip("_")]
+    return family_arch(family, width, input_size, channels, num_classes).with_info(name=name)
+
+
+def family_arch(family: str, width: float, input_size: int = 224, channels: int = 3, num_classes: int = 1000) -> Arch:
+    """A reference family at any width multiplier (torchvision's rounding), e.g. for uniform-scaling baselines."""
+    if family not in FAMILIES:
+        raise BadInput(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}")
+    if not 0 < width <= 4:
+        raise BadInput(f"width multiplier must be in (0, 4], got {width}")
     if family == "mobilenet_v2":
         stem, blocks, head = _v2(width)
     elif family == "mobilenet_v3_large":
@@ -110,7 +119,7 @@ def reference_arch(name: str, input_size: int = 224, channels: int = 3, num_clas
     stem = stem.model_copy(update={"stride": strides[0]})
     blocks = [b.model_copy(update={"stride": s}) for b, s in zip(blocks, strides[1:], strict=True)]
     return Arch(
-        name=name,
+        name=f"{family}_x{width:g}",
         input=InputSpec(channels=channels, size=input_size),
         num_classes=num_classes,
         stem=stem,

@@ -1,0 +1,247 @@
+"""NetAdapt against uniform width scaling, at equal latency.
+
+Usage: python benchmarks/netadapt.py [--cases knee,mobilenet_v3_small] [--reduction 0.2] [--trials 12]
+                                     [--study NAME --runs-dir DIR] [--out benchmarks/netadapt_results.json]
+Writes the results JSON and prints the table for benchmarks/README.md.
+
+Each case is a network laid out and timed at 224x224 (ONNX Runtime, this CPU, 1 thread) and trained at
+Fashion-MNIST's 28x28, as `--latency-input-size 224` does:
+- knee: the knee of a demo study (`mbsearch run --space v3 --latency-input-size 224 --trials N`, run here
+  unless --study names one), exported with `mbsearch export --pick knee`;
+- mobilenet_v3_small: the reference, adapted to the input (1 channel, 10 classes).
+
+For each, `mbsearch adapt ARCH --latency-reduction R` (the real command, wall time recorded), starting
+from the proxy training it does itself. Then, at NetAdapt's final latency (every latency in the table is
+the median of 5 fresh timings, re-measured here; adapt's own single timing is kept beside it):
+- uniform: the same network at the largest width multiplier whose measured latency is not above it
+  (the knee: the trial's decisions at another `width`; the reference: torchvision's rounding at that width),
+  found by bisection over widths in steps of 0.025, trained from scratch;
+- scratch: NetAdapt's final widths trained from scratch;
+- original: the unadapted network trained from scratch, for scale.
+Every from-scratch network gets the images NetAdapt's kept lineage was trained on (first training + one
+fine-tune per kept iteration + final fine-tune), in one run of the proxy recipe (batch 64, lr 0.003).
+Accuracy is on the validation split adapt used (never the test set), with `--seeds` seeds for the
+from-scratch runs; NetAdapt itself is one run (its seed is 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import optuna
+import torch
+
+from mbsearch.arch import Arch, load_arch
+from mbsearch.cost import count_params
+from mbsearch.data import load_dataset
+from mbsearch.latency import LocalTarget, measure_on
+from mbsearch.model import build_model
+from mbsearch.sample import arch_from_decisions, stage_params
+from mbsearch.space import load_space
+from mbsearch.studies import open_finished
+from mbsearch.timing import cpu_model
+from mbsearch.train import Budget, train
+from mbsearch.zoo import family_arch, reference_arch
+
+RESULTS = Path(__file__).with_name("netadapt_results.json")
+SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28
+WIDTH_STEP = 0.025
+SESSIONS = 5  # every latency compared here is the median of this many fresh timings (this VM drifts 5-9%)
+VAL_SIZE = 10_000
+TRAIN_SIZE = 8_000  # adapt's first training (its default)
+FINETUNE_IMAGES = 2_000  # each proposal's fine-tune (adapt's default)
+
+
+def mbsearch(*args: str, env: dict | None = None) -> float:
+    """Run the real CLI; its wall seconds. Output streams through so a long run can be followed."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mbsearch", *args], check=True, env=env)
+    return time.perf_counter() - started
+
+
+def demo_study(runs_dir: Path, trials: int) -> str:
+    """A small demo search, timed at 224x224 (resumes if already there)."""
+    name = "bench-netadapt-v3"
+    mbsearch(
+        "run", "--space", "v3", "--target", "cpu", "--latency-input-size", str(SIZE), "--trials", str(trials),
+        "--study", name, "--runs-dir", str(runs_dir),
+    )  # fmt: skip
+    return name
+
+
+def knee_case(study: str, runs_dir: Path, work: Path):
+    """The knee's arch file, and the knee at any width (the trial's decisions, another `width`)."""
+    path = work / "knee.json"
+    mbsearch("export", study, "--pick", "knee", "-o", str(path), "--runs-dir", str(runs_dir))
+    knee = load_arch(path)
+    finished = open_finished(study, runs_dir, None)
+    trial = finished.study.trials[int(knee.provenance["trial"])]
+    space = load_space(finished.settings["space"])
+    width, decisions = stage_params(optuna.trial.FixedTrial(trial.params), space)
+
+    def at_width(factor: float) -> Arch:
+        return arch_from_decisions(space, factor, decisions, SIZE, knee.input.channels, knee.num_classes)
+
+    if at_width(width).key() != knee.key():
+        raise AssertionError("the knee does not rebuild from its trial's decisions")
+    return path, width, at_width
+
+
+def reference_case(name: str, work: Path):
+    path = work / f"{name}.json"
+    path.write_text(reference_arch(name, SIZE, 1, 10).to_json())
+    family = name.removesuffix("_075").removesuffix("_050")
+    width = {"_075": 0.75, "_050": 0.5}.get(name.removeprefix(family), 1.0)
+
+    def at_width(factor: float) -> Arch:
+        return family_arch(family, factor, SIZE, 1, 10)
+
+    return path, width, at_width
+
+
+def steady_latency(target, arch: Arch) -> float:
+    """Median of SESSIONS fresh timings (new export and ONNX Runtime session each): one figure per network
+    for every row, from the same instrument, so no row is compared on a single noisy timing."""
+    model = build_model(arch)
+    return statistics.median(measure_on(target, model, arch).median_ms for _ in range(SESSIONS))
+
+
+def uniform_at(target, at_width, start_width: float, budget_ms: float) -> tuple[float, Arch, float, int]:
+    """The largest width multiplier (steps of WIDTH_STEP, below the start) whose measured latency is at most
+    `budget_ms`, by bisection; (width, arch, latency, timings taken)."""
+    widths = [round(start_width - WIDTH_STEP * k, 4) for k in range(1, int(start_width / WIDTH_STEP))]
+    seen: dict[float, float] = {}
+
+    def latency(index: int) -> float:
+        width = widths[index]
+        if width not in seen:
+            seen[width] = steady_latency(target, at_width(width))
+        return seen[width]
+
+    low, high = 0, len(widths) - 1
+    if latency(high) > budget_ms:
+        high_width = widths[high]
+        return high_width, at_width(high_width), latency(high), len(seen)  # the narrowest: report as is
+    while low < high:
+        middle = (low + high) // 2
+        if latency(middle) <= budget_ms:
+            high = middle
+        else:
+            low = middle + 1
+    return widths[high], at_width(widths[high]), latency(high), len(seen)
+
+
+def from_scratch(arch: Arch, data, images: int, seeds: int) -> dict:
+    """Validation accuracy after `images` training images from scratch, per seed."""
+    accuracies, seconds = [], 0.0
+    budget = Budget(epochs=images / len(data.train), train_size=len(data.train))
+    for seed in range(seeds):
+        result = train(build_model(arch), data.train, data.val, budget, seed)
+        accuracies.append(result.accuracy)
+        seconds += result.seconds
+    return {"val_accuracy": accuracies, "mean": statistics.fmean(accuracies), "train_seconds": round(seconds, 1)}
+
+
+def run_case(name: str, path: Path, width: float, at_width, args, data, target) -> dict:
+    out = path.with_name(path.stem + "-adapted")
+    adapt_seconds = mbsearch(
+        "adapt", str(path), "--latency-reduction", str(args.reduction), "--first-reduction",
+        str(args.first_reduction), "--val-size", str(VAL_SIZE), "--train-size", str(TRAIN_SIZE),
+        "--finetune-images", str(FINETUNE_IMAGES), "--final-epochs", str(args.final_epochs), "--out", str(out),
+    )  # fmt: skip
+    adapted = load_arch(out / "adapted.json")
+    metrics = adapted.metrics
+    iterations = adapted.provenance["iterations"]
+    images = TRAIN_SIZE + FINETUNE_IMAGES * iterations + round(args.final_epochs * len(data.train))
+    original = load_arch(path)
+    structural = Arch.from_dict({k: v for k, v in adapted.to_dict().items() if k not in ("provenance", "metrics")})
+    adapted_ms = steady_latency(target, structural)
+    uniform_width, uniform, uniform_ms, probes = uniform_at(target, at_width, width, adapted_ms)
+    rows = {
+        "netadapt": {
+            "val_accuracy": [metrics["val_accuracy"]],
+            "mean": metrics["val_accuracy"],
+            "latency_ms": adapted_ms,
+            "latency_ms_reported_by_adapt": metrics["latency_ms"],
+            "params": metrics["params"],
+            "wall_seconds": round(adapt_seconds, 1),
+            "iterations": iterations,
+            "start_latency_ms": metrics["start_latency_ms"],
+            "start_val_accuracy": metrics["start_val_accuracy"],
+        },
+        "uniform": from_scratch(uniform, data, images, args.seeds)
+        | {"latency_ms": uniform_ms, "params": count_params(build_model(uniform)), "width": uniform_width}
+        | {"width_probes": probes},
+        "scratch": from_scratch(structural, data, images, args.seeds)
+        | {"latency_ms": adapted_ms, "params": metrics["params"]},
+        "original": from_scratch(original, data, images, args.seeds)
+        | {"latency_ms": steady_latency(target, original)}
+        | {"params": count_params(build_model(original)), "width": width},
+    }
+    return {"case": name, "training_images": images, "rows": rows}
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| case | network | val accuracy (mean of seeds) | latency ms @224 | params | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in results["cases"]:
+        for label, row in case["rows"].items():
+            accs = ", ".join(f"{a:.4f}" for a in row["val_accuracy"])
+            wall = row.get("wall_seconds", row.get("train_seconds", ""))
+            extra = f" (width {row['width']})" if "width" in row else ""
+            lines.append(
+                f"| {case['case']} | {label}{extra} | {row['mean']:.4f} ({accs}) | {row['latency_ms']:.3f} "
+                f"| {row['params']:,} | {wall} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="knee,mobilenet_v3_small")
+    parser.add_argument("--reduction", type=float, default=0.2, help="adapt to (1 - this) of the start latency")
+    parser.add_argument("--first-reduction", type=float, default=0.08)
+    parser.add_argument("--final-epochs", type=float, default=0.5)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=12, help="of the demo study (when --study is not given)")
+    parser.add_argument("--study", default=None)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench-netadapt"))
+    parser.add_argument("--work", type=Path, default=None, help="folder for the arch files and adapt outputs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="netadapt-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_dataset("fashion-mnist", None, None, 1, VAL_SIZE, 0)
+    target = LocalTarget("cpu", "onnxruntime", 1)
+    results = {
+        "date": date.today().isoformat(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}",
+        "settings": vars(args) | {"runs_dir": str(args.runs_dir), "work": str(work), "out": str(args.out)},
+        "cases": [],
+    }
+    for name in args.cases.split(","):
+        if name == "knee":
+            study = args.study or demo_study(args.runs_dir, args.trials)
+            path, width, at_width = knee_case(study, args.runs_dir, work)
+        else:
+            path, width, at_width = reference_case(name, work)
+        results["cases"].append(run_case(name, path, width, at_width, args, data, target))
+        args.out.write_text(json.dumps(results, indent=1) + "\n")  # after each case: a partial run still counts
+        print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
