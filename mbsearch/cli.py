@@ -327,14 +327,20 @@ def report(
     baselines: Annotated[bool, typer.Option(help="Train and time the MobileNet baselines (cached).")] = True,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
     target_token: TargetToken = None,
+    adapted: Annotated[
+        list[Path] | None,
+        typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
+    ] = None,
 ) -> None:
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
+    from mbsearch.adapted import adapted_frame
     from mbsearch.baselines import baseline_frame
     from mbsearch.report import write_report
     from mbsearch.studies import open_finished, study_target
     from mbsearch.verify import BUDGET_ATTR
 
     finished = open_finished(study, runs_dir, storage)
+    adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
     target = study_target(finished, target_token) if baselines else None
     verify_budget = finished.study.user_attrs.get(BUDGET_ATTR)
     verified_any = finished.frame["verified_accuracy"].notna().any()
@@ -352,7 +358,7 @@ def report(
             keys = ("epochs", "train_size", "batch_size", "lr")
             verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
             verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress, target=target)
-    path = write_report(finished, frame, verify_budget, verified_frame)
+    path = write_report(finished, frame, verify_budget, verified_frame, adapted_points)
     console.print(f"wrote {path}", highlight=False)
 
 

@@ -35,6 +35,7 @@ class ReportData:
     verified: VerifiedData | None = None
     device: dict | None = None  # the latency target and its fingerprint (search.check_device)
     confirmed: pd.DataFrame | None = None  # number, latency_ms (the search's), confirmed_ms, target
+    adapted: pd.DataFrame | None = None  # networks trimmed by `mbsearch adapt` (adapted.adapted_frame)
 
 
 @dataclass
@@ -106,6 +107,7 @@ def compute(
     baselines: pd.DataFrame | None,
     verify_budget: dict | None = None,
     verified_baselines: pd.DataFrame | None = None,
+    adapted: pd.DataFrame | None = None,
 ) -> ReportData:
     """Everything the page shows, as data."""
     frame = finished.frame
@@ -131,6 +133,7 @@ def compute(
         verified=compute_verified(finished, verify_budget, verified_baselines),
         device=finished.study.user_attrs.get("latency_device"),
         confirmed=_confirmed_frame(finished),
+        adapted=adapted,
     )
 
 
@@ -231,6 +234,8 @@ def pareto_figure(data: ReportData) -> go.Figure:
                 hovertemplate="%{text}<br>val acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
             )
         )
+    if data.adapted is not None:
+        _add_adapted(figure, data.adapted)
     figure.update_layout(
         title="Validation accuracy vs latency",
         xaxis_title="latency (ms, median, batch 1)",
@@ -240,8 +245,66 @@ def pareto_figure(data: ReportData) -> go.Figure:
         template="plotly_white",
     )
     latencies = [*data.points["latency_ms"], *([] if data.baselines is None else data.baselines["latency_ms"])]
+    latencies += [] if data.adapted is None else list(data.adapted["latency_ms"])
     figure.update_xaxes(tickvals=_log_ticks(min(latencies), max(latencies)))
     return figure
+
+
+def _add_adapted(figure: go.Figure, adapted: pd.DataFrame) -> None:
+    """Each adapted network as a star, joined by a dotted line to the trial it was trimmed from."""
+    for row in adapted.itertuples():
+        figure.add_trace(
+            go.Scatter(
+                x=[row.source_latency_ms, row.latency_ms],
+                y=[row.source_val_accuracy, row.val_accuracy],
+                mode="lines",
+                line={"color": "#188038", "dash": "dot"},
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=adapted["latency_ms"],
+            y=adapted["val_accuracy"],
+            name="adapted (NetAdapt)",
+            mode="markers",
+            marker={"color": "#188038", "symbol": "star", "size": 14},
+            text=[
+                f"{html.escape(row.name)}<br>from trial {row.source_trial} in {row.iterations} iteration(s)"
+                f"<br>val acc {row.val_accuracy:.4f} (after adapt's fine-tunes)<br>latency {row.latency_ms:.3f} ms"
+                f"{'' if row.same_device else ' (another device)'}<br>{row.params:,} params"
+                for row in adapted.itertuples()
+            ],
+            hoverinfo="text",
+        )
+    )
+
+
+def _adapted_text(adapted: pd.DataFrame | None) -> str:
+    if adapted is None:
+        return (
+            "<p>No adapted network shown ('mbsearch adapt' trims an exported trial to a latency target; "
+            "'report --adapted DIR' puts the result here).</p>"
+        )
+    rows = "".join(
+        f"<tr><td>{html.escape(row.name)}</td><td>{row.source_trial}</td>"
+        f"<td>{row.source_latency_ms:.3f} / {row.source_val_accuracy:.4f}</td>"
+        f"<td>{row.start_latency_ms:.3f} / {row.start_val_accuracy:.4f}</td>"
+        f"<td>{row.latency_ms:.3f} / {row.val_accuracy:.4f}</td><td>{row.goal_ms:.3f} "
+        f"({'met' if row.met else 'not met'})</td><td>{row.iterations}</td><td>{row.params:,}</td>"
+        f"<td>{'yes' if row.same_device else 'no: not comparable'}</td></tr>"
+        for row in adapted.itertuples()
+    )
+    return (
+        "<p>Stars on the plot, each joined to the trial it was trimmed from. Their accuracy is after "
+        "NetAdapt's fine-tunes, not the search's proxy budget, so a star above the front is not evidence "
+        "that it beats the front: compare it with the trial it came from at the same training budget "
+        "(<code>benchmarks/netadapt.py</code> does, against uniform width scaling).</p>"
+        "<table class='front' id='adapted-table'><tr><th>network</th><th>from trial</th>"
+        "<th>search: ms / val acc</th><th>adapt start: ms / val acc</th><th>adapted: ms / val acc</th>"
+        f"<th>goal ms</th><th>iterations</th><th>params</th><th>timed on the study's device</th></tr>{rows}</table>"
+    )
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
@@ -470,6 +533,8 @@ def render(data: ReportData) -> str:
 {_front_table(data)}
 <h2>Verified</h2>
 {_verified_text(data.verified)}
+<h2>Adapted (NetAdapt)</h2>
+{_adapted_text(data.adapted)}
 <h2>Predicted against measured latency</h2>
 {_confirmed_text(data.confirmed)}
 {"".join(parts[1:])}
@@ -482,7 +547,8 @@ def write_report(
     baselines: pd.DataFrame | None,
     verify_budget: dict | None = None,
     verified_baselines: pd.DataFrame | None = None,
+    adapted: pd.DataFrame | None = None,
 ) -> Path:
     path = finished.study_dir / "report.html"
-    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines)))
+    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines, adapted)))
     return path

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -119,3 +120,56 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     assert result.exit_code == 0, result.output
     page = (copy / name / "report.html").read_text()
     assert 'id="verified-plot"' in page and "Kendall τ between proxy and verified" in page
+
+
+def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_path) -> None:
+    """`adapt` on an exported trial, then `report --adapted`: the star sits at the adapted network's
+    measured latency and accuracy, joined to the trial it came from; files that are not an adapt output
+    of this study are refused with one line and no report written."""
+    from mbsearch.adapted import adapted_frame
+    from mbsearch.arch import load_arch
+    from mbsearch.report import compute, pareto_figure
+
+    runs, name, _ = tiny_study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / name, copy / name)
+    (copy / name / "report.html").unlink(missing_ok=True)
+    knee = tmp_path / "knee.json"
+    assert runner.invoke(app, ["export", name, "--runs-dir", str(copy), "-o", str(knee)]).exit_code == 0
+    out = tmp_path / "knee-adapted"
+    adapt = [
+        "adapt", str(knee), "--latency-reduction", "0.1", "--max-iterations", "1", "--train-size", "128",
+        "--finetune-images", "64", "--val-size", "256", "--final-epochs", "0.01", "--out", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, adapt)
+    assert result.exit_code == 0, result.output
+    adapted = load_arch(out / "adapted.json")
+
+    report = ["report", name, "--runs-dir", str(copy), "--no-baselines", "--adapted"]
+    plain = runner.invoke(app, [*report, str(knee)])
+    assert plain.exit_code == 2 and "not an 'mbsearch adapt' output" in plain.stderr
+    elsewhere = json.loads((out / "adapted.json").read_text())
+    elsewhere["provenance"]["source_provenance"]["study"] = "elsewhere"
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    other = runner.invoke(app, [*report, str(tmp_path / "elsewhere.json")])
+    assert other.exit_code == 2 and "adapted from study 'elsewhere', not from a trial of 'tiny'" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and "Traceback" not in other.output
+    assert not (copy / name / "report.html").exists()
+
+    shown = runner.invoke(app, [*report, str(out)])
+    assert shown.exit_code == 0, shown.output
+    finished = open_finished(name, copy, None)
+    frame = adapted_frame([out], finished)
+    row = frame.iloc[0]
+    trial = adapted.provenance["source_provenance"]["trial"]
+    assert row["source_trial"] == trial == load_arch(knee).provenance["trial"]
+    assert row["source_latency_ms"] == finished.frame.set_index("number").loc[trial, "latency_ms"]
+    assert (row["latency_ms"], row["val_accuracy"]) == (adapted.metrics["latency_ms"], adapted.metrics["val_accuracy"])
+    assert bool(row["same_device"])  # adapt timed it on this CPU with one thread, as the search did
+    figure = pareto_figure(compute(finished, None, adapted=frame))
+    star = next(trace for trace in figure.data if trace.name == "adapted (NetAdapt)")
+    assert list(star.x) == [adapted.metrics["latency_ms"]] and list(star.y) == [adapted.metrics["val_accuracy"]]
+    link = [trace for trace in figure.data if trace.mode == "lines" and trace.line.dash == "dot"]
+    assert [list(trace.x) for trace in link] == [[row["source_latency_ms"], row["latency_ms"]]]
+    page = (copy / name / "report.html").read_text()
+    assert "id='adapted-table'" in page and adapted.name in page
