@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 
 from mbsearch.cost import count_macs, count_params
+from mbsearch.errors import BadInput
 from mbsearch.model import build_model
 from mbsearch.rules import make_divisible
-from mbsearch.zoo import reference_arch, reference_names
+from mbsearch.zoo import FAMILIES, family_arch, reference_arch, reference_names
 
 # torchvision's parameter counts and the papers' MAdds at 224x224x3, 1000 classes.
 TORCHVISION = {
@@ -46,3 +47,15 @@ def test_make_divisible_matches_torchvision() -> None:
     assert make_divisible(36) == 40
     assert make_divisible(4) == 8
     assert make_divisible(120 // 4) == 32
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_any_width_multiplier_matches_the_named_references(family: str) -> None:
+    """family_arch (the uniform-width baseline of benchmarks/netadapt.py) is the named reference at its
+    widths, and shrinks monotonically between them."""
+    for suffix, width in (("", 1.0), ("_075", 0.75), ("_050", 0.5)):
+        assert family_arch(family, width, 224, 1, 10).key() == reference_arch(family + suffix, 224, 1, 10).key()
+    params = [count_params(build_model(family_arch(family, w / 40, 224, 1, 10))) for w in range(8, 41, 4)]
+    assert params == sorted(params) and len(set(params)) == len(params)
+    with pytest.raises(BadInput, match="width multiplier"):
+        family_arch(family, 0)
