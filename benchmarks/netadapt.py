@@ -12,7 +12,8 @@ Fashion-MNIST's 28x28, as `--latency-input-size 224` does:
 
 For each, `mbsearch adapt ARCH --latency-reduction R` (the real command, wall time recorded), starting
 from the proxy training it does itself. Then, at NetAdapt's final latency (every latency in the table is
-the median of 5 fresh timings, re-measured here; adapt's own single timing is kept beside it):
+the median of 15 ONNX Runtime sessions, re-measured here; adapt's own figure is kept beside it; MACs
+are given too, since latency on this VM varies by up to +-20% per session):
 - uniform: the same network at the largest width multiplier whose measured latency is not above it
   (the knee: the trial's decisions at another `width`; the reference: torchvision's rounding at that width),
   found by bisection over widths in steps of 0.025, trained from scratch;
@@ -42,9 +43,9 @@ import optuna
 import torch
 
 from mbsearch.arch import Arch, load_arch
-from mbsearch.cost import count_params
+from mbsearch.cost import count_macs, count_params
 from mbsearch.data import load_dataset
-from mbsearch.latency import LocalTarget, measure_on
+from mbsearch.latency import LocalTarget, exported
 from mbsearch.model import build_model
 from mbsearch.sample import arch_from_decisions, stage_params
 from mbsearch.space import load_space
@@ -56,7 +57,9 @@ from mbsearch.zoo import family_arch, reference_arch
 RESULTS = Path(__file__).with_name("netadapt_results.json")
 SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28
 WIDTH_STEP = 0.025
-SESSIONS = 5  # every latency compared here is the median of this many fresh timings (this VM drifts 5-9%)
+# Every latency compared here is the median of this many timings of one export, each in a fresh ONNX Runtime
+# session: on this VM one session's median varies by up to +-20% (2026-11-23), more than NetAdapt's steps.
+SESSIONS = 15
 VAL_SIZE = 10_000
 TRAIN_SIZE = 8_000  # adapt's first training (its default)
 FINETUNE_IMAGES = 2_000  # each proposal's fine-tune (adapt's default)
@@ -110,10 +113,14 @@ def reference_case(name: str, work: Path):
 
 
 def steady_latency(target, arch: Arch) -> float:
-    """Median of SESSIONS fresh timings (new export and ONNX Runtime session each): one figure per network
-    for every row, from the same instrument, so no row is compared on a single noisy timing."""
-    model = build_model(arch)
-    return statistics.median(measure_on(target, model, arch).median_ms for _ in range(SESSIONS))
+    """One figure per network, from the same instrument for every row: the median of SESSIONS sessions."""
+    prepared = exported(build_model(arch), arch)
+    return statistics.median(target.time(prepared).median_ms for _ in range(SESSIONS))
+
+
+def macs(arch: Arch) -> int:
+    """Multiply-accumulates at the timed resolution: deterministic, where latency here is not."""
+    return count_macs(build_model(arch), arch)[0]
 
 
 def uniform_at(target, at_width, start_width: float, budget_ms: float) -> tuple[float, Arch, float, int]:
@@ -141,24 +148,35 @@ def uniform_at(target, at_width, start_width: float, budget_ms: float) -> tuple[
     return widths[high], at_width(widths[high]), latency(high), len(seen)
 
 
-def from_scratch(arch: Arch, data, images: int, seeds: int) -> dict:
-    """Validation accuracy after `images` training images from scratch, per seed."""
+def from_scratch(arch: Arch, data, images: int, seeds: int, cache: Path) -> dict:
+    """Validation accuracy after `images` training images from scratch, per seed (cached in `cache` by
+    arch, images and seed, so a rerun that only re-times does not retrain)."""
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
     accuracies, seconds = [], 0.0
     budget = Budget(epochs=images / len(data.train), train_size=len(data.train))
     for seed in range(seeds):
-        result = train(build_model(arch), data.train, data.val, budget, seed)
-        accuracies.append(result.accuracy)
-        seconds += result.seconds
+        key = f"{arch.key()}|{images}|{seed}"
+        if key not in done:
+            result = train(build_model(arch), data.train, data.val, budget, seed)
+            done[key] = {"accuracy": result.accuracy, "seconds": result.seconds}
+            cache.write_text(json.dumps(done))
+        accuracies.append(done[key]["accuracy"])
+        seconds += done[key]["seconds"]
     return {"val_accuracy": accuracies, "mean": statistics.fmean(accuracies), "train_seconds": round(seconds, 1)}
 
 
 def run_case(name: str, path: Path, width: float, at_width, args, data, target) -> dict:
     out = path.with_name(path.stem + "-adapted")
-    adapt_seconds = mbsearch(
-        "adapt", str(path), "--latency-reduction", str(args.reduction), "--first-reduction",
-        str(args.first_reduction), "--val-size", str(VAL_SIZE), "--train-size", str(TRAIN_SIZE),
-        "--finetune-images", str(FINETUNE_IMAGES), "--final-epochs", str(args.final_epochs), "--out", str(out),
-    )  # fmt: skip
+    wall = out / "bench-wall-seconds.txt"  # a rerun re-times and reuses the adaptation (and its wall time)
+    if not wall.is_file():
+        adapt_seconds = mbsearch(
+            "adapt", str(path), "--latency-reduction", str(args.reduction), "--first-reduction",
+            str(args.first_reduction), "--val-size", str(VAL_SIZE), "--train-size", str(TRAIN_SIZE),
+            "--finetune-images", str(FINETUNE_IMAGES), "--final-epochs", str(args.final_epochs), "--out", str(out),
+        )  # fmt: skip
+        wall.write_text(f"{adapt_seconds:.1f}\n")
+    adapt_seconds = float(wall.read_text())
+    cache = path.parent / "scratch-cache.json"
     adapted = load_arch(out / "adapted.json")
     metrics = adapted.metrics
     iterations = adapted.provenance["iterations"]
@@ -166,6 +184,7 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
     original = load_arch(path)
     structural = Arch.from_dict({k: v for k, v in adapted.to_dict().items() if k not in ("provenance", "metrics")})
     adapted_ms = steady_latency(target, structural)
+    original_ms = steady_latency(target, original)  # timed before any training in this process, like the rest
     uniform_width, uniform, uniform_ms, probes = uniform_at(target, at_width, width, adapted_ms)
     rows = {
         "netadapt": {
@@ -174,27 +193,28 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
             "latency_ms": adapted_ms,
             "latency_ms_reported_by_adapt": metrics["latency_ms"],
             "params": metrics["params"],
+            "macs": macs(structural),
             "wall_seconds": round(adapt_seconds, 1),
             "iterations": iterations,
             "start_latency_ms": metrics["start_latency_ms"],
             "start_val_accuracy": metrics["start_val_accuracy"],
         },
-        "uniform": from_scratch(uniform, data, images, args.seeds)
-        | {"latency_ms": uniform_ms, "params": count_params(build_model(uniform)), "width": uniform_width}
-        | {"width_probes": probes},
-        "scratch": from_scratch(structural, data, images, args.seeds)
-        | {"latency_ms": adapted_ms, "params": metrics["params"]},
-        "original": from_scratch(original, data, images, args.seeds)
-        | {"latency_ms": steady_latency(target, original)}
-        | {"params": count_params(build_model(original)), "width": width},
+        "uniform": from_scratch(uniform, data, images, args.seeds, cache)
+        | {"latency_ms": uniform_ms, "params": count_params(build_model(uniform)), "macs": macs(uniform)}
+        | {"width": uniform_width, "width_probes": probes},
+        "scratch": from_scratch(structural, data, images, args.seeds, cache)
+        | {"latency_ms": adapted_ms, "params": metrics["params"], "macs": macs(structural)},
+        "original": from_scratch(original, data, images, args.seeds, cache)
+        | {"latency_ms": original_ms, "params": count_params(build_model(original)), "macs": macs(original)}
+        | {"width": width},
     }
     return {"case": name, "training_images": images, "rows": rows}
 
 
 def table(results: dict) -> str:
     lines = [
-        "| case | network | val accuracy (mean of seeds) | latency ms @224 | params | wall s |",
-        "|---|---|---|---|---|---|",
+        "| case | network | val accuracy (mean of seeds) | latency ms @224 | MMACs @224 | params | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for case in results["cases"]:
         for label, row in case["rows"].items():
@@ -203,7 +223,7 @@ def table(results: dict) -> str:
             extra = f" (width {row['width']})" if "width" in row else ""
             lines.append(
                 f"| {case['case']} | {label}{extra} | {row['mean']:.4f} ({accs}) | {row['latency_ms']:.3f} "
-                f"| {row['params']:,} | {wall} |"
+                f"| {row['macs'] / 1e6:.1f} | {row['params']:,} | {wall} |"
             )
     return "\n".join(lines)
 

@@ -637,6 +637,9 @@ def adapt(
         float, typer.Option(min=0.001, max=0.9, help="Share of the start latency the first iteration removes.")
     ] = 0.04,
     decay: Annotated[float, typer.Option(min=0.1, max=1.0, help="Each iteration asks this times the last.")] = 0.9,
+    timing_sessions: Annotated[
+        int, typer.Option(min=1, max=100, help="Sessions whose median is each latency; raise on a noisy device.")
+    ] = 3,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-adapted').")] = None,
 ) -> None:
@@ -690,6 +693,7 @@ def adapt(
         decay=decay,
         max_iterations=max_iterations,
         seed=seed,
+        timing_sessions=timing_sessions,
     )
     adapter = Adapter(device, data, settings, out, on_event=lambda line: console.print(line, highlight=False))
     if weights is None and not (out / "adapt-state.json").is_file():

@@ -40,9 +40,9 @@ STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps th
 MIN_WIDTH = 8
 STATE = "adapt-state.json"
 WEIGHTS = "adapt-state.safetensors"
-# Every latency here is the median of this many timings, each in a fresh runtime session: on a noisy device
-# one lucky timing would otherwise pick a proposal and set the next goal out of reach (seen on the 2-core
-# VM: a proposal timed once at 2.8 ms re-timed at 4.3 ms).
+# Every latency here is the median of this many timings (by default), each in a fresh runtime session: on a
+# noisy device one lucky timing would otherwise pick a proposal and set the next goal out of reach (seen on
+# the 2-core VM: a proposal timed once at 2.8 ms re-timed at 4.3 ms).
 STEADY_SESSIONS = 3
 # When no proposal reaches an iteration's goal, the ask is halved and the iteration retried, down to this
 # share of the start latency: NetAdapt's schedule is a heuristic, and on a noisy device a start timed on
@@ -83,6 +83,7 @@ class Settings:
     decay: float = 0.9
     max_iterations: int = 30
     seed: int = 0
+    timing_sessions: int = STEADY_SESSIONS
 
 
 def residual_groups(arch: Arch) -> list[tuple[int, ...]]:
@@ -224,9 +225,10 @@ class Adapter:
         self.normalizer = Normalizer.fit(self.data.train.images[: self.settings.finetune.train_size])
 
     def latency(self, arch: Arch, model: nn.Module) -> float:
-        """Median of STEADY_SESSIONS timings of one export, each in a fresh runtime session."""
+        """Median of `timing_sessions` timings of one export, each in a fresh runtime session."""
         prepared = self.target.prepare(model, arch)
-        return statistics.median(self.target.time(prepared).median_ms for _ in range(STEADY_SESSIONS))
+        sessions = self.settings.timing_sessions
+        return statistics.median(self.target.time(prepared).median_ms for _ in range(sessions))
 
     def score(self, model: nn.Module, budget: Budget | None = None) -> float:
         """Fine-tune from the kept weights (the network is resolution-agnostic: it trains at the dataset's
