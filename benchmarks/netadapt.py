@@ -173,6 +173,7 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
             "adapt", str(path), "--latency-reduction", str(args.reduction), "--first-reduction",
             str(args.first_reduction), "--val-size", str(VAL_SIZE), "--train-size", str(TRAIN_SIZE),
             "--finetune-images", str(FINETUNE_IMAGES), "--final-epochs", str(args.final_epochs), "--out", str(out),
+            "--timing-sessions", str(args.timing_sessions), "--max-iterations", str(args.max_iterations),
         )  # fmt: skip
         wall.write_text(f"{adapt_seconds:.1f}\n")
     adapt_seconds = float(wall.read_text())
@@ -232,7 +233,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="knee,mobilenet_v3_small")
     parser.add_argument("--reduction", type=float, default=0.2, help="adapt to (1 - this) of the start latency")
-    parser.add_argument("--first-reduction", type=float, default=0.08)
+    parser.add_argument("--first-reduction", type=float, default=0.1)
+    parser.add_argument("--timing-sessions", type=int, default=9, help="adapt's sessions per latency (noisy VM)")
+    parser.add_argument("--max-iterations", type=int, default=6)
     parser.add_argument("--final-epochs", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--trials", type=int, default=12, help="of the demo study (when --study is not given)")
