@@ -12,9 +12,9 @@ Fashion-MNIST's 28x28, as `--latency-input-size 224` does:
 
 For each, `mbsearch adapt ARCH --latency-reduction R` (the real command, wall time recorded), starting
 from the proxy training it does itself. Then, at NetAdapt's final latency (every latency in the table is
-the median of 15 ONNX Runtime sessions, re-measured here; adapt's own figure is kept beside it; MACs
-are given too, since latency on this VM varies by up to +-20% per session):
-- uniform: the same network at the largest width multiplier whose measured latency is not above it
+from 15 rounds that time the compared networks side by side, one fresh ONNX Runtime session each, since
+this VM's speed drifts; adapt's own figure is kept beside it; MACs are given too):
+- uniform: the same network at the largest width multiplier not slower than it (median per-round ratio)
   (the knee: the trial's decisions at another `width`; the reference: torchvision's rounding at that width),
   found by bisection over widths in steps of 0.025, trained from scratch;
 - scratch: NetAdapt's final widths trained from scratch;
@@ -57,9 +57,10 @@ from mbsearch.zoo import family_arch, reference_arch
 RESULTS = Path(__file__).with_name("netadapt_results.json")
 SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28
 WIDTH_STEP = 0.025
-# Every latency compared here is the median of this many timings of one export, each in a fresh ONNX Runtime
-# session: on this VM one session's median varies by up to +-20% (2026-11-23), more than NetAdapt's steps.
-SESSIONS = 15
+# Networks compared here are timed interleaved, one fresh ONNX Runtime session each per round, for this many
+# rounds: on this VM a session's median varies by up to +-20% and the machine's speed drifts over seconds
+# to minutes (2026-11-23), more than NetAdapt's steps, so only timings taken side by side compare.
+ROUNDS = 15
 VAL_SIZE = 10_000
 TRAIN_SIZE = 8_000  # adapt's first training (its default)
 FINETUNE_IMAGES = 2_000  # each proposal's fine-tune (adapt's default)
@@ -112,10 +113,15 @@ def reference_case(name: str, work: Path):
     return path, width, at_width
 
 
-def steady_latency(target, arch: Arch) -> float:
-    """One figure per network, from the same instrument for every row: the median of SESSIONS sessions."""
-    prepared = exported(build_model(arch), arch)
-    return statistics.median(target.time(prepared).median_ms for _ in range(SESSIONS))
+def interleaved(target, archs: dict[str, Arch]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median latency of each network over ROUNDS rounds, every round timing each once in turn (so a slow
+    spell of the machine hits them all), and the per-round timings."""
+    prepared = {name: exported(build_model(arch), arch) for name, arch in archs.items()}
+    times: dict[str, list[float]] = {name: [] for name in archs}
+    for _ in range(ROUNDS):
+        for name, job in prepared.items():
+            times[name].append(target.time(job).median_ms)
+    return {name: statistics.median(values) for name, values in times.items()}, times
 
 
 def macs(arch: Arch) -> int:
@@ -123,29 +129,29 @@ def macs(arch: Arch) -> int:
     return count_macs(build_model(arch), arch)[0]
 
 
-def uniform_at(target, at_width, start_width: float, budget_ms: float) -> tuple[float, Arch, float, int]:
-    """The largest width multiplier (steps of WIDTH_STEP, below the start) whose measured latency is at most
-    `budget_ms`, by bisection; (width, arch, latency, timings taken)."""
+def uniform_at(target, at_width, start_width: float, adapted: Arch) -> tuple[float, Arch, float, int]:
+    """The largest width multiplier (steps of WIDTH_STEP, below the start) that is not slower than `adapted`,
+    timed side by side with it (median of the per-round ratios), by bisection; (width, arch, ratio, probes)."""
     widths = [round(start_width - WIDTH_STEP * k, 4) for k in range(1, int(start_width / WIDTH_STEP))]
     seen: dict[float, float] = {}
 
-    def latency(index: int) -> float:
+    def ratio(index: int) -> float:
         width = widths[index]
         if width not in seen:
-            seen[width] = steady_latency(target, at_width(width))
+            _, times = interleaved(target, {"probe": at_width(width), "adapted": adapted})
+            seen[width] = statistics.median(p / a for p, a in zip(times["probe"], times["adapted"], strict=True))
         return seen[width]
 
     low, high = 0, len(widths) - 1
-    if latency(high) > budget_ms:
-        high_width = widths[high]
-        return high_width, at_width(high_width), latency(high), len(seen)  # the narrowest: report as is
+    if ratio(high) > 1:
+        return widths[high], at_width(widths[high]), ratio(high), len(seen)  # the narrowest: report as is
     while low < high:
         middle = (low + high) // 2
-        if latency(middle) <= budget_ms:
+        if ratio(middle) <= 1:
             high = middle
         else:
             low = middle + 1
-    return widths[high], at_width(widths[high]), latency(high), len(seen)
+    return widths[high], at_width(widths[high]), ratio(high), len(seen)
 
 
 def from_scratch(arch: Arch, data, images: int, seeds: int, cache: Path) -> dict:
@@ -184,14 +190,13 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
     images = TRAIN_SIZE + FINETUNE_IMAGES * iterations + round(args.final_epochs * len(data.train))
     original = load_arch(path)
     structural = Arch.from_dict({k: v for k, v in adapted.to_dict().items() if k not in ("provenance", "metrics")})
-    adapted_ms = steady_latency(target, structural)
-    original_ms = steady_latency(target, original)  # timed before any training in this process, like the rest
-    uniform_width, uniform, uniform_ms, probes = uniform_at(target, at_width, width, adapted_ms)
+    uniform_width, uniform, uniform_ratio, probes = uniform_at(target, at_width, width, structural)
+    latency, _ = interleaved(target, {"adapted": structural, "uniform": uniform, "original": original})
     rows = {
         "netadapt": {
             "val_accuracy": [metrics["val_accuracy"]],
             "mean": metrics["val_accuracy"],
-            "latency_ms": adapted_ms,
+            "latency_ms": latency["adapted"],
             "latency_ms_reported_by_adapt": metrics["latency_ms"],
             "params": metrics["params"],
             "macs": macs(structural),
@@ -201,12 +206,12 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
             "start_val_accuracy": metrics["start_val_accuracy"],
         },
         "uniform": from_scratch(uniform, data, images, args.seeds, cache)
-        | {"latency_ms": uniform_ms, "params": count_params(build_model(uniform)), "macs": macs(uniform)}
-        | {"width": uniform_width, "width_probes": probes},
+        | {"latency_ms": latency["uniform"], "params": count_params(build_model(uniform)), "macs": macs(uniform)}
+        | {"width": uniform_width, "width_probes": probes, "latency_ratio_to_adapted": uniform_ratio},
         "scratch": from_scratch(structural, data, images, args.seeds, cache)
-        | {"latency_ms": adapted_ms, "params": metrics["params"], "macs": macs(structural)},
+        | {"latency_ms": latency["adapted"], "params": metrics["params"], "macs": macs(structural)},
         "original": from_scratch(original, data, images, args.seeds, cache)
-        | {"latency_ms": original_ms, "params": count_params(build_model(original)), "macs": macs(original)}
+        | {"latency_ms": latency["original"], "params": count_params(build_model(original)), "macs": macs(original)}
         | {"width": width},
     }
     return {"case": name, "training_images": images, "rows": rows}
@@ -234,7 +239,7 @@ def main() -> None:
     parser.add_argument("--cases", default="knee,mobilenet_v3_small")
     parser.add_argument("--reduction", type=float, default=0.2, help="adapt to (1 - this) of the start latency")
     parser.add_argument("--first-reduction", type=float, default=0.1)
-    parser.add_argument("--timing-sessions", type=int, default=9, help="adapt's sessions per latency (noisy VM)")
+    parser.add_argument("--timing-sessions", type=int, default=5, help="adapt's rounds per latency (noisy VM)")
     parser.add_argument("--max-iterations", type=int, default=6)
     parser.add_argument("--final-epochs", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=2)

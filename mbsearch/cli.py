@@ -719,7 +719,7 @@ def adapt(
     }
     adapted = finish(adapter, current, model, trajectory, final, provenance)
     metrics = adapted.metrics or {}
-    met = "met" if metrics["latency_ms"] <= goal else "NOT met (no proposal reached it)"
+    met = "met" if metrics["latency_ms"] <= goal else "NOT met"
     console.print(
         f"{trajectory[0].latency_ms:.3f} ms -> {metrics['latency_ms']:.3f} ms (goal {goal:.3f} ms, {met}) in "
         f"{trajectory[-1].iteration} iteration(s); validation accuracy {trajectory[0].accuracy:.4f} -> "

@@ -31,7 +31,7 @@ from mbsearch.cost import count_params
 from mbsearch.data import Dataset
 from mbsearch.errors import BadInput
 from mbsearch.files import write_atomic
-from mbsearch.latency import Target
+from mbsearch.latency import Prepared, Target
 from mbsearch.model import build_model, plan_layers
 from mbsearch.train import Budget, Normalizer, train
 from mbsearch.train import evaluate as score_as_is
@@ -40,9 +40,9 @@ STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps th
 MIN_WIDTH = 8
 STATE = "adapt-state.json"
 WEIGHTS = "adapt-state.safetensors"
-# Every latency here is the median of this many timings (by default), each in a fresh runtime session: on a
-# noisy device one lucky timing would otherwise pick a proposal and set the next goal out of reach (seen on
-# the 2-core VM: a proposal timed once at 2.8 ms re-timed at 4.3 ms).
+# Rounds per latency (by default), each timing the network and the start network in fresh runtime sessions:
+# on a noisy device one lucky timing would otherwise pick a proposal and set the next goal out of reach (seen
+# on the 2-core VM: a proposal timed once at 2.8 ms re-timed at 4.3 ms).
 STEADY_SESSIONS = 3
 # When no proposal reaches an iteration's goal, the ask is halved and the iteration retried, down to this
 # share of the start latency: NetAdapt's schedule is a heuristic, and on a noisy device a start timed on
@@ -220,15 +220,34 @@ class Adapter:
     out_dir: Path
     on_event: Callable[[str], None] = print
     normalizer: Normalizer = field(init=False)
+    start: tuple[Prepared, float] | None = field(default=None, init=False)  # set by `anchor`
 
     def __post_init__(self) -> None:
         self.normalizer = Normalizer.fit(self.data.train.images[: self.settings.finetune.train_size])
 
+    def anchor(self, arch: Arch, latency_ms: float | None = None) -> float:
+        """Make `arch` the start network that every later timing is set against; time it (median of
+        `timing_sessions` fresh sessions) unless its latency is known (a resumed adaptation)."""
+        prepared = self.target.prepare(build_model(arch), arch)  # latency does not depend on the weights
+        if latency_ms is None:
+            sessions = self.settings.timing_sessions
+            latency_ms = statistics.median(self.target.time(prepared).median_ms for _ in range(sessions))
+        self.start = (prepared, latency_ms)
+        return latency_ms
+
     def latency(self, arch: Arch, model: nn.Module) -> float:
-        """Median of `timing_sessions` timings of one export, each in a fresh runtime session."""
+        """The start network's latency times the median ratio of `timing_sessions` rounds, each timing this
+        network and the start network side by side: a device whose speed drifts (this VM's does, by 20%
+        over minutes) slows both alike, so a proposal is judged against the start, not against the moment."""
+        if self.start is None:
+            raise RuntimeError("anchor() the start network first")
+        reference, start_ms = self.start
         prepared = self.target.prepare(model, arch)
-        sessions = self.settings.timing_sessions
-        return statistics.median(self.target.time(prepared).median_ms for _ in range(sessions))
+        ratios = [
+            self.target.time(prepared).median_ms / self.target.time(reference).median_ms
+            for _ in range(self.settings.timing_sessions)
+        ]
+        return start_ms * statistics.median(ratios)
 
     def score(self, model: nn.Module, budget: Budget | None = None) -> float:
         """Fine-tune from the kept weights (the network is resolution-agnostic: it trains at the dataset's
@@ -297,13 +316,14 @@ def begin(
     (`goal_for(latency)`), refuse a goal it already meets, and save iteration 0."""
     state = _load_state(adapter.out_dir, source)
     if state is not None:
-        arch, weights, trajectory, goal = state
-        model = build_model(arch)
+        current, weights, trajectory, goal = state
+        adapter.anchor(with_explicit_mids(arch), trajectory[0].latency_ms)
+        model = build_model(current)
         model.load_state_dict(weights)
         adapter.on_event(f"resuming after iteration {trajectory[-1].iteration} (goal {goal:.3f} ms)")
-        return arch, model, trajectory, goal
+        return current, model, trajectory, goal
     arch = with_explicit_mids(arch)
-    latency = adapter.latency(arch, model)
+    latency = adapter.anchor(arch)
     goal = goal_for(latency)
     if not 0 < goal < latency:
         raise BadInput(
@@ -350,6 +370,8 @@ def adapt(
             f"accuracy {score:.4f}"
         )
         _save_state(adapter.out_dir, source, arch, model, trajectory, goal_ms)
+    if trajectory[-1].latency_ms > goal_ms and len(trajectory) > settings.max_iterations:
+        adapter.on_event(f"stopping after {settings.max_iterations} iteration(s) (--max-iterations)")
     return arch, model, trajectory
 
 
@@ -397,7 +419,9 @@ def finish(
     from mbsearch.export import write_arch, write_onnx
 
     accuracy = adapter.score(model, final)
-    latency = adapter.latency(arch, model)
+    # The kept network's unbiased re-timing, the figure the loop stopped on: another look at the same arch
+    # would only add noise, and a network kept just under the goal would flip to "not met" half the time.
+    latency = trajectory[-1].latency_ms
     adapted = arch.with_info(
         name=f"{provenance.get('source_name') or 'arch'}-adapted",
         provenance=provenance | {"iterations": trajectory[-1].iteration, "final_finetune": asdict(final)},
