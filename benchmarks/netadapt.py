@@ -129,9 +129,10 @@ def macs(arch: Arch) -> int:
     return count_macs(build_model(arch), arch)[0]
 
 
-def uniform_at(target, at_width, start_width: float, adapted: Arch) -> tuple[float, Arch, float, int]:
+def uniform_at(target, at_width, start_width: float, adapted: Arch) -> tuple[float, Arch, dict[float, float]]:
     """The largest width multiplier (steps of WIDTH_STEP, below the start) that is not slower than `adapted`,
-    timed side by side with it (median of the per-round ratios), by bisection; (width, arch, ratio, probes)."""
+    timed side by side with it (median of the per-round ratios), by bisection; (width, arch, ratio per
+    width probed)."""
     widths = [round(start_width - WIDTH_STEP * k, 4) for k in range(1, int(start_width / WIDTH_STEP))]
     seen: dict[float, float] = {}
 
@@ -143,15 +144,14 @@ def uniform_at(target, at_width, start_width: float, adapted: Arch) -> tuple[flo
         return seen[width]
 
     low, high = 0, len(widths) - 1
-    if ratio(high) > 1:
-        return widths[high], at_width(widths[high]), ratio(high), len(seen)  # the narrowest: report as is
-    while low < high:
-        middle = (low + high) // 2
-        if ratio(middle) <= 1:
-            high = middle
-        else:
-            low = middle + 1
-    return widths[high], at_width(widths[high]), ratio(high), len(seen)
+    if ratio(high) <= 1:  # else the narrowest, reported as is
+        while low < high:
+            middle = (low + high) // 2
+            if ratio(middle) <= 1:
+                high = middle
+            else:
+                low = middle + 1
+    return widths[high], at_width(widths[high]), seen
 
 
 def from_scratch(arch: Arch, data, images: int, seeds: int, cache: Path) -> dict:
@@ -190,7 +190,7 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
     images = TRAIN_SIZE + FINETUNE_IMAGES * iterations + round(args.final_epochs * len(data.train))
     original = load_arch(path)
     structural = Arch.from_dict({k: v for k, v in adapted.to_dict().items() if k not in ("provenance", "metrics")})
-    uniform_width, uniform, uniform_ratio, probes = uniform_at(target, at_width, width, structural)
+    uniform_width, uniform, probes = uniform_at(target, at_width, width, structural)
     latency, _ = interleaved(target, {"adapted": structural, "uniform": uniform, "original": original})
     rows = {
         "netadapt": {
@@ -207,7 +207,7 @@ def run_case(name: str, path: Path, width: float, at_width, args, data, target) 
         },
         "uniform": from_scratch(uniform, data, images, args.seeds, cache)
         | {"latency_ms": latency["uniform"], "params": count_params(build_model(uniform)), "macs": macs(uniform)}
-        | {"width": uniform_width, "width_probes": probes, "latency_ratio_to_adapted": uniform_ratio},
+        | {"width": uniform_width, "latency_ratio_to_adapted_by_width": {str(w): r for w, r in probes.items()}},
         "scratch": from_scratch(structural, data, images, args.seeds, cache)
         | {"latency_ms": latency["adapted"], "params": metrics["params"], "macs": macs(structural)},
         "original": from_scratch(original, data, images, args.seeds, cache)
