@@ -655,7 +655,7 @@ def adapt(
     from mbsearch.data import load_dataset
     from mbsearch.latency import open_target
     from mbsearch.model import build_model
-    from mbsearch.netadapt import Adapter, Settings, begin, finish
+    from mbsearch.netadapt import STATE, Adapter, Settings, begin, finish
     from mbsearch.netadapt import adapt as run_adapt
     from mbsearch.train import Budget, train
 
@@ -696,7 +696,7 @@ def adapt(
         timing_sessions=timing_sessions,
     )
     adapter = Adapter(device, data, settings, out, on_event=lambda line: console.print(line, highlight=False))
-    if weights is None and not (out / "adapt-state.json").is_file():
+    if weights is None and not (out / STATE).is_file():
         console.print(f"training {spec.name or arch} first ({train_size} images, 1 epoch)", highlight=False)
         train(
             model, data.train, data.val, Budget(train_size=min(train_size, len(data.train))), seed, adapter.normalizer

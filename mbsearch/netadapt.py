@@ -416,6 +416,7 @@ def finish(
     """The longer fine-tune, then the adapted arch JSON, weights, ONNX and the trajectory (CSV and plot)."""
     import pandas as pd
 
+    from mbsearch.adapted import ADAPTED_FILE
     from mbsearch.export import write_arch, write_onnx
 
     accuracy = adapter.score(model, final)
@@ -434,7 +435,7 @@ def finish(
         },
     )
     out = adapter.out_dir
-    write_arch(adapted, out / "adapted.json")
+    write_arch(adapted, out / ADAPTED_FILE)  # the file `report --adapted` reads
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     write_onnx(adapted, out / "model.onnx", model)
     frame = pd.DataFrame([asdict(step) for step in trajectory])
