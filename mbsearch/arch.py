@@ -15,18 +15,25 @@ from pydantic import ConfigDict, Field, field_serializer, field_validator
 
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error, parse_json, read_text
+from mbsearch.rules import has_shortcut
 
 FORMAT = "mbsearch.arch/1"
 # /2 adds an explicit expansion width per inverted-residual block (`mid`), for widths that are not
 # `in x expand` rounded, as NetAdapt-style per-layer pruning produces. A file is written as /2 only when a
 # block uses it, so every arch that /1 can express stays a /1 file that older readers load.
 FORMAT_V2 = "mbsearch.arch/2"
-FORMATS = (FORMAT, FORMAT_V2)
+# /3: `ds` is MobileNetV1's depthwise-separable layer, which never has a shortcut (V1 paper, timm's `dsa`).
+# In /1 and /2 a `ds` had a shortcut at stride 1 with an unchanged width; such a block is read as `dsr`
+# (the same layer with a shortcut), so an old file builds the network it always built. A file is written
+# in the oldest version that means the same, so older readers still load what they can read correctly.
+FORMAT_V3 = "mbsearch.arch/3"
+FORMATS = (FORMAT, FORMAT_V2, FORMAT_V3)
 MAX_BLOCKS = 256
 MAX_CHANNELS = 16384
 
 Activation = Literal["relu", "relu6", "hswish"]
-BlockType = Literal["ir", "ds"]
+BlockType = Literal["ir", "ds"]  # what a space may choose
+ArchBlockType = Literal["ir", "ds", "dsr"]  # what an arch may hold: `dsr` only to read /1 and /2 files
 Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS, strict=True)]
 Stride = Literal[1, 2]
 
@@ -65,9 +72,10 @@ class Stem(_Data):
 
 
 class Block(_Data):
-    """One block: `ir` (inverted residual) or `ds` (depthwise-separable)."""
+    """One block: `ir` (inverted residual), `ds` (MobileNetV1's depthwise-separable layer, no shortcut) or
+    `dsr` (that layer with a shortcut, as `ds` was built before format /3)."""
 
-    type: BlockType
+    type: ArchBlockType
     kernel: Annotated[int, Field(strict=True)]
     stride: Stride
     expand: Annotated[float, Field(ge=1, le=16, strict=True)]
@@ -88,7 +96,7 @@ class Block(_Data):
     @field_validator("expand")
     @classmethod
     def _ds_has_no_expansion(cls, expand: float, info: pydantic.ValidationInfo) -> float:
-        if info.data.get("type") == "ds" and expand != 1:
+        if info.data.get("type") in ("ds", "dsr") and expand != 1:
             raise ValueError(f"a ds block has no expansion layer: expand must be 1, got {expand}")
         return expand
 
@@ -113,7 +121,8 @@ class Head(_Data):
 class Arch(_Data):
     """A whole network as data. `provenance` and `metrics` are informative and not used to build."""
 
-    format: Literal["mbsearch.arch/1", "mbsearch.arch/2"] = FORMAT
+    # No `format` field: an Arch in memory has today's meaning; the version is read by from_dict (which
+    # converts older meanings) and chosen by to_dict (written_format).
     name: str = ""
     input: InputSpec
     num_classes: Annotated[int, Field(ge=2, le=100_000, strict=True)]
@@ -125,8 +134,18 @@ class Arch(_Data):
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True)
-        data["format"] = FORMAT_V2 if any(block.mid is not None for block in self.blocks) else FORMAT
+        data["format"] = self.written_format()
         return data
+
+    def written_format(self) -> str:
+        """The oldest format that means this network: /3 where a `ds` sits where /1 would give it a shortcut
+        (or a `dsr` is used), /2 for explicit expansion widths, else /1."""
+        in_chs = self.stem.out
+        for block in self.blocks:
+            if block.type == "dsr" or (block.type == "ds" and has_shortcut("dsr", block.stride, in_chs, block.out)):
+                return FORMAT_V3
+            in_chs = block.out
+        return FORMAT_V2 if any(block.mid is not None for block in self.blocks) else FORMAT
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -137,6 +156,9 @@ class Arch(_Data):
         core = self.model_dump(
             mode="json", include={"input", "num_classes", "stem", "blocks", "head"}, exclude_none=True
         )
+        if self.written_format() == FORMAT_V3:
+            # a /3 `ds` without the shortcut /1 gave it at this shape: never the key of the old network
+            core["format"] = FORMAT_V3
         return json.dumps(core, sort_keys=True, separators=(",", ":"))
 
     def with_info(self, **changes: Any) -> Arch:
@@ -158,19 +180,38 @@ class Arch(_Data):
         if isinstance(blocks, list) and len(blocks) > MAX_BLOCKS:
             raise BadInput(f"{source}: blocks: {len(blocks)} blocks, over the limit of {MAX_BLOCKS}")
         try:
-            arch = cls.model_validate(data)
+            arch = cls.model_validate({key: value for key, value in data.items() if key != "format"})
         except pydantic.ValidationError as exc:
             raise BadInput(describe_validation_error(exc, source)) from None
         explicit = [index for index, block in enumerate(arch.blocks) if block.mid is not None]
-        if explicit and data.get("format", FORMAT) == FORMAT:
+        version = data.get("format", FORMAT)
+        if explicit and version == FORMAT:
             raise BadInput(
                 f'{source}: blocks.{explicit[0]}.mid: an explicit expansion width needs "format": "{FORMAT_V2}"'
             )
-        return arch
+        return _as_built(arch, version, source)
 
     @classmethod
     def from_json(cls, text: str, source: str = "arch") -> Arch:
         return cls.from_dict(parse_json(text, source), source)
+
+
+def _as_built(arch: Arch, version: str, source: str) -> Arch:
+    """An arch in today's meaning: a /1 or /2 `ds` that had a shortcut becomes `dsr`; a `dsr` is checked."""
+    blocks, in_chs = list(arch.blocks), arch.stem.out
+    for index, block in enumerate(blocks):
+        could_skip = has_shortcut("dsr", block.stride, in_chs, block.out)
+        if block.type == "dsr" and version != FORMAT_V3:
+            raise BadInput(f'{source}: blocks.{index}.type: dsr needs "format": "{FORMAT_V3}"')
+        if block.type == "dsr" and not could_skip:
+            raise BadInput(
+                f"{source}: blocks.{index}: dsr is a ds layer with a shortcut, which needs stride 1 and "
+                f"unchanged width ({in_chs}->{block.out}); write ds"
+            )
+        if block.type == "ds" and could_skip and version != FORMAT_V3:
+            blocks[index] = block.model_copy(update={"type": "dsr"})
+        in_chs = block.out
+    return arch.model_copy(update={"blocks": tuple(blocks)})
 
 
 def load_arch(path: str | Path) -> Arch:

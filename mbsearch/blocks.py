@@ -51,11 +51,15 @@ def _se_or_identity(chs: int, se_ratio: float) -> nn.Module:
 
 
 class DepthwiseSeparable(nn.Module):
-    """MobileNetV1 layer: kxk depthwise + BN + act, optional SE, 1x1 pointwise + BN + act."""
+    """MobileNetV1 layer: kxk depthwise + BN + act, optional SE, 1x1 pointwise + BN + act.
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str) -> None:
+    MobileNetV1's layer has no shortcut; `has_skip` is True only for the `dsr` block of old arch files."""
+
+    def __init__(
+        self, in_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str, has_skip: bool = False
+    ) -> None:
         super().__init__()
-        self.has_skip = stride == 1 and in_chs == out_chs
+        self.has_skip = has_skip
         self.conv_dw = ConvBNAct(in_chs, in_chs, kernel, stride, groups=in_chs, act=act)
         self.se = _se_or_identity(in_chs, se)
         self.conv_pw = ConvBNAct(in_chs, out_chs, 1, act=act)
@@ -69,12 +73,14 @@ class InvertedResidual(nn.Module):
     """MobileNetV2/V3 block: 1x1 expand + act, kxk depthwise + act, optional SE, linear 1x1 projection.
 
     The expansion conv is absent when mid_chs == in_chs (expand 1), as in torchvision. The shortcut
-    exists only when stride is 1 and the shapes match.
+    (stride 1 and matching shapes) is decided by the layer plan (rules.has_shortcut).
     """
 
-    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str) -> None:
+    def __init__(
+        self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str, has_skip: bool
+    ) -> None:
         super().__init__()
-        self.has_skip = stride == 1 and in_chs == out_chs
+        self.has_skip = has_skip
         self.conv_pw = ConvBNAct(in_chs, mid_chs, 1, act=act) if mid_chs != in_chs else nn.Identity()
         self.conv_dw = ConvBNAct(mid_chs, mid_chs, kernel, stride, groups=mid_chs, act=act)
         self.se = _se_or_identity(mid_chs, se)

@@ -6,10 +6,10 @@ How mbsearch's blocks map onto timm's (timm 1.0, `_efficientnet_blocks.py`):
 - our `ir` at expand 1 (no expansion conv) is timm's `ds`: depthwise + act, [SE], linear 1x1 projection,
   skip when shapes match. timm's `ir` always builds the expansion conv, even at `e1`.
 - our `ir` at expand > 1 is timm's `ir`.
-- our `ds` (MobileNetV1's layer: the pointwise conv has an activation) is timm's `dsa` where it has no
-  shortcut (stride 2 or a width change). timm's `dsa` never has a shortcut, and no timm block is our
-  `ds` with one: we write that block `dsr` (mbsearch only; timm refuses the type loudly rather than
-  building something else), and `timm_arch_def` says it cannot be written.
+- our `ds` (MobileNetV1's layer: the pointwise conv has an activation, no shortcut) is timm's `dsa`.
+- our `dsr` (that layer with a shortcut: how `ds` was built before arch format /3) has no timm block:
+  we write it `dsr` (mbsearch only; timm refuses the type loudly rather than building something else),
+  and `timm_arch_def` says it cannot be written.
 - SE squeeze width: timm's MobileNetV3 (se_from_exp=True) with `rd_round_fn=round_channels` computes it
   from the channels SE sees, as we do; the rare ratio where the two roundings differ is refused.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from mbsearch.arch import Arch, Block
 from mbsearch.errors import BadInput
-from mbsearch.rules import make_divisible, mid_channels, se_channels
+from mbsearch.rules import has_shortcut, make_divisible, mid_channels, se_channels
 
 _ACT_CODES = {"relu": "re", "relu6": "r6", "hswish": "hs"}
 _CODE_ACTS = {code: act for act, code in _ACT_CODES.items()}
@@ -45,14 +45,14 @@ def _number(value: float) -> str:
 
 
 def has_skip(block: Block, in_chs: int) -> bool:
-    """The shortcut rule shared by our blocks and timm's: stride 1 and unchanged width."""
-    return block.stride == 1 and in_chs == block.out
+    """Whether the block has a shortcut (rules.has_shortcut, the rule the builder plans with)."""
+    return has_shortcut(block.type, block.stride, in_chs, block.out)
 
 
 def block_string(block: Block, in_chs: int) -> str:
     """The block in timm's grammar (`dsr` for the one block timm has no form of)."""
-    if block.type == "ds":
-        head = "dsr" if has_skip(block, in_chs) else "dsa"
+    if block.type in ("ds", "dsr"):
+        head = "dsa" if block.type == "ds" else "dsr"
     elif block.expand == 1:
         head = "ds"
     else:
@@ -83,10 +83,10 @@ def block_strings(arch: Arch) -> list[str]:
 
 
 def _check_timm(block: Block, in_chs: int, index: int) -> None:
-    if block.type == "ds" and has_skip(block, in_chs):
+    if block.type == "dsr":
         raise NotExpressible(
-            f"block {index} (ds with a shortcut, stride 1 and {in_chs}->{block.out} channels) has no timm "
-            "equivalent: timm's dsa never has a shortcut and its ds has no pointwise activation"
+            f"block {index} (dsr: a ds layer with a shortcut, from an arch file older than format /3) has no "
+            "timm equivalent: timm's dsa never has a shortcut and its ds has no pointwise activation"
         )
     if block.mid is not None and make_divisible(in_chs * _ratio(block, in_chs)) != block.mid:
         raise NotExpressible(
@@ -94,7 +94,7 @@ def _check_timm(block: Block, in_chs: int, index: int) -> None:
             "rounding of any ratio (timm rounds expanded widths to multiples of 8)"
         )
     if block.se:
-        seen = in_chs if block.type == "ds" else (block.mid or mid_channels(in_chs, block.expand))
+        seen = in_chs if block.type in ("ds", "dsr") else (block.mid or mid_channels(in_chs, block.expand))
         if make_divisible(seen * block.se) != se_channels(seen, block.se):
             raise NotExpressible(
                 f"block {index}: SE ratio {_number(block.se)} on {seen} channels rounds differently in timm"
@@ -154,7 +154,7 @@ def parse_block_string(text: str, in_chs: int) -> Block:
             "write it as ds"
         )
     fields = {
-        "type": "ds" if head in ("dsa", "dsr") else "ir",
+        "type": {"dsa": "ds", "dsr": "dsr"}.get(head, "ir"),
         "kernel": numbers["k"],
         "stride": numbers["s"],
         "expand": expand,
@@ -167,10 +167,10 @@ def parse_block_string(text: str, in_chs: int) -> Block:
     except ValueError as exc:
         raise BadInput(f"block string {text!r}: {str(exc).splitlines()[-1].strip()}") from None
     skip = has_skip(block, in_chs)
-    if skip and (head == "dsa" or "noskip" in flags):
+    if skip and "noskip" in flags:
         raise NotExpressible(
             f"block string {text!r}: no shortcut at stride 1 with {in_chs}->{block.out} channels, which "
-            "mbsearch's blocks always give a shortcut"
+            "mbsearch's inverted residuals always have"
         )
     if head == "dsr" and not skip:
         raise BadInput(f"block string {text!r}: dsr is a ds block with a shortcut; at this shape write dsa")

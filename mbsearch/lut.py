@@ -42,6 +42,11 @@ PART_RECIPE = {"warmup": 5, "runs": 30, "attempts": 2, "sessions": 1}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 
 
+# A part's block type in table keys: `ds` was keyed "ds" while it had a shortcut (arch format /1), so
+# MobileNetV1's layer without one is keyed "dsa" (timm's name) and an old table's "ds" entries never match.
+_PART_TYPES = {"ir": "ir", "ds": "dsa", "dsr": "dsr"}
+
+
 @dataclass(frozen=True)
 class Part:
     """One piece of a network, timed alone: a key, the input it takes and how to build it."""
@@ -66,7 +71,7 @@ def arch_parts(arch: Arch) -> list[Part]:
     size = plans[0].out_size
     for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
         key = (
-            f"block|{plan.in_chs}x{size}|{block.type}|k{block.kernel}|s{block.stride}|m{plan.mid_chs}"
+            f"block|{plan.in_chs}x{size}|{_PART_TYPES[block.type]}|k{block.kernel}|s{block.stride}|m{plan.mid_chs}"
             f"|o{block.out}|se{block.se:g}|{block.act}"
         )
         parts.append(Part(key, (1, plan.in_chs, size, size), lambda b=block, p=plan: build_block(b, p)))

@@ -10,7 +10,7 @@ from torch import nn
 from mbsearch.arch import Arch, Block
 from mbsearch.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.errors import BadInput
-from mbsearch.rules import mid_channels, output_size, se_channels
+from mbsearch.rules import has_shortcut, mid_channels, output_size, se_channels
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,13 @@ class LayerPlan:
     """What one layer of `features` receives and produces."""
 
     name: str  # the module name inside the built model, e.g. "features.3"
-    kind: str  # stem | ir | ds | head
+    kind: str  # stem | ir | ds | dsr | head
     in_chs: int
     mid_chs: int
     out_chs: int
     stride: int
     out_size: int
+    has_skip: bool = False  # the residual shortcut (rules.has_shortcut): planned here, read by every user
 
 
 def plan_layers(arch: Arch) -> list[LayerPlan]:
@@ -34,7 +35,8 @@ def plan_layers(arch: Arch) -> list[LayerPlan]:
     for index, block in enumerate(arch.blocks, start=1):
         size = output_size(size, block.stride)
         mid = (block.mid or mid_channels(in_chs, block.expand)) if block.type == "ir" else in_chs
-        plans.append(LayerPlan(f"features.{index}", block.type, in_chs, mid, block.out, block.stride, size))
+        skip = has_shortcut(block.type, block.stride, in_chs, block.out)
+        plans.append(LayerPlan(f"features.{index}", block.type, in_chs, mid, block.out, block.stride, size, skip))
         in_chs = block.out
     plans.append(LayerPlan(f"features.{len(arch.blocks) + 1}", "head", in_chs, arch.head.conv, arch.head.conv, 1, size))
     return plans
@@ -64,8 +66,10 @@ class MobileNet(nn.Module):
 def build_block(block: Block, plan: LayerPlan) -> nn.Module:
     """One block of `features`, as planned (in and mid channels from `plan_layers`)."""
     if block.type == "ir":
-        return InvertedResidual(plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act)
-    return DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act)
+        return InvertedResidual(
+            plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act, plan.has_skip
+        )
+    return DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act, plan.has_skip)
 
 
 def build_classifier(arch: Arch) -> nn.Sequential:

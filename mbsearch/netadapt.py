@@ -91,8 +91,7 @@ def residual_groups(arch: Arch) -> list[tuple[int, ...]]:
     groups: list[list[int]] = []
     plans = plan_layers(arch)[1:-1]
     for index, plan in enumerate(plans):
-        has_skip = plan.stride == 1 and plan.in_chs == plan.out_chs
-        if has_skip and groups:
+        if plan.has_skip and groups:
             groups[-1].append(index)
         else:
             groups.append([index])
@@ -111,10 +110,7 @@ def with_explicit_mids(arch: Arch) -> Arch:
 
 def _topology(arch: Arch) -> list[tuple[bool, bool]]:
     """Per block: (has a shortcut, has an expansion layer)."""
-    return [
-        (plan.stride == 1 and plan.in_chs == plan.out_chs, plan.mid_chs != plan.in_chs)
-        for plan in plan_layers(arch)[1:-1]
-    ]
+    return [(plan.has_skip, plan.mid_chs != plan.in_chs) for plan in plan_layers(arch)[1:-1]]
 
 
 def shrunk(arch: Arch, kind: str, blocks: tuple[int, ...], width: int) -> Arch | None:

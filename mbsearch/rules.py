@@ -15,6 +15,17 @@ from collections.abc import Sequence
 MIN_FINAL_RESOLUTION = 2
 
 
+# Block types with a shortcut when shapes allow one. MobileNetV1's depthwise-separable layer (`ds`) has
+# none (V1 paper; timm's `dsa`); `dsr` is the same layer with a shortcut, kept to read arch files of
+# format /1 and /2, where `ds` had one.
+SHORTCUT_BLOCKS = ("ir", "dsr")
+
+
+def has_shortcut(block_type: str, stride: int, in_chs: int, out_chs: int) -> bool:
+    """The one shortcut rule (V2's): a block type that has one, stride 1 and unchanged width."""
+    return block_type in SHORTCUT_BLOCKS and stride == 1 and in_chs == out_chs
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round `value` to the nearest multiple of `divisor`, never going 10% below it (torchvision)."""
     min_value = divisor if min_value is None else min_value

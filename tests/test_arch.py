@@ -44,10 +44,11 @@ def test_block_strings_use_timms_meaning() -> None:
     assert parse_block_string("ds_r1_k3_s1_c16_nhs", 16) == Block(
         type="ir", kernel=3, stride=1, expand=1, out=16, se=0, act="hswish"
     )
-    # timm's dsa: pointwise activation, never a shortcut = our ds where shapes give none.
+    # timm's dsa: pointwise activation, never a shortcut = our ds (MobileNetV1's layer), at any shape.
     assert parse_block_string("dsa_r1_k3_s2_c32_se0.25_nre", 16) == Block(
         type="ds", kernel=3, stride=2, expand=1, out=32, se=0.25, act="relu"
     )
+    assert parse_block_string("dsa_r1_k3_s1_c16_nre", 16).type == "ds"
     assert parse_block_string("ir_r1_k3_s1_e2.3_c80_nr6", 40).expand == pytest.approx(2.3)
     assert parse_block_string("ir_r1_k3_s2_e6_c24_noskip_nre", 16).type == "ir"  # no shortcut anyway
 
@@ -55,7 +56,6 @@ def test_block_strings_use_timms_meaning() -> None:
 @pytest.mark.parametrize(
     ("text", "in_chs"),
     [
-        ("dsa_r1_k3_s1_c16_nre", 16),  # timm: no shortcut; ours would add one
         ("ir_r1_k3_s1_e6_c16_noskip_nre", 16),
         ("ir_r1_k3_s1_e1_c16_nre", 8),  # timm keeps an expansion conv at e1; ours has none
         ("ds_r1_k3_s1_c16_noskip_nre", 16),
@@ -98,7 +98,7 @@ def _mutate(path: list, value) -> dict:
         (["blocks", 1, "stride"], 3, "blocks[1].stride: Input should be 1 or 2"),
         (["blocks", 1, "out"], -8, "blocks[1].out: Input should be greater than 0"),
         (["stem", "out"], 0, "stem.out"),
-        (["blocks", 0, "type"], "conv", "blocks[0].type: Input should be 'ir' or 'ds'"),
+        (["blocks", 0, "type"], "conv", "blocks[0].type: Input should be 'ir', 'ds' or 'dsr'"),
         (["blocks", 0, "act"], "gelu", "blocks[0].act"),
         (["blocks", 0, "colour"], "red", "blocks[0].colour: unknown key"),
         (["blocks", 0, "kernel"], "3", "blocks[0].kernel"),

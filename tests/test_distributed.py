@@ -67,7 +67,7 @@ def test_three_workers_on_postgres_reach_exactly_the_target(postgres, tmp_path) 
     complete = study.get_trials(states=(COMPLETE,))
     assert len(complete) == 12
     assert len({t.number for t in complete}) == 12 and len({t._trial_id for t in complete}) == 12
-    assert all("mbsearch.arch/1" in str(t.user_attrs["arch"]) for t in complete)
+    assert all("mbsearch.arch/" in str(t.user_attrs["arch"]) for t in complete)
     workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) >= 2  # the work was shared
     assert not study.get_trials(states=(RUNNING,))

@@ -71,32 +71,43 @@ def _sampled(space: str, count: int = 6) -> list[Arch]:
 
 
 @pytest.mark.parametrize("space", list_spaces())
-def test_every_sampled_block_is_built_identically_by_timm_or_refused(space: str) -> None:
-    """Each block of sampled archs: timm builds it from our string, or timm_arch_def says it cannot."""
-    built = refused = 0
+def test_every_sampled_block_is_built_identically_by_timm(space: str) -> None:
+    """Each block of sampled archs, and each whole arch, is built by timm from our strings, identically.
+    (Before arch format /3 a `ds` at stride 1 and unchanged width had a shortcut and no timm form.)"""
+    built = shortcut_free_ds = 0
     for arch in _sampled(space):
         model = build_model(arch)
         in_chs, size = arch.stem.out, 32 // arch.stem.stride
         for index, block in enumerate(arch.blocks):
             text = block_string(block, in_chs)
-            if block.type == "ds" and has_skip(block, in_chs):
-                assert text.startswith("dsr_")  # never a string timm would build differently
-                refused += 1
-            else:
-                theirs = timm_model([[text]], in_chs).blocks[0][0]
-                _assert_same(model.features[1 + index], theirs, in_chs, size)
-                built += 1
+            shortcut_free_ds += block.type == "ds" and block.stride == 1 and in_chs == block.out
+            theirs = timm_model([[text]], in_chs).blocks[0][0]
+            _assert_same(model.features[1 + index], theirs, in_chs, size)
+            built += 1
             in_chs, size = block.out, -(-size // block.stride)
-        expressible = all(not (b.type == "ds" and has_skip(b, c)) for b, c in _inputs(arch))
-        if expressible:
-            theirs = timm_model(timm_arch_def(arch), arch.stem.out).blocks
-            _assert_same(model.features[1:-1], theirs, arch.stem.out, 32 // arch.stem.stride)
-        else:
-            with pytest.raises(NotExpressible, match="no timm equivalent"):
-                timm_arch_def(arch)
+        theirs = timm_model(timm_arch_def(arch), arch.stem.out).blocks
+        _assert_same(model.features[1:-1], theirs, arch.stem.out, 32 // arch.stem.stride)
     assert built > 0
-    if space == "v2":  # inverted residuals only: every block has a timm form
-        assert refused == 0
+    if space in ("v1", "v3"):  # the shape where MobileNetV1's layer differs from the old ds was sampled
+        assert shortcut_free_ds > 0
+
+
+def test_an_old_ds_with_a_shortcut_reads_as_built_and_timm_refuses_it() -> None:
+    """A /1 file's ds at stride 1 and unchanged width had a shortcut: it is read as dsr, built with it,
+    and timm_arch_def refuses it (timm has no such block) instead of printing a different network."""
+    arch = next(
+        a
+        for a in _sampled("v1", 12)
+        if any(b.type == "ds" and has_skip(b.model_copy(update={"type": "dsr"}), c) for b, c in _inputs(a))
+    )
+    old = arch.to_dict() | {"format": "mbsearch.arch/1"}
+    read = Arch.from_dict(old)
+    assert any(block.type == "dsr" for block in read.blocks)
+    assert any(getattr(block, "has_skip", False) for block in build_model(read).features[1:-1])
+    assert not any(getattr(block, "has_skip", False) for block in build_model(arch).features[1:-1])
+    with pytest.raises(NotExpressible, match="no timm equivalent"):
+        timm_arch_def(read)
+    assert Arch.from_dict(read.to_dict()) == read  # written as /3 and read back unchanged
 
 
 def _inputs(arch: Arch) -> list[tuple]:
@@ -120,3 +131,25 @@ def test_an_explicit_expansion_width_is_built_identically_by_timm_or_refused() -
     _assert_same(build_model(slim).features[1:-1], theirs, slim.stem.out, 28)
     with pytest.raises(NotExpressible, match="explicit expansion width 44"):
         timm_arch_def(with_mid(44))
+
+
+@pytest.mark.parametrize("pick", ["knee", "max-accuracy", "min-latency"])
+def test_export_timm_writes_every_pick_of_a_study_and_timm_builds_the_same_blocks(
+    runner, tiny_study, tmp_path, pick: str
+) -> None:
+    """Issue 16: `export --timm` refused most searched v3 archs (a ds with a shortcut); now every pick of a
+    study has a timm arch_def, and timm builds exactly the exported blocks from it."""
+    import json
+
+    from mbsearch.arch import load_arch
+    from mbsearch.cli import app
+
+    runs, name, _ = tiny_study
+    out = tmp_path / f"{pick}.json"
+    result = runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--pick", pick, "-o", str(out), "--timm"])
+    assert result.exit_code == 0, result.output
+    arch_def = json.loads(result.stdout[result.stdout.index("[") :])
+    arch = load_arch(out)
+    assert arch_def == timm_arch_def(arch)
+    size = arch.input.size // arch.stem.stride
+    _assert_same(build_model(arch).features[1:-1], timm_model(arch_def, arch.stem.out).blocks, arch.stem.out, size)
