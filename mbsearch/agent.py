@@ -33,7 +33,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bottle
 
 from mbsearch import hostlock
-from mbsearch.timing import device_info, onnx_session, time_onnx_repeated, time_session
+from mbsearch.timing import device_info, onnx_session, time_onnx_repeated
 
 API = "v1"
 MAX_INPUT_ELEMENTS = 4 * 1024 * 1024  # 4 channels at 1024x1024: the largest input an arch file allows
@@ -47,6 +47,7 @@ class AgentConfig:
     provider: str = "CPUExecutionProvider"
     max_model_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 120.0  # timing budget of one request; a slower model is refused, not timed for hours
+    read_timeout: float = 60.0  # a client that stops sending mid-request loses its connection, not a thread
 
 
 class _Refused(Exception):
@@ -85,7 +86,8 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
     @app.get(f"/{API}/device")
     @guarded
     def device_route() -> dict[str, Any]:
-        return device
+        # max_seconds lets a client bound its wait for an answer (it is not part of the fingerprint)
+        return device | {"max_seconds": config.max_seconds}
 
     @app.post(f"/{API}/measure")
     @guarded
@@ -97,7 +99,7 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
         with timing_lock, hostlock.timing():
             session = _load(model, config)
             shape = _input_shape(session)
-            first = time_session(session, shape, warmup=1, runs=1)[0] / 1000
+            first = _first_run(session, shape, config.max_seconds)
             expected = first * (settings["warmup"] + settings["runs"]) * settings["sessions"] * settings["attempts"]
             if expected > config.max_seconds:
                 raise _Refused(
@@ -105,7 +107,12 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
                     f"one run takes {first:.2f} s: timing would take ~{expected:.0f} s, over this agent's "
                     f"--max-seconds {config.max_seconds:g}; ask for fewer runs or raise the limit",
                 )
-            stats = time_onnx_repeated(lambda: _load(model, config), shape, "agent", config.threads, **settings)
+            try:
+                stats = time_onnx_repeated(lambda: _load(model, config), shape, "agent", config.threads, **settings)
+            except _Refused:
+                raise
+            except Exception as exc:  # ORT's own errors when a loaded model fails to run (memory, shapes)
+                raise _Refused(422, f"the model fails when run: {_first_line(exc)}") from None
         return {"stats": asdict(stats), "device": device}
 
     def error_page(error: bottle.HTTPError) -> str:
@@ -115,6 +122,35 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
 
     app.default_error_handler = error_page
     return app
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _first_run(session: Any, shape: tuple[int, ...], max_seconds: float) -> float:
+    """Seconds of one run, stopped by ONNX Runtime's terminate flag when it outlasts `max_seconds`: a model
+    that never ends (a Loop of 10^12 iterations) is refused, and the timing lock is released."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    timer = threading.Timer(max_seconds, lambda: setattr(options, "terminate", True))
+    timer.daemon = True
+    feed = {session.get_inputs()[0].name: np.zeros(shape, dtype=np.float32)}
+    start = time.perf_counter()
+    timer.start()
+    try:
+        session.run(None, feed, options)
+    except Exception as exc:
+        if options.terminate:
+            raise _Refused(
+                422, f"one run did not finish within this agent's --max-seconds {max_seconds:g}; stopped, not timed"
+            ) from None
+        raise _Refused(422, f"the model fails when run: {_first_line(exc)}") from None
+    finally:
+        timer.cancel()
+    return time.perf_counter() - start
 
 
 def _check_token(request: bottle.BaseRequest, token: str) -> None:
@@ -139,7 +175,7 @@ def _query_int(request: bottle.BaseRequest, name: str, low: int, high: int, defa
 
 def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
     """The body, refused by its declared length before a byte is read when it is too big."""
-    length = request.content_length
+    length = _content_length(request)
     if length < 0:
         raise _Refused(411, "no Content-Length: send the ONNX model as the request body with its length")
     if length > limit:
@@ -150,7 +186,10 @@ def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
     request.environ["mbsearch.body_read"] = True
     chunks, left = [], length
     while left > 0:
-        chunk = stream.read(min(left, 1 << 20))
+        try:
+            chunk = stream.read(min(left, 1 << 20))
+        except OSError:  # the read timeout: a client that stopped sending
+            raise _Refused(408, f"body stopped after {length - left:,} of {length:,} bytes") from None
         if not chunk:
             raise _Refused(400, f"body ended after {length - left:,} of {length:,} bytes")
         chunks.append(chunk)
@@ -161,19 +200,34 @@ def _read_body(request: bottle.BaseRequest, limit: int) -> bytes:
 def _drain(request: bottle.BaseRequest, limit: int) -> None:
     """Read what is left of a refused request's body (when within the limit), so that the client, still
     sending, gets the answer rather than a reset connection."""
-    length = request.content_length
+    length = _content_length(request, strict=False)
     if request.environ.get("mbsearch.body_read") or not 0 < length <= limit:
         return
     stream, left = request.environ["wsgi.input"], length
-    while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
-        left -= len(chunk)
+    try:
+        while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+            left -= len(chunk)
+    except OSError:
+        return
+
+
+def _content_length(request: bottle.BaseRequest, strict: bool = True) -> int:
+    """The declared body length, -1 when absent; a malformed one is the client's fault (400), not a 500."""
+    text = request.environ.get("CONTENT_LENGTH") or ""
+    if not text:
+        return -1
+    if not text.isdigit() or len(text) > 18:
+        if strict:
+            raise _Refused(400, f"Content-Length {text[:20]!r} is not a whole number of bytes")
+        return -1
+    return int(text)
 
 
 def _load(model: bytes, config: AgentConfig) -> Any:
     try:
         return onnx_session(model, config.threads, [config.provider])
     except Exception as exc:  # ORT raises its own exception types for every malformed or foreign model
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = _first_line(exc)
         raise _Refused(422, f"not an ONNX model with standard operators that ONNX Runtime loads: {reason}") from None
 
 
@@ -205,13 +259,16 @@ class _RequestLog(WSGIRequestHandler):
         print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
 
 
-def serve(host: str, port: int, config: AgentConfig, announce: Any = print) -> None:
-    """Serve until interrupted. `announce` gets the startup lines (address, device, token)."""
+def serve(host: str, port: int, config: AgentConfig, announce: Any = print, token_chosen: bool = False) -> None:
+    """Serve until interrupted. `announce` gets the startup lines (address, device, and the token where it
+    was generated here: a token the user chose is never printed, so it stays out of service logs)."""
     server_class = _ThreadingServer
     if ":" in host:
         server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
     device = device_info(config.threads, [config.provider])
-    server = make_server(host, port, make_app(config, device), server_class=server_class, handler_class=_RequestLog)
+    # the socket timeout of each connection (StreamRequestHandler.timeout): a half-sent body frees its thread
+    handler = type("_TimedRequestLog", (_RequestLog,), {"timeout": config.read_timeout})
+    server = make_server(host, port, make_app(config, device), server_class=server_class, handler_class=handler)
     bound_port = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
     announce(f"mbsearch agent on http://{shown}:{bound_port}/ ({time.strftime('%Y-%m-%d %H:%M:%S')})")
@@ -219,7 +276,7 @@ def serve(host: str, port: int, config: AgentConfig, announce: Any = print) -> N
         f"device {device['fingerprint']}: {device['cpu']}, {device['cores']} core(s), {device['runtime']}, "
         f"{config.provider}, {config.threads} thread(s)"
     )
-    announce(f"token {config.token}")
+    announce("token (yours, from --token or MBSEARCH_AGENT_TOKEN)" if token_chosen else f"token {config.token}")
     try:
         server.serve_forever()
     finally:

@@ -463,7 +463,9 @@ def export(
     protected = {"the study's database": runs_dir / study / "study.db"}
     if storage and storage.startswith("sqlite:///"):
         protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
-    check_outputs({"--output": output, "--onnx": onnx}, protected)
+    check_outputs(
+        {"--output": output, "--onnx": onnx}, protected, kinds={"--output": "json:mbsearch.arch/", "--onnx": "onnx"}
+    )
     finished = open_finished(study, runs_dir, storage)
     if finished.decision.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
@@ -550,11 +552,13 @@ def train_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mbsearch.arch import load_arch
-    from mbsearch.fulltrain import train_full
+    from mbsearch.files import check_output_folder
+    from mbsearch.fulltrain import CHECKPOINT, OUTPUT_FILES, train_full
 
     spec = load_arch(arch)
     dataset = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
     out = out or arch.with_name(arch.stem + "-trained")
+    check_output_folder("--out", out, OUTPUT_FILES, CHECKPOINT, {"the arch file": arch})
     torch.set_num_threads(threads or os.cpu_count() or 1)
     with Progress(
         TextColumn("{task.description}"),
@@ -653,9 +657,10 @@ def adapt(
 
     from mbsearch.arch import load_arch
     from mbsearch.data import load_dataset
+    from mbsearch.files import check_output_folder
     from mbsearch.latency import open_target
     from mbsearch.model import build_model
-    from mbsearch.netadapt import STATE, Adapter, Settings, begin, finish
+    from mbsearch.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, begin, finish, trimmable
     from mbsearch.netadapt import adapt as run_adapt
     from mbsearch.train import Budget, train
 
@@ -666,10 +671,13 @@ def adapt(
     if latency_reduction is not None and not 0 < latency_reduction < 1:
         raise BadInput(f"--latency-reduction must be between 0 and 1 (0.15 = 15% faster), got {latency_reduction}")
     spec = load_arch(arch)
+    out = out or arch.with_name(arch.stem + "-adapted")
+    check_output_folder("--out", out, OUTPUT_FILES, STATE, {"the --weights file": weights, "the arch file": arch})
+    if not trimmable(spec):
+        raise BadInput(f"{arch}: every width is at its floor of 8 channels; nothing to trim")
     device = open_target(target, "onnxruntime", threads, target_token)
     name = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
     data = load_dataset(name, data_dir, None, spec.input.channels, val_size, seed)
-    out = out or arch.with_name(arch.stem + "-adapted")
     torch.set_num_threads(os.cpu_count() or 1)
     source = {
         "arch": hashlib.sha256(spec.key().encode()).hexdigest()[:16],
@@ -752,7 +760,13 @@ def profile(
     from mbsearch.lut import space_parts
     from mbsearch.space import load_space
 
-    check_outputs({"--output": output}, {})
+    partial = output.with_name(output.name + ".partial")
+    space_file = Path(space) if space.endswith((".yaml", ".yml")) or "/" in space else None
+    check_outputs(
+        {"--output": output, "--output's resume file": partial},
+        inputs={"the --space file": space_file},
+        kinds={"--output": "json:mbsearch.lut/", "--output's resume file": "json:"},
+    )
     search_space = load_space(space)
     device = open_target(target, "onnxruntime", threads, target_token)
     torch.set_num_threads(1)
@@ -764,7 +778,6 @@ def profile(
         f"{info['threads']} thread(s)), then {calibrate} calibration network(s)",
         highlight=False,
     )
-    partial = output.with_name(output.name + ".partial")
     shown = {"part": 0, "calibration network": 0}
 
     def progress(what: str, done: int, total: int) -> None:
@@ -810,8 +823,10 @@ def agent(
         raise BadInput(
             f"--provider {provider}: not available here; use one of {', '.join(onnxruntime.get_available_providers())}"
         )
-    if token is not None and len(token) < 16:
-        raise BadInput("--token must be at least 16 characters; leave it out to get a random one")
+    if token is not None and (len(token.strip()) < 16 or not (token.isascii() and token.isprintable()) or " " in token):
+        raise BadInput(
+            "--token must be at least 16 printable ASCII characters without spaces; leave it out to get a random one"
+        )
     if not _is_loopback(host):
         print(
             f"mbsearch: warning: --host {host} lets every machine that can reach this one send models; "
@@ -820,7 +835,7 @@ def agent(
         )
     config = AgentConfig(token or new_token(), threads, provider, int(max_model_mb * 1024 * 1024), max_seconds)
     try:
-        serve(host, port, config, announce=lambda line: print(line, flush=True))
+        serve(host, port, config, announce=lambda line: print(line, flush=True), token_chosen=token is not None)
     except OSError as exc:
         reason = exc.strerror or exc
         raise BadInput(f"cannot listen on {host}:{port}: {reason}; pick another --port or --host") from None

@@ -10,6 +10,7 @@ import pydantic
 from pydantic import ConfigDict, Field, model_validator
 
 from mbsearch.train import Budget
+from mbsearch.urls import check_target_url
 
 Sampler = Literal["tpe", "nsga2", "random"]
 Objective = Literal["pareto", "mnas"]
@@ -104,6 +105,9 @@ class RunConfig(pydantic.BaseModel):
             raise ValueError("--objective mnas needs --latency-target MS (the T in ACC*(LAT/T)^w)")
         if self.study is not None:
             check_study_name(self.study, "--study")
+        for url in (self.target, self.confirm_on):
+            if url is not None and "://" in url:
+                check_target_url(url)  # a password in the URL would reach the study name
         if self.rungs is not None:
             from mbsearch.rungs import parse_rungs
 

@@ -112,9 +112,51 @@ def describe_validation_error(error: pydantic.ValidationError, source: str) -> s
     return f"{source}: {path or '<top level>'}: {message}{suffix}"
 
 
-def check_outputs(outputs: dict[str, Path | None], protected: dict[str, Path] | None = None) -> None:
-    """Refuse, before anything is written, outputs that are folders, sit in a folder that cannot be
-    written, name the same file twice, or would overwrite a protected file (the study's database)."""
+# The one rule for every command that writes: never overwrite an input, a database (a study's storage) or
+# another command's outputs; refuse before any work, with one line. A file may be replaced only by the
+# command that wrote it (its kind is recognised by content), so rerunning a command with the same output
+# works, and nothing else is lost.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+OutputKind = str  # "json:PREFIX" (a JSON object whose "format" starts with PREFIX), "onnx", "text" or "any"
+
+
+def _is_kind(path: Path, kind: OutputKind) -> bool:
+    """Whether the existing file `path` looks like an earlier output of this kind."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(min(path.stat().st_size, MAX_FILE_BYTES))
+    except OSError:
+        return False
+    if not head or kind == "any":
+        return True  # an empty file holds nothing to lose
+    if kind == "onnx":
+        return head[:1] == b"\x08"  # ModelProto starts with field 1 (ir_version) as a varint
+    if kind.startswith("json:"):
+        try:
+            data = json.loads(head)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and str(data.get("format", "")).startswith(kind.removeprefix("json:"))
+    return False
+
+
+def _describe_input(path: Path, inputs: dict[str, Path | None]) -> str | None:
+    resolved = path.resolve()
+    for what, given in inputs.items():
+        if given is not None and given.exists() and resolved == given.resolve():
+            return what
+    return None
+
+
+def check_outputs(
+    outputs: dict[str, Path | None],
+    protected: dict[str, Path] | None = None,
+    inputs: dict[str, Path | None] | None = None,
+    kinds: dict[str, OutputKind] | None = None,
+) -> None:
+    """Refuse, before anything is written, an output that is a folder, sits in a folder that cannot be
+    written, names the same file twice, is one of the command's `inputs`, a `protected` file (the study's
+    database), any SQLite database, or an existing file that is not an earlier output of its kind."""
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():
         if path is None:
@@ -127,12 +169,54 @@ def check_outputs(outputs: dict[str, Path | None], protected: dict[str, Path] | 
         for what, guarded in (protected or {}).items():
             if guarded.exists() and resolved == guarded.resolve():
                 raise BadInput(f"{flag} {path} is {what}; writing there would destroy it, pick another file")
+        what = _describe_input(path, inputs or {})
+        if what is not None:
+            raise BadInput(f"{flag} {path} is {what}, which this command reads; pick another output file")
+        if path.is_file():
+            _refuse_foreign(flag, path, (kinds or {}).get(flag, "any"))
         folder = resolved.parent
         while not folder.exists():
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) or str(folder).startswith("/proc"):
             raise BadInput(f"{flag} {path}: cannot write in {folder}; pick a writable folder")
         seen[resolved] = flag
+
+
+def _refuse_foreign(flag: str, path: Path, kind: OutputKind) -> None:
+    try:
+        with path.open("rb") as handle:
+            is_database = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        is_database = False
+    if is_database:
+        raise BadInput(f"{flag} {path} is a SQLite database (a study's storage?); pick another output file")
+    if not _is_kind(path, kind):
+        raise BadInput(
+            f"{flag} {path} exists and is not an earlier output of this command; pick another file or remove it"
+        )
+
+
+def check_output_folder(
+    flag: str, folder: Path, writes: tuple[str, ...], marker: str, inputs: dict[str, Path | None]
+) -> None:
+    """Refuse an output folder that holds one of the command's inputs, a database, or files of the names
+    this command `writes` that another command left (no `marker` of ours beside them)."""
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{flag} {folder} is a file; give a folder")
+    for name in writes:
+        what = _describe_input(folder / name, inputs)
+        if what is not None:
+            raise BadInput(
+                f"{flag} {folder}: writing {name} there would overwrite {what}, which this command reads; "
+                "pick another output folder"
+            )
+    if not folder.is_dir() or (folder / marker).exists():
+        return
+    foreign = sorted(name for name in writes if (folder / name).exists())
+    if foreign:
+        raise BadInput(f"{flag} {folder} holds {', '.join(foreign)} from another command; pick another output folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {folder}: cannot write there; pick a writable folder")
 
 
 def _umask() -> int:

@@ -25,7 +25,8 @@ from mbsearch.files import write_atomic
 from mbsearch.model import build_model
 from mbsearch.train import Budget, Diverged, train
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
+OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "metrics.json", "arch.json")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -129,6 +131,14 @@ def widths(arch: Arch) -> list[tuple[str, tuple[int, ...], int]]:
     found = [("mid", (i,), plan.mid_chs) for i, plan in enumerate(plans) if plan.mid_chs != plan.in_chs]
     found += [("out", group, plans[group[0]].out_chs) for group in residual_groups(arch)]
     return found
+
+
+def trimmable(arch: Arch) -> bool:
+    """Whether any width can shrink by a step without going below the floor or changing the topology."""
+    return any(
+        width - STEP >= MIN_WIDTH and shrunk(arch, kind, blocks, width - STEP) is not None
+        for kind, blocks, width in widths(arch)
+    )
 
 
 def _spaces(arch: Arch) -> dict[str, tuple[str | None, ...]]:
@@ -386,19 +396,45 @@ def _save_state(
     write_atomic(out_dir / STATE, json.dumps(state, indent=1))
 
 
+# Every file `adapt` writes in its output folder; STATE marks the folder as adapt's own.
+OUTPUT_FILES = (STATE, WEIGHTS, "adapted.json", "model.safetensors", "model.onnx", "trajectory.csv", "trajectory.html")
+
+
+class _SavedState(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    source: dict[str, Any]
+    goal_ms: float
+    arch: dict[str, Any]
+    trajectory: list[dict[str, Any]]
+
+
 def _load_state(out_dir: Path, source: dict):
-    path = out_dir / STATE
-    if not path.is_file() or not (out_dir / WEIGHTS).is_file():
+    """The adaptation saved in `out_dir`, or None where there is none. A state that is half there or
+    unreadable is refused with one line, never silently discarded (it holds finished iterations)."""
+    path, weights = out_dir / STATE, out_dir / WEIGHTS
+    if not path.exists() and not weights.exists():
         return None
+    if not (path.is_file() and weights.is_file()):
+        present, missing = (path, weights) if path.exists() else (weights, path)
+        raise BadInput(
+            f"{out_dir} holds {present.name} without {missing.name}: an adaptation's saved state is incomplete; "
+            "remove both files to start again, or pick another --out"
+        )
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if state.get("source") != source:
+        state = _SavedState.model_validate_json(path.read_bytes())
+        arch = Arch.from_dict(state.arch, str(path))
+        trajectory = [Step(**row) for row in state.trajectory]
+        saved_weights = load_file(weights)
+    except (OSError, ValueError, TypeError, SafetensorError, BadInput) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BadInput(
+            f"{out_dir}: the saved adaptation ({STATE}, {WEIGHTS}) cannot be read ({reason}); remove both to "
+            "start again, or pick another --out"
+        ) from None
+    if state.source != source:
         raise BadInput(f"{out_dir} holds an adaptation of another arch or target; pick another --out or remove {path}")
-    arch = Arch.from_dict(state["arch"], str(path))
-    trajectory = [Step(**row) for row in state["trajectory"]]
-    return arch, load_file(out_dir / WEIGHTS), trajectory, float(state["goal_ms"])
+    return arch, saved_weights, trajectory, state.goal_ms
 
 
 def finish(

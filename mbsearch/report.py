@@ -163,10 +163,11 @@ def _device_text(device: dict | None) -> str:
         what = f"predicted by the lookup table {device.get('target')} for device {device.get('predicts_for')}"
     else:
         what = f"measured on {device.get('target')}, device {device.get('fingerprint')}"
+    # Every field came from a device (an agent's answer): escaped, whatever it holds
+    cpu, cores, runtime, threads = (html.escape(str(device.get(key))) for key in ("cpu", "cores", "runtime", "threads"))
     return (
-        f"<p id='latency-device'>Latency {html.escape(what)}: {html.escape(str(device.get('cpu')))}, "
-        f"{device.get('cores')} core(s), {html.escape(str(device.get('runtime')))}, "
-        f"{device.get('threads')} thread(s).</p>"
+        f"<p id='latency-device'>Latency {html.escape(what)}: {cpu}, {cores} core(s), {runtime}, "
+        f"{threads} thread(s).</p>"
     )
 
 

@@ -195,7 +195,7 @@ def test_remote_target_refuses_clearly_before_the_search(agent) -> None:
         RemoteTarget(agent.url, None)
     with pytest.raises(BadInput, match="refused the token"):
         RemoteTarget(agent.url, "x" * 32)
-    with pytest.raises(BadInput, match="no agent answers"):
+    with pytest.raises(RuntimeFailure, match="no agent answers"):  # a runtime failure: exit 1
         RemoteTarget("http://127.0.0.1:9", "x" * 32)  # the discard port: nothing listens
 
 
