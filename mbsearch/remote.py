@@ -23,8 +23,8 @@ from torch import nn
 from mbsearch.arch import Arch
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.latency import Prepared, exported
-from mbsearch.urls import check_target_url
 from mbsearch.timing import LatencyStats
+from mbsearch.urls import check_target_url
 
 TOKEN_ENV = "MBSEARCH_TARGET_TOKEN"
 # Waits between tries when the agent does not answer: about half a minute in all before a trial fails,

@@ -19,7 +19,7 @@ def check_target_url(url: str) -> None:
     if has_userinfo:
         raise BadInput(
             "--target: a user or password in the URL is refused (it would be printed and stored); "
-            f"give http://HOST:PORT and the agent's token with --target-token or MBSEARCH_TARGET_TOKEN"
+            "give http://HOST:PORT and the agent's token with --target-token or MBSEARCH_TARGET_TOKEN"
         )
     if not parts.hostname:
         raise BadInput(f"--target {url}: no host; give http://HOST:PORT of 'mbsearch agent'")
