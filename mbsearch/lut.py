@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from mbsearch.arch import Arch
@@ -127,6 +127,16 @@ def time_part(target: Target, part: Part) -> LatencyStats:
     return target.time(Prepared(exported.data, part.shape, None, **PART_RECIPE))
 
 
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _TableInput(pydantic.BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    channels: Annotated[int, Field(ge=1, le=16)]
+    size: Annotated[int, Field(ge=8, le=1024)]
+
+
 class LutFile(pydantic.BaseModel):
     """What a lookup table file holds (`mbsearch.lut/1`)."""
 
@@ -134,18 +144,19 @@ class LutFile(pydantic.BaseModel):
 
     format: Literal["mbsearch.lut/1"] = FORMAT
     space: str
-    input: dict[str, int]  # channels, size
-    num_classes: int
+    input: _TableInput
+    num_classes: Annotated[int, Field(ge=2, le=100_000)]
     target: str
     device: dict[str, Any]  # the device fingerprint's fields, as the target reported them
     created: str
     recipe: dict[str, int]
-    run_overhead_ms: float  # an empty session run: subtracted from every part, added once per network
-    network_overhead_ms: float = 0.0  # median of (measured - sum of parts) on the calibration networks
-    correction: list[float] | None = None  # measured ~ a*sum + b*blocks + c, fitted on calibration networks
+    run_overhead_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]  # an empty session run: subtracted from every part, added once per network
+    network_overhead_ms: _Finite = 0.0  # median of (measured - sum of parts) on the calibration networks
+    correction: Annotated[list[_Finite], Field(min_length=3, max_length=3)] | None = None  # a*sum + b*blocks + c
     use: Literal["sum", "corrected"] = "sum"
     calibration: dict[str, Any] = {}
-    entries: dict[str, float]
+    # every part's time is a measured latency: finite and positive (a negative or NaN one would reach a front)
+    entries: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
 
 
 class LookupTable:
@@ -181,12 +192,23 @@ class LookupTable:
     def device(self) -> dict[str, Any]:
         return self._device
 
+    def check_covers(self, space: SearchSpace, input_size: int, channels: int, num_classes: int) -> None:
+        """Refuse, before a search starts, a table made for another space or input, or one that lacks a part
+        the space can produce (found now, not after trainings)."""
+        self.check_fits(space.name, input_size, channels, num_classes)
+        missing = [key for key in space_parts(space, input_size, channels, num_classes) if key not in self.data.entries]
+        if missing:
+            raise BadInput(
+                f"--lut {self.name} lacks {len(missing)} part(s) of space {space.name} (e.g. {missing[0]}); "
+                "rebuild it with 'mbsearch profile' for this space"
+            )
+
     def check_fits(self, space_name: str, input_size: int, channels: int, num_classes: int) -> None:
         """Refuse, before a search starts, a table made for another space or input."""
         wanted = {"space": space_name, "input": f"{channels}x{input_size}", "classes": num_classes}
         has = {
             "space": self.data.space,
-            "input": f"{self.data.input['channels']}x{self.data.input['size']}",
+            "input": f"{self.data.input.channels}x{self.data.input.size}",
             "classes": self.data.num_classes,
         }
         if wanted != has:
@@ -213,8 +235,11 @@ class LookupTable:
         plain = self.plain_sum(arch)
         if (how or self.data.use) == "corrected" and self.data.correction:
             a, b, c = self.data.correction
-            return a * plain + b * len(arch.blocks) + c
-        return plain + self.data.network_overhead_ms
+            predicted = a * plain + b * len(arch.blocks) + c
+        else:
+            predicted = plain + self.data.network_overhead_ms
+        # No network runs faster than an empty run: a fitted overhead or correction must not predict less
+        return max(predicted, self.data.run_overhead_ms)
 
     def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
         return Prepared(None, input_shape(arch), arch)

@@ -102,8 +102,8 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
             f"after the validation split; lower it or --val-size"
         )
     if config.latency == "predicted":
-        target.check_fits(  # type: ignore[attr-defined]
-            space.name, config.latency_input_size or data.size, data.channels, data.num_classes
+        target.check_covers(  # type: ignore[attr-defined]
+            space, config.latency_input_size or data.size, data.channels, data.num_classes
         )
     return space, data, target
 

@@ -159,3 +159,34 @@ def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(smal
     assert table.data.entries == dict.fromkeys(keys, 0.125) and table.data.run_overhead_ms == 0.01
     assert not (tmp_path / "lut.json.partial").exists()
     assert f"profiling {len(keys)} parts of space small" in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("negative", "entries"),
+        ("nan", "entries"),
+        ("no input size", "input.size"),
+        ("missing part", "lacks 1 part"),
+    ],
+)
+def test_a_table_is_checked_completely_before_anything_starts(small, tmp_path, change: str, message: str) -> None:
+    """Issue 16: a negative entry reached the front, a NaN one cost 5 trainings and left a half-made study,
+    a table without the input's keys crashed, and a missing part was found only after 5 trainings."""
+    space_path, lut_path, _ = small
+    raw = json.loads(lut_path.read_text())
+    first = next(iter(raw["entries"]))
+    if change == "negative":
+        raw["entries"][first] = -0.5
+    elif change == "nan":
+        raw["entries"][first] = float("nan")
+    elif change == "no input size":
+        del raw["input"]["size"]
+    else:
+        del raw["entries"][next(key for key in raw["entries"] if key.startswith("block|"))]
+    broken = tmp_path / "broken-lut.json"
+    broken.write_text(json.dumps(raw))
+    runs = tmp_path / "runs"
+    with pytest.raises(BadInput, match=message):
+        run_search(RunConfig(space=str(space_path), latency="predicted", lut=broken, runs_dir=runs, **TINY_BUDGET))
+    assert not runs.exists() or not any(runs.iterdir())  # no study, no half-made folder
