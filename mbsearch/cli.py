@@ -391,6 +391,11 @@ def verify(
     from mbsearch.verify import choose, run_verify, study_data, summarize, verify_budget, verify_worker
 
     finished = open_finished(study, runs_dir, storage)
+    device = None
+    if target is not None:  # opened first: an unknown or absent target is refused before any training
+        from mbsearch.latency import open_target
+
+        device = open_target(target, finished.settings["runtime"], finished.settings["threads"], target_token)
     stored_dir = finished.study.user_attrs.get("data_dir")
     data_dir = data_dir or (Path(stored_dir) if stored_dir else None)
     data = study_data(finished, data_dir)
@@ -401,32 +406,36 @@ def verify(
         f"(batch {budget.batch_size}, lr {budget.lr}), {workers} process(es) x {per_process} thread(s)",
         highlight=False,
     )
-    if workers == 1:
-        torch.set_num_threads(per_process)
+    try:
+        if workers == 1:
+            torch.set_num_threads(per_process)
 
-        def say(event: str, number: int, accuracy: float | None) -> None:
-            if event == "done":
-                console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
+            def say(event: str, number: int, accuracy: float | None) -> None:
+                if event == "done":
+                    console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
 
-        result = run_verify(finished, data, budget, top, seed, on_event=say)
-    else:
-        context = multiprocessing.get_context("spawn")
-        args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
-        processes = [
-            context.Process(target=verify_worker, args=(*args, per_process, index)) for index in range(1, workers + 1)
-        ]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join()
-        finished = open_finished(study, runs_dir, storage)
-        result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
-    if target is not None:
+            result = run_verify(finished, data, budget, top, seed, on_event=say)
+        else:
+            context = multiprocessing.get_context("spawn")
+            args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
+            processes = [
+                context.Process(target=verify_worker, args=(*args, per_process, index))
+                for index in range(1, workers + 1)
+            ]
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+            finished = open_finished(study, runs_dir, storage)
+            result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
+    except KeyboardInterrupt:
+        from mbsearch.search import Interrupted
+
+        raise Interrupted(
+            "interrupted: finished verifications are kept in the study; rerun the same command to resume"
+        ) from None
+    if device is not None:
         from mbsearch.confirm import confirm
-        from mbsearch.latency import open_target
-
-        settings = finished.settings
-        device = open_target(target, settings["runtime"], settings["threads"], target_token)
 
         def timed(number: int, searched: float, measured: float) -> None:
             console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
@@ -439,6 +448,8 @@ def verify(
         + (f"; not verified yet: {missing}" if missing else ""),
         highlight=False,
     )
+    for number in missing:
+        console.print(f"trial {number}: {result.why_not.get(number, 'not started')}", highlight=False)
 
 
 @app.command()

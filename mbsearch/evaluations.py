@@ -50,13 +50,39 @@ def stored(study: optuna.Study, tag: str | None = None) -> dict[str, dict[int, d
     return found
 
 
+def _dead_here(worker: Any) -> bool:
+    """Whether `worker` (host:pid) was a process of this host that no longer runs."""
+    host, _, pid = str(worker).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def holder(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> str | None:
+    """Who holds the claim on an unfinished evaluation, and until when, or None when nobody live does."""
+    current = study.user_attrs.get(_key(tag, number))
+    if not isinstance(current, dict) or "accuracy" in current or current.get("released"):
+        return None
+    until = float(current.get("claimed_at", 0)) + grace_seconds
+    if until <= time.time() or _dead_here(current.get("worker")):
+        return None
+    return f"held by {current.get('worker')} until {time.strftime('%H:%M:%S', time.localtime(until))}"
+
+
 def claim(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> bool:
-    """Claim an evaluation for this process; False when it is done or another live worker holds it."""
+    """Claim an evaluation for this process; False when it is done or another live worker holds it. A
+    claim of a process of this host that has died is taken at once, not after the grace period."""
     current = study.user_attrs.get(_key(tag, number))
     if isinstance(current, dict):
         if "accuracy" in current:
             return False
-        if current.get("worker") != _worker() and time.time() - float(current.get("claimed_at", 0)) < grace_seconds:
+        if current.get("worker") != _worker() and holder(study, tag, number, grace_seconds) is not None:
             return False
     study.set_user_attr(_key(tag, number), {"worker": _worker(), "claimed_at": time.time()})
     return True

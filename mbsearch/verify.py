@@ -9,7 +9,7 @@ an interrupted verify resumes, and several processes or machines share the work 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import optuna
 
@@ -33,6 +33,7 @@ class VerifyResult:
     verified: dict[int, float]  # trial number -> verified accuracy (this run's and earlier runs')
     tau: float | None  # proxy vs verified, over the verified trials
     budget: Budget
+    why_not: dict[int, str] = field(default_factory=dict)  # unverified trial -> why: failed, or held by whom
 
 
 def choose(frame, top: int) -> list[int]:
@@ -85,7 +86,16 @@ def run_verify(
             )
             if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)
-    return summarize(study, finished.frame, chosen, budget)
+    result = summarize(study, finished.frame, chosen, budget)
+    records = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    for number in chosen:
+        if number in result.verified:
+            continue
+        failed = records.get(number, {}).get("failed")
+        reason = f"failed ({failed})" if failed else evaluations.holder(study, VERIFY_TAG, number, grace_seconds)
+        if reason is not None:
+            result.why_not[number] = reason
+    return result
 
 
 def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> VerifyResult:

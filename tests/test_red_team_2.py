@@ -421,3 +421,72 @@ def test_a_token_the_user_chose_is_never_printed() -> None:
         process.kill()
         process.wait()
     assert lines[2].startswith("token ") and not any(chosen in line for line in lines), lines
+
+
+# --- verify: dead claims, targets first, Ctrl-C --------------------------------------------------------------
+
+VERIFY = ["--top", "1", "--epochs", "0.25", "--train-size", "256", "--threads", "1"]
+
+
+def _claim_front(runs, name, worker: str) -> list[int]:
+    import socket as sockets
+
+    from mbsearch.pareto import VERIFY_TAG
+    from mbsearch.studies import open_finished
+    from mbsearch.verify import choose
+
+    finished = open_finished(name, runs, None)
+    chosen = choose(finished.frame, 1)
+    for number in chosen:
+        finished.study.set_user_attr(
+            f"eval:{VERIFY_TAG}:{number}", {"worker": f"{sockets.gethostname()}:{worker}", "claimed_at": time.time()}
+        )
+    return chosen
+
+
+def test_verify_takes_over_a_claim_of_a_dead_process_at_once(runner, tiny_study, tmp_path) -> None:
+    import subprocess
+
+    runs, name = _copy_study(tiny_study, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    chosen = _claim_front(runs, name, str(dead.pid))
+    result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), *VERIFY])
+    assert result.exit_code == 0, result.output
+    assert "not verified yet" not in result.output and f"trial {chosen[0]}: verified accuracy" in result.output
+
+
+def test_verify_says_who_holds_a_live_claim_and_until_when(runner, tiny_study, tmp_path) -> None:
+    runs, name = _copy_study(tiny_study, tmp_path)
+    chosen = _claim_front(runs, name, "1")  # pid 1 lives as long as the machine
+    result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), *VERIFY])
+    assert result.exit_code == 0, result.output
+    assert f"trial {chosen[0]}: held by " in result.output and " until " in result.output
+
+
+def test_verify_opens_its_target_before_any_training(runner, tiny_study, tmp_path) -> None:
+    runs, name = _copy_study(tiny_study, tmp_path)
+    result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), *VERIFY, "--target", "tpu"])
+    one_line(result, 2, "unknown target")
+    assert "verifying" not in result.output  # refused before the training started
+
+
+def test_verify_interrupted_says_how_to_resume(tiny_study, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    runs, name = _copy_study(tiny_study, tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mbsearch", "verify", name, "--runs-dir", str(runs), "--top", "2", "--epochs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # "verifying up to ...": training starts now
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
