@@ -150,7 +150,8 @@ class LutFile(pydantic.BaseModel):
     device: dict[str, Any]  # the device fingerprint's fields, as the target reported them
     created: str
     recipe: dict[str, int]
-    run_overhead_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]  # an empty session run: subtracted from every part, added once per network
+    # an empty session run: subtracted from every part, added once per network
+    run_overhead_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     network_overhead_ms: _Finite = 0.0  # median of (measured - sum of parts) on the calibration networks
     correction: Annotated[list[_Finite], Field(min_length=3, max_length=3)] | None = None  # a*sum + b*blocks + c
     use: Literal["sum", "corrected"] = "sum"
