@@ -490,3 +490,41 @@ def test_verify_interrupted_says_how_to_resume(tiny_study, tmp_path) -> None:
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
+
+
+# --- report --adapted: the file is validated as a model -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda a: a["metrics"].pop("start_latency_ms"), "metrics.start_latency_ms: missing required key"),
+        (lambda a: a["provenance"]["source_provenance"].update(trial=[0]), "source_provenance.trial"),
+        (lambda a: a["metrics"].update(latency_ms=-1.0), "metrics.latency_ms"),
+    ],
+)
+def test_report_validates_an_adapted_file_before_using_it(runner, tiny_study, tmp_path, change, expected) -> None:
+    runs, name = _copy_study(tiny_study, tmp_path)
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    data = arch.to_dict() | {
+        "provenance": {
+            "adapted_from": "knee.json",
+            "latency_target_ms": 0.5,
+            "source_provenance": {"study": name, "trial": 0},
+        },
+        "metrics": {
+            "latency_ms": 0.4,
+            "val_accuracy": 0.8,
+            "start_latency_ms": 0.6,
+            "start_val_accuracy": 0.81,
+            "params": 1000,
+        },
+    }
+    change(data)
+    path = tmp_path / "adapted.json"
+    path.write_text(json.dumps(data))
+    report = runs / name / "report.html"
+    before = report.stat().st_mtime if report.exists() else None
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(runs), "--no-baselines", "--adapted", str(path)])
+    one_line(result, 2, expected)
+    assert (report.stat().st_mtime if report.exists() else None) == before
