@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort
 
 from mbsearch.errors import BadInput, MbsearchError
+from mbsearch.files import describe_validation_error
 
 # A pipe or a test gets a wide table rather than folded cells.
 # markup=False: file names, study names and arch names are printed as given ('exp[v2]' stays as is,
@@ -45,11 +47,30 @@ class _OneLineErrors(TyperGroup):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except pydantic.ValidationError as exc:
+            # Our data types (arch, space, settings) are only ever built from what a user passed in
+            _fail(describe_validation_error(exc, exc.title), 2)
+        except OSError as exc:
+            _fail(_os_error_line(exc), 1)
         except Exception as exc:  # a bug or an unforeseen failure: still one line, unless asked for more
             if os.environ.get("MBSEARCH_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0] + " (MBSEARCH_DEBUG=1 shows more)", 1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """A failure of the disk or the terminal (full, read-only, gone) as one line that names the file."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else (" the output" if exc.errno in (errno.ENOSPC, errno.EPIPE) else "")
+    advice = {
+        errno.ENOSPC: "free some disk space",
+        errno.EROFS: "the file system is read-only; pick a writable place",
+        errno.EACCES: "check the permissions",
+        errno.EPIPE: "the output was closed",
+    }.get(exc.errno or 0, "check the file and the disk")
+    return f"cannot use{where}: {exc.strerror or exc}; {advice}"
 
 
 def _fail(message: str, code: int) -> None:

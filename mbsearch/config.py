@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import ConfigDict, Field, model_validator
 
+from mbsearch.errors import BadInput
 from mbsearch.train import Budget
 from mbsearch.urls import check_target_url
 
@@ -146,3 +147,26 @@ class RunConfig(pydantic.BaseModel):
 
     def identity(self) -> dict:
         return self.model_dump(mode="json", include=set(IDENTITY_KEYS))
+
+
+def check_stored_settings(stored: Any, source: str) -> dict[str, Any]:
+    """A study's stored settings, each checked against RunConfig's field (type and range): a study edited
+    or forged outside mbsearch is refused with one line, never read into a crash."""
+    if not isinstance(stored, dict):
+        raise BadInput(f"{source}: its stored mbsearch settings are not a mapping; it was changed outside mbsearch")
+    for key in IDENTITY_KEYS:
+        if key not in stored and RunConfig.model_fields[key].is_required():
+            raise BadInput(f"{source}: stored setting {key!r} is missing; it was changed outside mbsearch")
+    for key, value in stored.items():
+        field = RunConfig.model_fields.get(key)
+        if field is None:
+            continue  # a setting of another mbsearch version: not read
+        try:
+            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            pydantic.TypeAdapter(kind).validate_python(value)
+        except pydantic.ValidationError:
+            raise BadInput(
+                f"{source}: stored setting {key}={str(value)[:60]!r} is not a valid value; "
+                "the study was changed outside mbsearch"
+            ) from None
+    return stored

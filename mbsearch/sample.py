@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+import pydantic
 
 from mbsearch.arch import Arch, Block, InputSpec
+from mbsearch.errors import BadInput
+from mbsearch.files import describe_validation_error
 from mbsearch.rules import adapt_strides, scale_channels
 from mbsearch.space import CHOICE_KEYS, SearchSpace
 
@@ -66,6 +69,46 @@ def arch_from_decisions(
             }
         ),
     )
+
+
+def check_space_fits(
+    space: SearchSpace, input_size: int, channels: int, num_classes: int, what: str = "the dataset"
+) -> None:
+    """Refuse, before a study exists, a space or input whose architectures the arch format cannot hold: the
+    widest and deepest choice of every stage is laid out at this input and validated."""
+    from mbsearch.model import MAX_PARAMS, estimate_params
+
+    if not 8 <= input_size <= 1024:
+        raise BadInput(
+            f"{what} has {input_size}x{input_size} images; mbsearch lays out networks for 8 to 1024 pixels: "
+            "pass --input-size (e.g. 32 or 224)"
+        )
+    widest = max(space.width)
+    decisions = []
+    for index in range(len(space.stages)):
+        choices = space.stage_choices(index)
+        decisions.append(
+            {
+                "block": "ir" if "ir" in choices.block else choices.block[0],
+                "kernel": max(choices.kernel),
+                "expand": max(choices.expand),
+                "se": max(choices.se),
+                "act": choices.act[0],
+                "depth": max(choices.depth),
+            }
+        )
+    try:
+        largest = arch_from_decisions(space, widest, decisions, input_size, channels, num_classes)
+    except pydantic.ValidationError as exc:
+        raise BadInput(
+            describe_validation_error(exc, f"space {space.name} at {channels}x{input_size}x{input_size}")
+            + "; narrow the space or its width choices"
+        ) from None
+    if estimate_params(largest) > MAX_PARAMS:
+        raise BadInput(
+            f"space {space.name}: its largest network has about {estimate_params(largest):,} parameters, over the "
+            f"{MAX_PARAMS:,} mbsearch builds; narrow the space"
+        )
 
 
 def sample_arch(

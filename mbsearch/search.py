@@ -30,6 +30,7 @@ from mbsearch.latency import LatencyCache, Target, open_target
 from mbsearch.objective import Objective, complete_and_running
 from mbsearch.pareto import decision_front, trials_frame
 from mbsearch.rungs import Promoter
+from mbsearch.sample import check_space_fits
 from mbsearch.space import SearchSpace, load_space
 from mbsearch.storage import default_url, open_storage, redact
 
@@ -101,6 +102,9 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
             f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
             f"after the validation split; lower it or --val-size"
         )
+    check_space_fits(space, data.size, data.channels, data.num_classes)
+    if config.latency_input_size is not None:
+        check_space_fits(space, config.latency_input_size, data.channels, data.num_classes, "--latency-input-size")
     if config.latency == "predicted":
         target.check_covers(  # type: ignore[attr-defined]
             space, config.latency_input_size or data.size, data.channels, data.num_classes

@@ -78,8 +78,8 @@ def _check_sqlite_file(url: str) -> None:
             ) from None
     else:
         folder = path.parent
-        while not folder.exists():
-            folder = folder.parent
+        if not folder.is_dir():  # SQLite creates the file, never its folder
+            raise BadInput(f"cannot create {path}: the folder {folder} does not exist; create it or fix --storage")
         if not os.access(folder, os.W_OK):
             raise BadInput(f"cannot create {path}: {folder} is not writable; pick another --runs-dir")
 
@@ -163,9 +163,10 @@ def open_storage(
     except sqlalchemy.exc.DatabaseError as exc:
         reason = scrub(str(exc.orig).splitlines()[0], url)
         raise BadInput(f"storage {redact(url)} is not a usable database: {reason}") from None
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # SQLAlchemy's missing module, or Optuna's "Failed to import DB access module"
+        driver = f" {exc.name!r}" if exc.name else ""
         raise BadInput(
-            f"storage {redact(url)} needs the Python driver {exc.name!r}, which is not installed; "
+            f"storage {redact(url)} needs a Python database driver{driver} that is not installed; "
             "install it, or use sqlite:/// or postgresql://"
         ) from None
     except RuntimeError as exc:  # Optuna: the tables were made by another Optuna version

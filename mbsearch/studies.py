@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 
 from mbsearch.arch import Arch
+from mbsearch.config import check_stored_settings
 from mbsearch.errors import BadInput
 from mbsearch.pareto import decision_front, pareto_front, trials_frame
 from mbsearch.storage import default_url, load_study
@@ -48,6 +49,7 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
     settings = study.user_attrs.get("mbsearch_config")
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
+    settings = check_stored_settings(settings, f"study {name!r}")
     decision, basis = decision_front(frame)
     return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame), decision, basis)
 

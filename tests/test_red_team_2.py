@@ -528,3 +528,63 @@ def test_report_validates_an_adapted_file_before_using_it(runner, tiny_study, tm
     result = runner.invoke(app, ["report", name, "--runs-dir", str(runs), "--no-baselines", "--adapted", str(path)])
     one_line(result, 2, expected)
     assert (report.stat().st_mtime if report.exists() else None) == before
+
+
+# --- still open from round one: limits checked before a study exists, clear causes instead of internal errors
+
+
+def test_a_space_too_wide_for_the_arch_limits_is_refused_before_the_study(runner, tmp_path) -> None:
+    from mbsearch.space import SPACES_DIR
+
+    text = (SPACES_DIR / "v1.yaml").read_text().replace("width: [0.5, 0.75, 1.0]", "width: [4.0]")
+    text = text.replace("{out: 512, stride: 2}", "{out: 8000, stride: 2}")
+    space = tmp_path / "wide.yaml"
+    space.write_text(text)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["run", "--space", str(space), "--runs-dir", str(runs), "--trials", "1"])
+    one_line(result, 2, "narrow the space")
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_images_too_small_or_large_to_lay_out_are_refused() -> None:
+    from mbsearch.errors import BadInput
+    from mbsearch.sample import check_space_fits
+    from mbsearch.space import load_space
+
+    for size in (4, 1100):
+        with pytest.raises(BadInput, match=f"{size}x{size} images"):
+            check_space_fits(load_space("v3"), size, 1, 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["show", "mobilenet_v3_large", "--classes", "1000000"], 2, "num_classes"),
+        (["run", "--storage", "mysql://u@127.0.0.1/db", "--trials", "1"], 2, "database driver"),
+        (["run", "--storage", "sqlite:////nonexistent-dir/x/study.db", "--trials", "1"], 2, "does not exist"),
+    ],
+)
+def test_clear_causes_are_named_not_internal_errors(runner, tmp_path, args, code: int, expected: str) -> None:
+    one_line(runner.invoke(app, [*args, "--runs-dir", str(tmp_path)] if args[0] == "run" else args), code, expected)
+
+
+def test_forged_stored_settings_are_refused(runner, tiny_study, tmp_path) -> None:
+    from mbsearch.studies import open_finished
+
+    runs, name = _copy_study(tiny_study, tmp_path)
+    study = open_finished(name, runs, None).study
+    study.set_user_attr("mbsearch_config", study.user_attrs["mbsearch_config"] | {"threads": "many"})
+    result = runner.invoke(app, ["export", name, "--runs-dir", str(runs), "-o", str(tmp_path / "x.json")])
+    one_line(result, 2, "stored setting threads")
+
+
+def test_a_full_stdout_is_one_line() -> None:
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "mbsearch", "sample", "--space", "v3"], stdout=full, stderr=subprocess.PIPE
+        )
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "No space left" in lines[0], done.stderr
