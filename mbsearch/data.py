@@ -169,6 +169,10 @@ def _read_folder(root: Path, split: str, size: int, channels: int) -> tuple[np.n
                 with Image.open(file) as image:
                     image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
                     array = np.asarray(image, dtype=np.uint8)
+            except Image.DecompressionBombError:
+                raise BadInput(
+                    f"{file}: declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); remove it"
+                ) from None
             except (OSError, UnidentifiedImageError):
                 raise BadInput(f"{file}: not a readable image; remove it or fix the file") from None
             images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))

@@ -588,3 +588,14 @@ def test_a_full_stdout_is_one_line() -> None:
         )
     lines = done.stderr.decode().strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "No space left" in lines[0], done.stderr
+
+
+def test_a_decompression_bomb_in_a_folder_is_named(runner, tmp_path) -> None:
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("L", (32, 32)).save(tmp_path / "data" / name / "ok.png")
+    Image.new("1", (20000, 20000)).save(tmp_path / "data" / "b" / "bomb.png")  # 400M pixels, a few KB on disk
+    args = ["run", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "r")]
+    one_line(runner.invoke(app, args), 2, "bomb.png: declares over")
