@@ -20,6 +20,7 @@ from mbsearch.evaluate import evaluate
 from mbsearch.files import write_atomic
 from mbsearch.latency import LatencyCache, Target, deployed, measure_cached, open_target
 from mbsearch.model import build_model
+from mbsearch.pareto import dominates
 from mbsearch.train import Budget, Diverged
 from mbsearch.zoo import reference_arch, reference_names
 
@@ -43,6 +44,8 @@ def _cache_key(settings: dict[str, Any], name: str, device: str) -> str:
         "latency_input_size",
     ]
     described = ",".join(f"{key}={settings.get(key)}" for key in fields)
+    if settings.get("train_seed") is not None:  # a verification's seed (keys of proxy baselines unchanged)
+        described += f",train_seed={settings['train_seed']}"
     return f"{device}|{described}|{name}"
 
 
@@ -88,12 +91,15 @@ def baseline_frame(
                 arch = reference_arch(
                     name, settings.get("latency_input_size") or data.size, data.channels, data.num_classes
                 )
-                torch.manual_seed(settings.get("seed", 0))
+                # The trials' seed rule: the proxy seed, or a verification's own (`train_seed`); the study's
+                # seed still fixes the validation split (load_study_data).
+                train_seed = settings.get("train_seed", settings.get("seed", 0))
+                torch.manual_seed(train_seed)
                 model = build_model(arch)
                 stats, _ = measure_cached(model, arch, latency_cache, target)
                 try:
                     trained = deployed(arch, data.size)
-                    accuracy = evaluate(trained, data, budget, settings.get("seed", 0), model=model).accuracy
+                    accuracy = evaluate(trained, data, budget, train_seed, model=model).accuracy
                 except Diverged:
                     accuracy = float("nan")
                 cache[_cache_key(settings, name, device)] = {
@@ -121,17 +127,15 @@ def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
     for base in baselines.itertuples():
         no_slower = front[front["latency_ms"] <= base.latency_ms]
         no_worse = front[front["val_accuracy"] >= base.val_accuracy]
-        dominated = bool(
-            (
-                (front["latency_ms"] <= base.latency_ms)
-                & (front["val_accuracy"] >= base.val_accuracy)
-                & ((front["latency_ms"] < base.latency_ms) | (front["val_accuracy"] > base.val_accuracy))
-            ).any()
+        dominated = any(
+            dominates(point.val_accuracy, point.latency_ms, base.val_accuracy, base.latency_ms)
+            for point in front.itertuples()
         )
         rows.append(
             {
                 "name": base.name,
                 "dominated": dominated,
+                # signed: a negative gain says by how much the best no-slower front point falls short
                 "accuracy_gain": float((no_slower["val_accuracy"].max() - base.val_accuracy) * 100)
                 if not no_slower.empty
                 else None,

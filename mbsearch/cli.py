@@ -304,7 +304,7 @@ def _print_front(front, basis: str = "proxy") -> None:
         "params",
         "MMACs",
         "blocks",
-        title=f"Pareto front: {len(front)} point(s)" + ("" if basis == "proxy" else f", accuracy at {basis}"),
+        title=f"Pareto front: {len(front)} point(s)" + _basis_note(basis),
     )
     for row in front.itertuples():
         table.add_row(
@@ -317,6 +317,14 @@ def _print_front(front, basis: str = "proxy") -> None:
             _short_blocks(row.blocks),
         )
     console.print(table)
+
+
+def _basis_note(basis: str) -> str:
+    from mbsearch.pareto import MULTI_FIDELITY
+
+    if basis == MULTI_FIDELITY:
+        return ", accuracy at each trial's highest rung (dominance judged at the highest rung a pair shares)"
+    return "" if basis == "proxy" else f", accuracy at {basis}"
 
 
 def _short_blocks(blocks: str) -> str:
@@ -375,9 +383,10 @@ def report(
 
         frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress, target=target)
         if verify_budget and verified_any:
-            # The baselines at the verification budget, so that dominance is judged on equal terms.
+            # The baselines at the verification budget and seed rule, so that dominance is judged on equal terms.
             keys = ("epochs", "train_size", "batch_size", "lr")
             verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
+            verified_settings["train_seed"] = verify_budget.get("seed")
             verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress, target=target)
     path = write_report(finished, frame, verify_budget, verified_frame, adapted_points)
     console.print(f"wrote {path}", highlight=False)
@@ -393,7 +402,15 @@ def verify(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Local processes sharing the work.")] = 1,
     threads: Annotated[int | None, typer.Option(min=1, max=256, help="Training threads per process.")] = None,
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the verification training.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=2**32 - 1,
+            help="Seed the verification's training seed is derived from (default: "
+            "the study's); never the proxy's own seed.",
+        ),
+    ] = None,
     runs_dir: RunsDir = Path("runs"),
     storage: Storage = None,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,

@@ -7,6 +7,7 @@ nothing of Optuna.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,16 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def derived_seed(seed: int, tag: str) -> int:
+    """The seed of an evaluation tagged `tag` ("rung1", "verify", "reference") of a study seeded `seed`.
+
+    The proxy training uses `seed` itself; every other evaluation of the same architecture gets a seed of its
+    own, derived here, so that two evaluations that are compared never start from the same initial weights
+    or see the same first batches by accident (that inflates every rank correlation between them)."""
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{tag}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+    return value if value != seed else value ^ 1
 
 
 def evaluate(

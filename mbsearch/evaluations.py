@@ -6,22 +6,20 @@ keyed by trial number and a tag, because Optuna freezes a finished trial. They l
 as the trials (SQLite or PostgreSQL), so they resume and are shared by every worker. A promoted or
 verified trial keeps its number, and the count of trials never changes.
 
-Claims keep two workers from doing the same evaluation: a worker writes a claim before it trains, and a
-claim older than its grace period (a worker that died) may be taken over. Writes are last-writer-wins,
-so two workers racing for one claim may both train it once; neither result is wrong.
+Claims keep two workers from doing the same evaluation (claims.py): taking one is atomic on SQLite and
+PostgreSQL, it is renewed by a heartbeat while its training runs, and it is taken over only when its worker
+has stopped (no heartbeat for the grace period, or a dead process on this host).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 
-from mbsearch import interrupts
+from mbsearch import claims, interrupts
 from mbsearch.arch import Arch
 from mbsearch.data import Dataset
 from mbsearch.evaluate import Evaluation, evaluate
@@ -32,10 +30,6 @@ _PREFIX = "eval"
 
 def _key(tag: str, number: int) -> str:
     return f"{_PREFIX}:{tag}:{number}"
-
-
-def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def stored(study: optuna.Study, tag: str | None = None) -> dict[str, dict[int, dict[str, Any]]]:
@@ -50,59 +44,37 @@ def stored(study: optuna.Study, tag: str | None = None) -> dict[str, dict[int, d
     return found
 
 
-def _dead_here(worker: Any) -> bool:
-    """Whether `worker` (host:pid) was a process of this host that no longer runs."""
-    host, _, pid = str(worker).rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def holder(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> str | None:
     """Who holds the claim on an unfinished evaluation, and until when, or None when nobody live does."""
-    current = study.user_attrs.get(_key(tag, number))
-    if not isinstance(current, dict) or "accuracy" in current or current.get("released"):
+    current = claims.read(study, tag, number)
+    if current is None or not claims.is_live(current, grace_seconds):
         return None
-    until = float(current.get("claimed_at", 0)) + grace_seconds
-    if until <= time.time() or _dead_here(current.get("worker")):
-        return None
-    return f"held by {current.get('worker')} until {time.strftime('%H:%M:%S', time.localtime(until))}"
+    until = time.strftime("%H:%M:%S", time.localtime(current.heartbeat + grace_seconds))
+    return f"held by {current.worker} until {until} unless renewed"
 
 
 def claim(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> bool:
-    """Claim an evaluation for this process; False when it is done or another live worker holds it. A
-    claim of a process of this host that has died is taken at once, not after the grace period."""
-    current = study.user_attrs.get(_key(tag, number))
-    if isinstance(current, dict):
-        if "accuracy" in current:
-            return False
-        if current.get("worker") != _worker() and holder(study, tag, number, grace_seconds) is not None:
-            return False
-    study.set_user_attr(_key(tag, number), {"worker": _worker(), "claimed_at": time.time()})
-    return True
+    """Claim an evaluation for this process: False when it is done or another live worker holds it. Atomic
+    (claims.take): however many workers race, one wins. A dead process's claim on this host is taken at once."""
+    done = study.user_attrs.get(_key(tag, number))
+    if isinstance(done, dict) and "accuracy" in done:
+        return False
+    return claims.take(study, tag, number, grace_seconds)
 
 
 def release(study: optuna.Study, tag: str, number: int) -> None:
     """Give a claim back (after an interruption), so that a rerun does the evaluation at once."""
-    current = study.user_attrs.get(_key(tag, number))
-    if isinstance(current, dict) and "accuracy" not in current:
-        study.set_user_attr(_key(tag, number), {"released": True, "claimed_at": 0})
+    claims.release(study, tag, number)
 
 
 def store(study: optuna.Study, tag: str, number: int, evaluation: Evaluation) -> None:
-    record = evaluation.to_dict() | {"worker": _worker(), "finished_at": time.time()}
+    record = evaluation.to_dict() | {"worker": claims.worker_id(), "finished_at": time.time()}
     study.set_user_attr(_key(tag, number), record)
 
 
 def store_failure(study: optuna.Study, tag: str, number: int, reason: str) -> None:
     """A diverged evaluation: recorded (accuracy None) so that it is not retried forever."""
-    study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, "worker": _worker()})
+    study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, "worker": claims.worker_id()})
 
 
 def evaluate_claimed(
@@ -124,13 +96,15 @@ def evaluate_claimed(
     if on_start:
         on_start()
     try:
-        with interrupts.interruptible():
+        with claims.heartbeat(study, tag, number, grace_seconds), interrupts.interruptible():
             result = evaluate(arch, data, budget, seed)
     except Diverged as exc:
         store_failure(study, tag, number, f"diverged: {exc}")
+        release(study, tag, number)
         return f"diverged: {exc}"
     except BaseException:
         release(study, tag, number)
         raise
     store(study, tag, number, result)
+    release(study, tag, number)
     return result

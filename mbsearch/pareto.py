@@ -93,27 +93,64 @@ def _accuracy(record: dict | None) -> float:
     return float(value) if value is not None else float("nan")
 
 
+MULTI_FIDELITY = "multi-fidelity"  # the basis of a front judged at the highest rung each pair shares
+
+
 def decision_front(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The front decisions use, and which accuracy it rests on: verified where any trial was verified,
-    else the highest multi-fidelity rung reached, else the proxy. `val_accuracy` holds that accuracy."""
+    """The front decisions use (run's table, pareto.csv, export, verify, report), and what it rests on:
+    verified accuracy where any trial was verified; else, where any trial was promoted, the multi-fidelity
+    rule (`dominates_at_shared_rung`), with `val_accuracy` holding each trial's highest-rung accuracy; else
+    the proxy."""
     if frame.empty:
         return pareto_front(frame), "proxy"
     if frame["verified_accuracy"].notna().any():
         pool = frame[frame["verified_accuracy"].notna()].assign(val_accuracy=frame["verified_accuracy"])
         return pareto_front(pool), "verified"
-    top = int(frame["rung"].max())
-    if top > 0:
-        pool = frame[frame["rung"] == top].assign(val_accuracy=frame["rung_accuracy"])
-        return pareto_front(pool), f"rung {top}"
+    if int(frame["rung"].max()) > 0:
+        pool = candidates(frame)
+        front = pool[multi_fidelity_mask(pool)].assign(val_accuracy=pool["rung_accuracy"])
+        return front.sort_values("latency_ms").reset_index(drop=True), MULTI_FIDELITY
     return pareto_front(frame), "proxy"
 
 
-def nondominated_layers(frame: pd.DataFrame) -> list[pd.DataFrame]:
-    """Non-dominated sorting of the front candidates: the front, then the front of the rest, and so on."""
+def dominates(accuracy_a: float, latency_a: float, accuracy_b: float, latency_b: float) -> bool:
+    """Pareto dominance, the one rule every front uses: A is at least as accurate and at most as slow as B,
+    and strictly better in one."""
+    return accuracy_a >= accuracy_b and latency_a <= latency_b and (accuracy_a > accuracy_b or latency_a < latency_b)
+
+
+def dominates_at_shared_rung(a: pd.Series, b: pd.Series) -> bool:
+    """Multi-fidelity dominance: A dominates B when it does at the highest rung both reached. Unpromoted
+    trials are so compared on their proxy accuracy, promoted ones on their more trustworthy accuracy, and a
+    trial is dropped only by evidence at least as good as its own is compared with."""
+    shared = set(a["rung_accuracies"]) & set(b["rung_accuracies"])
+    if not shared:
+        return False
+    level = max(shared)
+    return dominates(a["rung_accuracies"][level], a["latency_ms"], b["rung_accuracies"][level], b["latency_ms"])
+
+
+def multi_fidelity_mask(pool: pd.DataFrame) -> np.ndarray:
+    """True where no other trial dominates at the highest rung the two share."""
+    rows = [row for _, row in pool.iterrows()]
+    return np.array(
+        [not any(dominates_at_shared_rung(other, row) for other in rows if other is not row) for row in rows],
+        dtype=bool,
+    )
+
+
+def nondominated_layers(frame: pd.DataFrame, multi_fidelity: bool = False) -> list[pd.DataFrame]:
+    """Non-dominated sorting of the front candidates: the front, then the front of the rest, and so on.
+    On `val_accuracy` as given (a rung's ranking), or, with `multi_fidelity` where trials were promoted, by
+    the multi-fidelity rule, whose first layer is the decision front."""
     pool = candidates(frame)
+    promoted = multi_fidelity and not pool.empty and "rung" in pool and int(pool["rung"].max()) > 0
     layers = []
     while not pool.empty:
-        mask = pareto_mask(pool["val_accuracy"].to_numpy(float), pool["latency_ms"].to_numpy(float))
+        if promoted:
+            mask = multi_fidelity_mask(pool)
+        else:
+            mask = pareto_mask(pool["val_accuracy"].to_numpy(float), pool["latency_ms"].to_numpy(float))
         layers.append(pool[mask].sort_values("latency_ms"))
         pool = pool[~mask]
     return layers

@@ -21,6 +21,7 @@ from mbsearch import evaluations
 from mbsearch.arch import Arch
 from mbsearch.config import RunConfig
 from mbsearch.data import Dataset
+from mbsearch.evaluate import derived_seed
 from mbsearch.pareto import candidates, pareto_ranking, rung_tag, trials_frame
 from mbsearch.train import Budget
 
@@ -98,7 +99,7 @@ class Promoter:
             arch = Arch.from_dict(study.trials[number].user_attrs["arch"], f"trial {number}")
             budget = self.budget(rung)
             result = evaluations.evaluate_claimed(
-                study, rung_tag(rung), number, arch, self.data, budget, self.config.seed,
+                study, rung_tag(rung), number, arch, self.data, budget, derived_seed(self.config.seed, rung_tag(rung)),
                 grace_seconds=self.config.grace_period * 20,
             )  # fmt: skip
             if result is None:

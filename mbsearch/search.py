@@ -57,7 +57,7 @@ class SearchResult:
     front: pd.DataFrame
     study_dir: Path
     timed_out: bool
-    basis: str = "proxy"  # what the front's accuracy rests on: proxy, "rung N" or verified
+    basis: str = "proxy"  # what the front rests on: proxy, "multi-fidelity" or verified
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:

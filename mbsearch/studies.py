@@ -12,7 +12,7 @@ import pandas as pd
 from mbsearch.arch import Arch
 from mbsearch.config import check_stored_settings
 from mbsearch.errors import BadInput
-from mbsearch.pareto import decision_front, pareto_front, trials_frame
+from mbsearch.pareto import decision_front, trials_frame
 from mbsearch.storage import default_url, load_study
 
 
@@ -22,9 +22,9 @@ class FinishedStudy:
     study_dir: Path
     settings: dict[str, Any]  # the RunConfig identity stored by `mbsearch run`
     frame: pd.DataFrame
-    front: pd.DataFrame  # the proxy front (the trials' own values)
+    front: pd.DataFrame  # the searched front the report draws: multi-fidelity where trials were promoted, else proxy
     decision: pd.DataFrame  # the front decisions use: verified, else highest rung, else proxy
-    basis: str  # "verified", "rung N" or "proxy": what `decision` rests on
+    basis: str  # "verified", "multi-fidelity" or "proxy": what `decision` rests on
 
     def arch(self, number: int) -> Arch:
         return Arch.from_dict(self.study.trials[number].user_attrs["arch"], f"trial {number}")
@@ -51,7 +51,8 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
     settings = check_stored_settings(settings, f"study {name!r}")
     decision, basis = decision_front(frame)
-    return FinishedStudy(study, study_dir, settings, frame, pareto_front(frame), decision, basis)
+    searched = decision_front(frame.assign(verified_accuracy=float("nan")))[0]  # the one rule, before verify
+    return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)
 
 
 def study_target(finished: FinishedStudy, token: str | None = None):

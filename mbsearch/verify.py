@@ -16,7 +16,7 @@ import optuna
 from mbsearch import evaluations, interrupts
 from mbsearch.data import Dataset, load_study_data
 from mbsearch.errors import BadInput
-from mbsearch.evaluate import Evaluation
+from mbsearch.evaluate import Evaluation, derived_seed
 from mbsearch.pareto import VERIFY_TAG, nondominated_layers
 from mbsearch.ranking import kendall_tau
 from mbsearch.studies import FinishedStudy
@@ -39,7 +39,7 @@ class VerifyResult:
 def choose(frame, top: int) -> list[int]:
     """The front, then the next non-dominated layers, until at least `top` trials (whole layers)."""
     chosen: list[int] = []
-    for layer in nondominated_layers(frame):
+    for layer in nondominated_layers(frame, multi_fidelity=True):  # the decision front first, as export
         if chosen and len(chosen) >= top:
             break
         chosen += [int(n) for n in layer["number"]]
@@ -56,23 +56,36 @@ def study_data(finished: FinishedStudy, data_dir) -> Dataset:
     return load_study_data(finished.settings, data_dir)
 
 
+def verification_seed(finished: FinishedStudy, seed: int | None = None) -> int:
+    """The seed verification trains with: derived from `seed`, or from the study's seed, apart from it."""
+    return derived_seed(int(finished.settings.get("seed", 0)) if seed is None else seed, VERIFY_TAG)
+
+
 def run_verify(
     finished: FinishedStudy,
     data: Dataset,
     budget: Budget,
     top: int,
-    seed: int = 0,
+    seed: int | None = None,
     grace_seconds: float = 600,
     on_event: Callable[[str, int, float | None], None] | None = None,
 ) -> VerifyResult:
-    """Verify the chosen trials not verified yet at this budget; return every verified accuracy."""
+    """Verify the chosen trials not verified yet at this budget; return every verified accuracy. The
+    training seed is derived from `seed` (default: the study's), never the proxy's own seed."""
     study = finished.study
-    stored_budget = study.user_attrs.get(BUDGET_ATTR)
-    if stored_budget is None:
-        study.set_user_attr(BUDGET_ATTR, asdict(budget))
-    elif stored_budget != asdict(budget):
+    seed = verification_seed(finished, seed)
+    recipe = asdict(budget) | {"seed": seed}
+    stored = study.user_attrs.get(BUDGET_ATTR)
+    if stored is None:
+        study.set_user_attr(BUDGET_ATTR, recipe)
+    elif {k: v for k, v in stored.items() if k != "seed"} != asdict(budget):
         raise BadInput(
-            f"study {study.study_name!r} was verified with {stored_budget}; rerun with the same --epochs/--train-size"
+            f"study {study.study_name!r} was verified with {stored}; rerun with the same --epochs/--train-size"
+        )
+    elif stored.get("seed", seed) != seed:
+        raise BadInput(
+            f"study {study.study_name!r} was verified with training seed {stored['seed']}; rerun with the --seed "
+            "it was verified with (results of two seeds are never mixed)"
         )
     chosen = choose(finished.frame, top)
     done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
@@ -115,7 +128,7 @@ def verify_worker(
     epochs: float,
     train_size: int | None,
     top: int,
-    seed: int,
+    seed: int | None,
     threads: int,
     worker: int,
 ) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from mbsearch.arch import Arch
 from mbsearch.cli import app
 from mbsearch.model import build_model
 from mbsearch.zoo import reference_arch
+from tests.test_red_team import _copy_study
 
 
 def one_line(result, code: int, expected: str) -> str:
@@ -27,13 +27,6 @@ def one_line(result, code: int, expected: str) -> str:
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.output and "internal error" not in result.output
     return lines[0]
-
-
-def _copy_study(tiny_study, tmp_path):
-    runs, name, _ = tiny_study
-    copy = tmp_path / "runs"
-    shutil.copytree(runs / name, copy / name)
-    return copy, name
 
 
 # --- data loss: one output rule (files.check_outputs / check_output_folder) ---------------------------
@@ -431,16 +424,17 @@ VERIFY = ["--top", "1", "--epochs", "0.25", "--train-size", "256", "--threads", 
 def _claim_front(runs, name, worker: str) -> list[int]:
     import socket as sockets
 
+    from mbsearch import claims
     from mbsearch.pareto import VERIFY_TAG
     from mbsearch.studies import open_finished
     from mbsearch.verify import choose
 
     finished = open_finished(name, runs, None)
     chosen = choose(finished.frame, 1)
-    for number in chosen:
-        finished.study.set_user_attr(
-            f"eval:{VERIFY_TAG}:{number}", {"worker": f"{sockets.gethostname()}:{worker}", "claimed_at": time.time()}
-        )
+    with claims._engine(finished.study).begin() as connection:
+        for number in chosen:
+            row = {"study": name, "tag": VERIFY_TAG, "number": number, "heartbeat": time.time()}
+            connection.execute(claims.CLAIMS.insert().values(worker=f"{sockets.gethostname()}:{worker}", **row))
     return chosen
 
 

@@ -120,6 +120,15 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     assert result.exit_code == 0, result.output
     page = (copy / name / "report.html").read_text()
     assert 'id="verified-plot"' in page and "Kendall τ between proxy and verified" in page
+    # Issue 17: what was verified leads the page, the proxy's view follows and says it is the proxy's
+    assert page.index("Verified front (the longer training)") < page.index('id="verified-plot"')
+    assert page.index('id="verified-plot"') < page.index('id="pareto-plot"')
+    assert page.index("Proxy front (brief training") < page.index('id="pareto-plot"')
+    margins = compute(finished, None, budget, verified_baselines)
+    from mbsearch.report import render
+
+    page = render(margins)
+    assert "points at no more latency" in page and "95% sampling interval" in page
 
 
 def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_path) -> None:

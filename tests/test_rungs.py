@@ -8,7 +8,14 @@ import pytest
 
 from mbsearch.config import RunConfig
 from mbsearch.errors import BadInput
-from mbsearch.pareto import pareto_ranking, trials_frame
+from mbsearch.pareto import (
+    MULTI_FIDELITY,
+    decision_front,
+    dominates_at_shared_rung,
+    pareto_front,
+    pareto_ranking,
+    trials_frame,
+)
 from mbsearch.rungs import parse_rungs, promotable, rung_budget
 from mbsearch.search import run_search
 from mbsearch.train import Budget
@@ -80,8 +87,13 @@ def test_promoted_trials_keep_their_identity_and_counts_stay_exact_across_resume
     assert promotable(frame, 2, 2) == []
     for number, record in first.items():
         assert record["budget"]["train_size"] == 256  # rung multiplier 2 x 128 images
+        assert record["seed"] != 0  # never the proxy's seed: the promotion starts from other initial weights
         assert frame.loc[frame["number"] == number, "rung"].item() == 1
-    assert result.basis == "rung 1" and set(result.front["number"]) <= set(first)
+    assert result.basis == MULTI_FIDELITY
+    kept = trials_frame(study)
+    for number in set(kept["number"]) - set(result.front["number"]):  # every dropped trial: a reason at a shared rung
+        row = kept[kept["number"] == number].iloc[0]
+        assert any(dominates_at_shared_rung(other, row) for _, other in kept.iterrows() if other["number"] != number)
 
     resumed = run_search(_config(tmp_path, trials=6))
     study = resumed.study
@@ -111,7 +123,7 @@ def test_two_workers_on_postgres_promote_without_duplicates_and_reach_the_exact_
     assert len(study.get_trials(states=(COMPLETE,))) == 6
     records = _rung_records(study)
     assert len(records) >= 3 and all("accuracy" in r for r in records.values())
-    assert result.basis == "rung 1"
+    assert result.basis == MULTI_FIDELITY
 
 
 def test_bad_rungs_flag_is_one_line(runner, tmp_path) -> None:
@@ -121,3 +133,40 @@ def test_bad_rungs_flag_is_one_line(runner, tmp_path) -> None:
     assert result.exit_code == 2 and "--rungs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
     assert BadInput  # the CLI maps the validation error to BadInput (exit 2)
+
+
+def test_the_decision_front_keeps_rung0_points_no_higher_rung_beats() -> None:
+    """Issue 17's regression case: a 30-trial study with --rungs 1,3,9. After the first rung-2 evaluation
+    the old decision front kept only trials at the top rung (one point: the fastest, weakest network).
+    Now a trial is dropped only by a trial that dominates it at the highest rung both reached."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    latency = np.sort(rng.uniform(0.1, 1.0, 30))
+    accuracy = 0.5 + 0.3 * np.sqrt(latency) + rng.normal(0, 0.02, 30)  # a front with noise
+    frame = _frame(list(zip(accuracy.tolist(), latency.tolist(), strict=True)))
+    first = set(pareto_front(frame)["number"])
+    assert len(first) >= 5
+    # Promote: the fastest front point reaches rung 2 (as in the report), two others rung 1, with new accuracies.
+    fastest, *others = sorted(first)
+    promoted = {fastest: {1: accuracy[fastest] + 0.01, 2: accuracy[fastest] + 0.02}}
+    promoted |= {n: {1: accuracy[n] + 0.01} for n in others[:2]}
+    frame["rung_accuracies"] = [
+        r | promoted.get(n, {}) for n, r in zip(frame["number"], frame["rung_accuracies"], strict=True)
+    ]
+    frame["rung"] = [max(r) for r in frame["rung_accuracies"]]
+    frame["rung_accuracy"] = [r[max(r)] for r in frame["rung_accuracies"]]
+    frame["verified_accuracy"] = float("nan")
+    decision, basis = decision_front(frame)
+    assert basis == MULTI_FIDELITY
+    assert first - {fastest, *others[:2]} <= set(decision["number"])  # rung-0 points nothing beat are kept
+    assert len(decision) >= len(first) - 1
+    # And a promoted trial that does worse at its rung than another promoted one is dropped by that evidence.
+    a, b = others[0], others[1]
+    frame.loc[frame["number"] == b, "latency_ms"] = float(frame.loc[frame["number"] == a, "latency_ms"].iloc[0]) + 0.01
+    frame["rung_accuracies"] = [
+        r | ({1: promoted[a][1] - 0.05} if n == b else {})
+        for n, r in zip(frame["number"], frame["rung_accuracies"], strict=True)
+    ]
+    decision, _ = decision_front(frame)
+    assert b not in set(decision["number"])

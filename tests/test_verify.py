@@ -112,3 +112,17 @@ def test_verify_workers_share_the_work_on_postgres(postgres, runner, tmp_path) -
     assert {int(k.rsplit(":", 1)[1]) for k in records} == set(choose(finished.frame, 3))
     assert all("accuracy" in r for r in records.values())
     assert len(study.trials) == 4  # verification never adds trials
+
+
+def test_verification_never_shares_the_proxys_seed_and_never_mixes_seeds(runner, tiny_study, tmp_path) -> None:
+    """Issue 17: verify trained with --seed 0, the proxy's seed, so both started from the same weights."""
+    runs, name = _copy_study(tiny_study, tmp_path)
+    result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), *VERIFY])
+    assert result.exit_code == 0, result.output
+    proxy_seed = open_finished(name, runs, None).settings["seed"]
+    records = _records(runs, name)
+    assert records and all(r["seed"] != proxy_seed for r in records.values())
+    assert len({r["seed"] for r in records.values()}) == 1
+    again = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), *VERIFY, "--seed", "7"])
+    assert again.exit_code == 2 and "training seed" in again.stderr
+    assert _records(runs, name) == records  # nothing mixed in
