@@ -133,9 +133,7 @@ class Arch(_Data):
     metrics: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude_none=True)
-        data["format"] = self.written_format()
-        return data
+        return {"format": self.written_format()} | self.model_dump(mode="json", exclude_none=True)
 
     def written_format(self) -> str:
         """The oldest format that means this network: /3 where a `ds` sits where /1 would give it a shortcut
