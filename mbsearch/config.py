@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field, model_validator
 
+from mbsearch.data import DEFAULT_VAL_SIZE
 from mbsearch.errors import BadInput
 from mbsearch.train import Budget
 from mbsearch.urls import check_target_url
@@ -75,7 +76,7 @@ class RunConfig(pydantic.BaseModel):
     # The default proxy is the one benchmarks/fidelity.py chose: the cheapest budget with Kendall tau >= 0.7
     # against 1 epoch over 50,000 images, i.e. 1 epoch over 8,000 images (tau 0.73, where the old 4,000-image
     # proxy reached 0.55), scored on 10,000 validation images as in the benchmark. See benchmarks/README.md.
-    val_size: Annotated[int, Field(ge=1)] = 10000
+    val_size: Annotated[int, Field(ge=1)] = DEFAULT_VAL_SIZE
     epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
     train_size: Annotated[int, Field(ge=1)] = 8000
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64

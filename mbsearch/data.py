@@ -27,6 +27,7 @@ _FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 MAX_IDX_BYTES = 1 << 30  # Fashion-MNIST's largest file inflates to 47 MB
+DEFAULT_VAL_SIZE = 10_000  # validation images held out of the training set (the one default; RunConfig reads it)
 _RESIZE_CHUNK = 1000  # images resized at a time: the whole set in float32 at 224x224 would be ~12 GB
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -222,7 +223,7 @@ def load_dataset(
     data_dir: Path | None = None,
     input_size: int | None = None,
     channels: int | None = None,
-    val_size: int = 5000,
+    val_size: int = DEFAULT_VAL_SIZE,
     seed: int = 0,
 ) -> Dataset:
     """Train and validation splits: a fixed, seeded validation split carved from the training set."""

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mbsearch.config import RunConfig
+from mbsearch.pareto import dominates
 from mbsearch.storage import redact
 
 
@@ -18,9 +19,9 @@ class RunningFront:
         self.points: list[tuple[float, float]] = []
 
     def add(self, accuracy: float, latency_ms: float) -> None:
-        if any(a >= accuracy and lat <= latency_ms for a, lat in self.points):
+        if any(dominates(a, lat, accuracy, latency_ms) or (a, lat) == (accuracy, latency_ms) for a, lat in self.points):
             return  # dominated by (or equal to) a point already on the front
-        self.points = [(a, lat) for a, lat in self.points if not (accuracy >= a and latency_ms <= lat)]
+        self.points = [(a, lat) for a, lat in self.points if not dominates(accuracy, latency_ms, a, lat)]
         self.points.append((accuracy, latency_ms))
 
     @property

@@ -225,6 +225,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     url = config.storage or default_url(study_dir)
     study = create_study(config, url, worker_id)
     check_device(study, target)
+    previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
     objective = Objective(config, space, data, cache, target)
@@ -242,6 +243,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
         ) from None
     finally:
         cache.close()
+        torch.set_num_threads(previous_threads)
         if reporter:
             reporter.finish()
     frame, front, basis = write_outputs(study, study_dir)

@@ -25,3 +25,22 @@ def test_cost_export_and_storage_do_not_change_global_logging_or_warnings(tmp_pa
     open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=10, grace_period=30, max_retry=1)
     assert {name: logging.getLogger(name).level for name in loggers} == loggers
     assert list(warnings.filters) == filters
+
+
+def test_a_search_restores_the_callers_thread_count(tmp_path) -> None:
+    """Issue 18: run_search set torch's thread count for its training and left it changed."""
+    from mbsearch.config import RunConfig
+    from mbsearch.search import run_search
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before != 2 else 1)
+    expected = torch.get_num_threads()
+    try:
+        run_search(
+            RunConfig(
+                runs_dir=tmp_path, trials=1, sampler="random", train_size=64, val_size=64, epochs=0.5, train_threads=3
+            )
+        )
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
