@@ -5,7 +5,11 @@ The instrument behind the default proxy budget (benchmarks/README.md). Three ste
 
     python benchmarks/fidelity.py run --prefer reference &   # one process per core share the jobs:
     python benchmarks/fidelity.py run --prefer proxies &     #   long references, then the proxy grid
-    python benchmarks/fidelity.py table       # Kendall tau, Spearman rho, top-quartile overlap, seconds
+    python benchmarks/fidelity.py table       # Kendall tau with bootstrap 95% intervals, per panel
+
+Seeds never shared: proxies train with the search's seeds, the reference with seeds derived apart from them
+(twice per member, so its agreement with itself is measured, not simulated). `--front-study runs/STUDY`
+adds a second panel: near-equal networks from a real search's front region, reported separately.
 
 Data: Fashion-MNIST's training set split once (seed 0) into 50,000 training and 10,000 validation
 images. Every training here uses the training part only and is scored on the validation part; the
@@ -34,7 +38,7 @@ import torch
 
 from mbsearch.arch import Arch
 from mbsearch.data import Dataset, load_dataset
-from mbsearch.evaluate import evaluate
+from mbsearch.evaluate import derived_seed, evaluate
 from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau, spearman_rho, top_overlap
 from mbsearch.rules import scale_channels
@@ -44,8 +48,19 @@ from mbsearch.train import Budget, Diverged
 from mbsearch.zoo import reference_arch
 
 HERE = Path(__file__).resolve().parent
-REFERENCE_FILE = HERE / "fidelity_reference.json"
-PROXY_FILE = HERE / "fidelity_proxies.json"
+# Results of the recipe below (arch format /3, seeds disjoint between proxy and reference). The files of
+# 2026-11-23 (fidelity_reference.json, fidelity_proxies.json) hold the old ds meaning and shared seeds;
+# they are kept as the record behind the old table (`table --old`), never resumed into these.
+REFERENCE_FILE = HERE / "fidelity_reference_v2.json"
+PROXY_FILE = HERE / "fidelity_proxies_v2.json"
+OLD_FILES = (HERE / "fidelity_reference.json", HERE / "fidelity_proxies.json")
+# The reference trains with seeds of its own (never a proxy's), twice on every member, so that its
+# agreement with itself across seeds is measured on the whole panel instead of simulated.
+REFERENCE_SEEDS = (derived_seed(0, "reference"), derived_seed(1, "reference"))
+FRONT_MEMBERS = 12  # the second panel: near-equal networks from a real search's front region
+FRONT_LATENCY_BAND = 0.15  # +-15% of the knee's latency
+BOOTSTRAP = 2000
+MIN_INTERVAL_MEMBERS = 8  # below this a bootstrap interval of tau is meaningless; the table says so
 VAL_SIZE = 10_000
 SPLIT_SEED = 0
 SAMPLES_PER_WIDTH = 5  # v3 has four widths: 20 sampled members
@@ -136,11 +151,34 @@ def _train_one(arch: Arch, data: Dataset, budget: Budget, seed: int) -> dict:
     }
 
 
+def front_panel(study_dir: Path) -> dict[str, Arch]:
+    """The second panel: up to FRONT_MEMBERS distinct architectures of a finished search whose latency is
+    within FRONT_LATENCY_BAND of its knee's: near-equal networks, where a search must rank well."""
+    from mbsearch.pareto import knee
+    from mbsearch.studies import open_finished
+
+    finished = open_finished(study_dir.name, study_dir.parent, None)
+    front = finished.decision
+    target = float(front.iloc[knee(front)]["latency_ms"])
+    pool = finished.frame[finished.frame["state"] == "COMPLETE"].copy()
+    pool = pool[(pool["latency_ms"] - target).abs() <= FRONT_LATENCY_BAND * target]
+    pool = pool.assign(gap=(pool["latency_ms"] - target).abs()).sort_values("gap")
+    members: dict[str, Arch] = {}
+    seen: set[str] = set()
+    for number in pool["number"]:
+        arch = finished.arch(int(number))
+        if arch.key() not in seen and len(members) < FRONT_MEMBERS:
+            seen.add(arch.key())
+            members[f"front-t{int(number)}"] = arch.with_info(name=f"front-t{int(number)}")
+    return members
+
+
 def jobs(members: list[str]) -> list[tuple[Path, str, str, Budget, int]]:
-    """Every training the benchmark needs, as (results file, key, member, budget, seed)."""
+    """Every training the benchmark needs, as (results file, key, member, budget, seed). Proxies train with
+    the search's seeds (0, then 1 and 2 for the noise); the reference with REFERENCE_SEEDS, apart from them."""
     ceiling = members[:CEILING_MEMBERS]
-    out = [(REFERENCE_FILE, f"{n}|seed=0", n, REFERENCE_BUDGET, 0) for n in members]
-    out += [(REFERENCE_FILE, f"{n}|seed=1", n, REFERENCE_BUDGET, 1) for n in ceiling]
+    out = [(REFERENCE_FILE, f"{n}|ref=0", n, REFERENCE_BUDGET, REFERENCE_SEEDS[0]) for n in members]
+    out += [(REFERENCE_FILE, f"{n}|ref=1", n, REFERENCE_BUDGET, REFERENCE_SEEDS[1]) for n in members]
     # Budget by budget (in PROXIES order, which is the priority), seed 0 on the panel, then the seeds.
     # Seed noise is measured on the budgets in NOISE_BUDGETS only: the 2-core machine could not afford
     # three seeds of every budget in one session.
@@ -155,7 +193,7 @@ def run_jobs(args: argparse.Namespace) -> None:
     """Train whatever is missing. Several processes may run this at once (one per core): each claims a
     job in the results file before training it, and a claim whose process has died is taken over."""
     data = _data()
-    members = panel()
+    members = panel() | (front_panel(Path(args.front_study)) if args.front_study else {})
     todo = jobs(list(members))
     if args.prefer == "proxies":
         todo = [j for j in todo if j[0] == PROXY_FILE] + [j for j in todo if j[0] != PROXY_FILE]
@@ -240,6 +278,52 @@ def fidelity_rows(reference: dict, proxies: dict) -> tuple[dict, list[dict]]:
     return ceiling, rows
 
 
+def bootstrap_tau(x: list[float], y: list[float], repeats: int = BOOTSTRAP) -> tuple[float, float]:
+    """A 95% percentile interval for Kendall τ, resampling the members with replacement (seeded)."""
+    rng = random.Random(0)
+    taus = []
+    for _ in range(repeats):
+        picks = [rng.randrange(len(x)) for _ in x]
+        if len({x[i] for i in picks}) > 1 and len({y[i] for i in picks}) > 1:
+            taus.append(kendall_tau([x[i] for i in picks], [y[i] for i in picks]))
+    taus.sort()
+    return taus[int(0.025 * len(taus))], taus[int(0.975 * len(taus)) - 1]
+
+
+def disjoint_rows(reference: dict, proxies: dict, front: bool) -> tuple[dict, list[dict]]:
+    """The recipe of 2026-12-01, for one panel (random samples, or the front region): the reference's
+    agreement with itself across its two seeds, and each proxy budget (seed 0) against the reference's
+    first seed. No two compared trainings share a seed. Every τ with its bootstrap 95% interval."""
+
+    def mine(name: str) -> bool:
+        return name.startswith("front-") == front
+
+    runs = reference["runs"]
+    first = {k.split("|")[0]: v["accuracy"] for k, v in runs.items() if k.endswith("ref=0") and v.get("accuracy")}
+    second = {k.split("|")[0]: v["accuracy"] for k, v in runs.items() if k.endswith("ref=1") and v.get("accuracy")}
+    both = [n for n in first if n in second and mine(n)]
+    self_agreement = {"members": len(both), "tau": None, "interval": None}
+    if len(both) > 2:
+        x, y = [first[n] for n in both], [second[n] for n in both]
+        interval = bootstrap_tau(x, y) if len(both) >= MIN_INTERVAL_MEMBERS else None
+        self_agreement |= {"tau": kendall_tau(x, y), "interval": interval}
+    rows = []
+    for budget in PROXIES:
+        seed0 = {
+            key.split("|")[1]: run["accuracy"]
+            for key, run in proxies["runs"].items()
+            if key.startswith(f"{budget}|") and key.endswith("seed=0") and run.get("accuracy") is not None
+        }
+        common = [n for n in first if n in seed0 and mine(n)]
+        if len(common) < 3:
+            continue
+        x, y = [seed0[n] for n in common], [first[n] for n in common]
+        rows.append(
+            {"budget": budget, "members": len(common), "tau": kendall_tau(x, y), "interval": bootstrap_tau(x, y)}
+        )
+    return self_agreement, rows
+
+
 def _simulated_ceiling(accuracies: list[float], sd: float, repeats: int = 2000) -> float:
     rng = random.Random(0)
     taus = []
@@ -260,7 +344,36 @@ def choose_default(rows: list[dict], max_seconds: float = 60.0, target_tau: floa
     return best, f"no budget reached tau {target_tau}; best tau within {max_seconds:.0f} s per candidate"
 
 
+def print_disjoint_table() -> None:
+    reference = json.loads(REFERENCE_FILE.read_text())
+    proxies = json.loads(PROXY_FILE.read_text()) if PROXY_FILE.is_file() else {"runs": {}}
+    print(f"reference: {reference['recipe']} on {reference['machine']}; reference seeds {REFERENCE_SEEDS}")
+    for front, title in ((False, "random panel (v3 samples across widths, 4 MobileNets)"), (True, "front region")):
+        agreement, rows = disjoint_rows(reference, proxies, front)
+        if not agreement["members"] and not rows:
+            continue
+        ceiling = _with_interval(agreement["tau"], agreement["interval"])
+        print(f"\n{title}: reference vs itself (two seeds, {agreement['members']} members): τ {ceiling}")
+        print("| proxy budget | members | Kendall τ vs reference [95% bootstrap] |")
+        print("|---|---:|---|")
+        for row in rows:
+            print(f"| {row['budget']} | {row['members']} | {_with_interval(row['tau'], row['interval'])} |")
+
+
+def _with_interval(tau: float | None, interval: tuple[float, float] | None) -> str:
+    if tau is None:
+        return "n/a"
+    if interval is None:
+        return f"{tau:.3f} (too few members for an interval)"
+    return f"{tau:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def print_table(args: argparse.Namespace) -> None:
+    if not args.old:
+        print_disjoint_table()
+        return
+    global REFERENCE_FILE, PROXY_FILE
+    REFERENCE_FILE, PROXY_FILE = OLD_FILES  # the table of 2026-11-23 (old ds meaning, shared seeds)
     reference = json.loads(REFERENCE_FILE.read_text())
     proxies = json.loads(PROXY_FILE.read_text()) if PROXY_FILE.is_file() else {"runs": {}}
     ceiling, rows = fidelity_rows(reference, proxies)
@@ -301,6 +414,8 @@ def main() -> None:
     parser.add_argument("--prefer", choices=["reference", "proxies"], default="reference", help="which jobs first")
     parser.add_argument("--threads", type=int, default=1, help="training threads (default 1)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="seconds per candidate allowed (table)")
+    parser.add_argument("--front-study", help="runs/STUDY of a finished search: adds its front region as a panel")
+    parser.add_argument("--old", action="store_true", help="table: the 2026-11-23 results (shared seeds, old ds)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panel samples through in-memory studies
     torch.set_num_threads(args.threads)
