@@ -14,6 +14,7 @@ import pandas as pd
 import pydantic
 from pydantic import ConfigDict, Field
 
+from mbsearch import records
 from mbsearch.arch import load_arch
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error
@@ -66,7 +67,7 @@ def adapted_frame(paths: list[Path], finished: FinishedStudy) -> pd.DataFrame | 
         return None
     study = finished.study.study_name
     trials = finished.frame.set_index("number")
-    device = (finished.study.user_attrs.get("latency_device") or {}).get("fingerprint")
+    device = records.device(finished.study).get("fingerprint")
     rows = []
     for given in paths:
         path = given / ADAPTED_FILE if given.is_dir() else given

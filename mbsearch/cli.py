@@ -16,6 +16,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from mbsearch import records
 from mbsearch.errors import BadInput, MbsearchError
 from mbsearch.files import describe_validation_error
 
@@ -366,17 +367,15 @@ def report(
     from mbsearch.baselines import baseline_frame
     from mbsearch.report import write_report
     from mbsearch.studies import open_finished, study_target
-    from mbsearch.verify import BUDGET_ATTR
 
     finished = open_finished(study, runs_dir, storage)
     adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
     target = study_target(finished, target_token) if baselines else None
-    verify_budget = finished.study.user_attrs.get(BUDGET_ATTR)
+    verify_budget = records.verify_budget(finished.study)
     verified_any = finished.frame["verified_accuracy"].notna().any()
     frame = verified_frame = None
     if baselines:
-        stored_dir = finished.study.user_attrs.get("data_dir")
-        folder = data_dir or (Path(stored_dir) if stored_dir else None)
+        folder = data_dir or records.data_dir(finished.study)
 
         def progress(name: str, _: bool) -> None:
             console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
@@ -434,8 +433,7 @@ def verify(
         from mbsearch.latency import open_target
 
         device = open_target(target, finished.settings["runtime"], finished.settings["threads"], target_token)
-    stored_dir = finished.study.user_attrs.get("data_dir")
-    data_dir = data_dir or (Path(stored_dir) if stored_dir else None)
+    data_dir = data_dir or records.data_dir(finished.study)
     data = study_data(finished, data_dir)
     budget = verify_budget(data, epochs, train_size)
     per_process = threads or max(1, (os.cpu_count() or 1) // workers)

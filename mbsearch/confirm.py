@@ -10,19 +10,17 @@ from collections.abc import Callable, Iterable
 import optuna
 import torch
 
-from mbsearch.arch import Arch
+from mbsearch import records
 from mbsearch.latency import Target, measure_on
 from mbsearch.model import build_model
-
-PREFIX = "confirmed:"
 
 
 def confirmed(study: optuna.Study) -> dict[int, dict]:
     """Trial number -> {latency_ms, iqr_ms, target, fingerprint, cpu} for every re-timed trial."""
     return {
-        int(key.removeprefix(PREFIX)): value
+        int(key.removeprefix(records.CONFIRMED_PREFIX)): value
         for key, value in study.user_attrs.items()
-        if key.startswith(PREFIX) and isinstance(value, dict)
+        if key.startswith(records.CONFIRMED_PREFIX) and isinstance(value, dict)
     }
 
 
@@ -39,7 +37,7 @@ def confirm(
         if done.get(number, {}).get("fingerprint") == device["fingerprint"]:
             continue  # a rerun resumes: what was timed on this device stays
         trial = study.trials[number]
-        arch = Arch.from_dict(trial.user_attrs["arch"], f"trial {number}")
+        arch = records.trial_arch(trial)
         torch.manual_seed(0)
         stats = measure_on(target, build_model(arch), arch)
         record = {
@@ -49,7 +47,7 @@ def confirm(
             "fingerprint": device["fingerprint"],
             "cpu": device.get("cpu"),
         }
-        study.set_user_attr(f"{PREFIX}{number}", record)
+        study.set_user_attr(f"{records.CONFIRMED_PREFIX}{number}", record)
         done[number] = record
         if on_done:
             on_done(number, trial.user_attrs.get("latency_ms", float("nan")), stats.median_ms)

@@ -19,17 +19,15 @@ from typing import Any
 
 import optuna
 
-from mbsearch import claims, interrupts
+from mbsearch import claims, interrupts, records
 from mbsearch.arch import Arch
 from mbsearch.data import Dataset
 from mbsearch.evaluate import Evaluation, evaluate
 from mbsearch.train import Budget, Diverged
 
-_PREFIX = "eval"
-
 
 def _key(tag: str, number: int) -> str:
-    return f"{_PREFIX}:{tag}:{number}"
+    return f"{records.EVALUATION_PREFIX}:{tag}:{number}"
 
 
 def stored(study: optuna.Study, tag: str | None = None) -> dict[str, dict[int, dict[str, Any]]]:
@@ -37,7 +35,12 @@ def stored(study: optuna.Study, tag: str | None = None) -> dict[str, dict[int, d
     found: dict[str, dict[int, dict[str, Any]]] = {}
     for key, value in study.user_attrs.items():
         parts = key.split(":")
-        if len(parts) != 3 or parts[0] != _PREFIX or not isinstance(value, dict) or "accuracy" not in value:
+        if (
+            len(parts) != 3
+            or parts[0] != records.EVALUATION_PREFIX
+            or not isinstance(value, dict)
+            or "accuracy" not in value
+        ):
             continue
         if tag is None or parts[1] == tag:
             found.setdefault(parts[1], {})[int(parts[2])] = value

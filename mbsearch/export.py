@@ -8,6 +8,7 @@ import onnx
 import pandas as pd
 import torch
 
+from mbsearch import records
 from mbsearch.arch import Arch
 from mbsearch.errors import BadInput
 from mbsearch.files import write_atomic
@@ -43,7 +44,7 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
     provenance = {
         "study": finished.study.study_name,
         "trial": number,
-        "space": finished.study.user_attrs.get("space_name", settings["space"]),
+        "space": finished.study.user_attrs.get(records.SPACE_NAME, settings["space"]),
         "target": settings["target"],
         "runtime": settings["runtime"],
         "threads": settings["threads"],

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from mbsearch import interrupts
+from mbsearch import interrupts, records
 from mbsearch.arch import Arch
 from mbsearch.blockstrings import block_strings
 from mbsearch.config import RunConfig
@@ -151,7 +151,7 @@ class Objective:
         return result
 
     def _store_measures(self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool) -> None:
-        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr(records.ARCH, arch.to_dict())
         self._upload_arch(trial, arch)
         trial.set_user_attr("blocks", " ".join(block_strings(arch)))
         for key, value in {

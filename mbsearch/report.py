@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mbsearch import records
 from mbsearch.baselines import dominance
 from mbsearch.confirm import confirmed
 from mbsearch.files import write_atomic
@@ -131,7 +132,7 @@ def compute(
         dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         verified=compute_verified(finished, verify_budget, verified_baselines),
-        device=finished.study.user_attrs.get("latency_device"),
+        device=records.device(finished.study) or None,
         confirmed=_confirmed_frame(finished),
         adapted=adapted,
     )

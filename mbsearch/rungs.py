@@ -17,8 +17,7 @@ from dataclasses import dataclass, replace
 import optuna
 import pandas as pd
 
-from mbsearch import evaluations
-from mbsearch.arch import Arch
+from mbsearch import evaluations, records
 from mbsearch.config import RunConfig
 from mbsearch.data import Dataset
 from mbsearch.evaluate import derived_seed
@@ -96,7 +95,7 @@ class Promoter:
             return None
         frame = trials_frame(study)
         for number, rung in promotable(frame, len(self.multipliers), self.eta):
-            arch = Arch.from_dict(study.trials[number].user_attrs["arch"], f"trial {number}")
+            arch = records.trial_arch(study.trials[number])
             budget = self.budget(rung)
             result = evaluations.evaluate_claimed(
                 study, rung_tag(rung), number, arch, self.data, budget, derived_seed(self.config.seed, rung_tag(rung)),

@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 import torch
 
-from mbsearch import interrupts
+from mbsearch import interrupts, records
 from mbsearch.config import IDENTITY_KEYS, RunConfig
 from mbsearch.confirm import confirm
 from mbsearch.data import Dataset, load_dataset
@@ -34,7 +34,6 @@ from mbsearch.sample import check_space_fits
 from mbsearch.space import SearchSpace, load_space
 from mbsearch.storage import default_url, open_storage, redact
 
-CONFIG_ATTR = "mbsearch_config"
 MAX_CONSECUTIVE_FAILURES = 5
 
 
@@ -140,17 +139,17 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     # trials already stored and by the worker number (still reproducible for a given history).
     offset = len(study.get_trials(deepcopy=False)) + 1000 * worker_id
     study.sampler = make_sampler(config.sampler, config.seed + offset, config.trials)
-    stored = study.user_attrs.get(CONFIG_ATTR)
+    stored = study.user_attrs.get(records.CONFIG)
     if stored is None:
         study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])
-        study.set_user_attr(CONFIG_ATTR, config.identity())
-        study.set_user_attr("space_name", config.space_name)
+        study.set_user_attr(records.CONFIG, config.identity())
+        study.set_user_attr(records.SPACE_NAME, config.space_name)
         if config.data_dir is not None:
-            study.set_user_attr("data_dir", str(config.data_dir.resolve()))
+            study.set_user_attr(records.DATA_DIR, str(config.data_dir.resolve()))
     if worker_id == 0 or stored is None:
         # What accuracies depend on beyond the settings: thread counts and library versions. The same
         # command on the same machine repeats its numbers; another machine may differ (README).
-        study.set_user_attr(f"environment:{socket.gethostname()}", environment(config))
+        study.set_user_attr(f"{records.ENVIRONMENT_PREFIX}{socket.gethostname()}", environment(config))
     if stored is not None and any(stored.get(key) != config.identity().get(key) for key in IDENTITY_KEYS):
         # Compared key by key: a study made before a key existed stored no value for it (None).
         changed = sorted(key for key in IDENTITY_KEYS if stored.get(key) != config.identity().get(key))
@@ -161,15 +160,12 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     return study
 
 
-DEVICE_ATTR = "latency_device"
-
-
 def check_device(study: optuna.Study, target: Target) -> None:
     """A study's latencies come from one device: record its fingerprint once, refuse another one later."""
     device = target.device() | {"target": target.name}
-    stored = study.user_attrs.get(DEVICE_ATTR)
+    stored = study.user_attrs.get(records.DEVICE)
     if stored is None:
-        study.set_user_attr(DEVICE_ATTR, device)
+        study.set_user_attr(records.DEVICE, device)
     elif stored.get("fingerprint") != device["fingerprint"]:
         raise BadInput(
             f"study {study.study_name!r} was timed on device {stored.get('fingerprint')} ({stored.get('cpu')}, "

@@ -9,8 +9,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from mbsearch import records
 from mbsearch.arch import Arch
-from mbsearch.config import check_stored_settings
 from mbsearch.errors import BadInput
 from mbsearch.pareto import decision_front, trials_frame
 from mbsearch.storage import default_url, load_study
@@ -27,7 +27,7 @@ class FinishedStudy:
     basis: str  # "verified", "multi-fidelity" or "proxy": what `decision` rests on
 
     def arch(self, number: int) -> Arch:
-        return Arch.from_dict(self.study.trials[number].user_attrs["arch"], f"trial {number}")
+        return records.trial_arch(self.study.trials[number])
 
 
 def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStudy:
@@ -46,10 +46,9 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
             f"study {name!r}: none of its {len(frame)} trial(s) completed ({len(failed)} failed or pruned, "
             f"e.g. {reason.splitlines()[0]}); fix the cause and rerun 'mbsearch run --study {name}'"
         )
-    settings = study.user_attrs.get("mbsearch_config")
+    settings = records.settings(study)
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
-    settings = check_stored_settings(settings, f"study {name!r}")
     decision, basis = decision_front(frame)
     searched = decision_front(frame.assign(verified_accuracy=float("nan")))[0]  # the one rule, before verify
     return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)
@@ -60,7 +59,7 @@ def study_target(finished: FinishedStudy, token: str | None = None):
     from mbsearch.latency import open_target
 
     settings = finished.settings
-    device = finished.study.user_attrs.get("latency_device") or {}
+    device = records.device(finished.study)
     if settings.get("latency") == "predicted":
         return open_target("predicted", lut=Path(device.get("target", "")))
     return open_target(settings["target"], settings["runtime"], settings["threads"], token)

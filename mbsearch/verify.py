@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import optuna
 
-from mbsearch import evaluations, interrupts
+from mbsearch import evaluations, interrupts, records
 from mbsearch.data import Dataset, load_study_data
 from mbsearch.errors import BadInput
 from mbsearch.evaluate import Evaluation, derived_seed
@@ -22,7 +22,6 @@ from mbsearch.ranking import kendall_tau
 from mbsearch.studies import FinishedStudy
 from mbsearch.train import Budget
 
-BUDGET_ATTR = "verify_budget"
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
 VERIFY_BATCH, VERIFY_LR = 128, 0.004
 
@@ -75,9 +74,9 @@ def run_verify(
     study = finished.study
     seed = verification_seed(finished, seed)
     recipe = asdict(budget) | {"seed": seed}
-    stored = study.user_attrs.get(BUDGET_ATTR)
+    stored = records.verify_budget(study)
     if stored is None:
-        study.set_user_attr(BUDGET_ATTR, recipe)
+        study.set_user_attr(records.VERIFY_BUDGET, recipe)
     elif {k: v for k, v in stored.items() if k != "seed"} != asdict(budget):
         raise BadInput(
             f"study {study.study_name!r} was verified with {stored}; rerun with the same --epochs/--train-size"
@@ -100,11 +99,11 @@ def run_verify(
             if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)
     result = summarize(study, finished.frame, chosen, budget)
-    records = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
     for number in chosen:
         if number in result.verified:
             continue
-        failed = records.get(number, {}).get("failed")
+        failed = finished_runs.get(number, {}).get("failed")
         reason = f"failed ({failed})" if failed else evaluations.holder(study, VERIFY_TAG, number, grace_seconds)
         if reason is not None:
             result.why_not[number] = reason
@@ -112,8 +111,8 @@ def run_verify(
 
 
 def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> VerifyResult:
-    records = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
-    verified = {n: float(r["accuracy"]) for n, r in records.items() if r.get("accuracy") is not None}
+    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    verified = {n: float(r["accuracy"]) for n, r in finished_runs.items() if r.get("accuracy") is not None}
     proxy = frame.set_index("number")["val_accuracy"]
     common = [n for n in verified if n in proxy.index]
     tau = kendall_tau([float(proxy[n]) for n in common], [verified[n] for n in common]) if len(common) > 2 else None
