@@ -18,9 +18,11 @@ EVALUATIONS = 12
 RACERS = 4
 
 
-def _racer(url: str, log: str, stale: bool) -> None:
+def _racer(url: str, log: str, stale: bool, finished) -> None:
     """One worker: try every evaluation; log each one this process would start training. The read of the
-    old claim is slowed, so that every racer reads before any writes (the window a race needs)."""
+    old claim is slowed, so that every racer reads before any writes (the window a race needs). A racer
+    stays alive until all have tried (a worker still training): a claim of a process that has exited is
+    rightly taken over, and would look like a duplicate here."""
     import optuna
 
     real_read, real_attrs = claims.read, optuna.Study.user_attrs.fget
@@ -42,6 +44,7 @@ def _racer(url: str, log: str, stale: bool) -> None:
         if evaluations.claim(study, "race", number, grace_seconds=5):
             with open(log, "a") as handle:
                 handle.write(f"{number}\n")
+    finished.wait(timeout=240)
 
 
 def _race(url: str, tmp_path: Path, stale: bool) -> list[int]:
@@ -56,7 +59,8 @@ def _race(url: str, tmp_path: Path, stale: bool) -> list[int]:
                 )
     log = tmp_path / "started.log"
     context = multiprocessing.get_context("spawn")
-    racers = [context.Process(target=_racer, args=(url, str(log), stale)) for _ in range(RACERS)]
+    finished = context.Barrier(RACERS)
+    racers = [context.Process(target=_racer, args=(url, str(log), stale, finished)) for _ in range(RACERS)]
     for racer in racers:
         racer.start()
     for racer in racers:
