@@ -26,12 +26,10 @@ CONFIRMED_PREFIX = "confirmed:"  # + trial number: a re-timing on the real devic
 ARCH = "arch"  # the trial's arch JSON (Arch.to_dict)
 
 
-def settings(study: optuna.Study) -> dict[str, Any] | None:
-    """The stored RunConfig identity, checked field by field; None for a study not made by `mbsearch run`."""
-    from mbsearch.config import check_stored_settings
-
-    stored = study.user_attrs.get(CONFIG)
-    return None if stored is None else check_stored_settings(stored, f"study {study.study_name!r}")
+def settings(study: optuna.Study) -> Any:
+    """The stored RunConfig identity as stored (None for a study not made by `mbsearch run`); the caller
+    checks it with config.check_stored_settings (config sits above this module)."""
+    return study.user_attrs.get(CONFIG)
 
 
 def device(study: optuna.Study) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from mbsearch import records
 from mbsearch.arch import Arch
+from mbsearch.config import check_stored_settings
 from mbsearch.errors import BadInput
 from mbsearch.pareto import decision_front, trials_frame
 from mbsearch.storage import default_url, load_study
@@ -49,6 +50,7 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
     settings = records.settings(study)
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
+    settings = check_stored_settings(settings, f"study {name!r}")
     decision, basis = decision_front(frame)
     searched = decision_front(frame.assign(verified_accuracy=float("nan")))[0]  # the one rule, before verify
     return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)
