@@ -48,6 +48,8 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check mbsearch tests benchmarks
 	$(BIN)/ruff format --check mbsearch tests benchmarks
+	# the wings' import contract (pyproject.toml [tool.importlinter]): data-flow order, no torch in spec/device
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

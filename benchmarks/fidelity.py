@@ -36,16 +36,16 @@ from pathlib import Path
 import optuna
 import torch
 
-from mbsearch.arch import Arch
-from mbsearch.data import Dataset, load_dataset
-from mbsearch.evaluate import derived_seed, evaluate
 from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau, spearman_rho, top_overlap
-from mbsearch.rules import scale_channels
-from mbsearch.sample import random_arch
-from mbsearch.space import SearchSpace, load_space
-from mbsearch.train import Budget, Diverged
-from mbsearch.zoo import reference_arch
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.rules import scale_channels
+from mbsearch.spec.sample import random_arch
+from mbsearch.spec.space import SearchSpace, load_space
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.data import Dataset, load_dataset
+from mbsearch.train.evaluate import derived_seed, evaluate
+from mbsearch.train.loop import Budget, Diverged
 
 HERE = Path(__file__).resolve().parent
 # Results of the recipe below (arch format /3, seeds disjoint between proxy and reference). The files of
@@ -154,8 +154,8 @@ def _train_one(arch: Arch, data: Dataset, budget: Budget, seed: int) -> dict:
 def front_panel(study_dir: Path) -> dict[str, Arch]:
     """The second panel: up to FRONT_MEMBERS distinct architectures of a finished search whose latency is
     within FRONT_LATENCY_BAND of its knee's: near-equal networks, where a search must rank well."""
-    from mbsearch.pareto import knee
-    from mbsearch.studies import open_finished
+    from mbsearch.results.finished import open_finished
+    from mbsearch.results.pareto import knee
 
     finished = open_finished(study_dir.name, study_dir.parent, None)
     front = finished.decision

@@ -27,15 +27,16 @@ from pathlib import Path
 
 import torch
 
-from mbsearch.agent import start_local_agent
-from mbsearch.latency import LocalTarget, Target, measure_on, open_target
-from mbsearch.lut import calibrated, calibration_archs, prediction_error, profile
-from mbsearch.model import build_model
+from mbsearch.device.agent import start_local_agent
+from mbsearch.device.timing import cpu_model
+from mbsearch.latency.factory import open_target
+from mbsearch.latency.lut import calibrated, calibration_archs, prediction_error, profile
+from mbsearch.latency.remote import RemoteTarget
+from mbsearch.latency.targets import LocalTarget, Target, measure_on
+from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
-from mbsearch.remote import RemoteTarget
-from mbsearch.sample import random_arch
-from mbsearch.space import load_space
-from mbsearch.timing import cpu_model
+from mbsearch.spec.sample import random_arch
+from mbsearch.spec.space import load_space
 
 RESULTS = Path(__file__).with_name("latency_results.json")
 HELD_OUT_SEED = 5_000  # apart from the calibration networks' seeds (lut.CALIBRATION_SEED)

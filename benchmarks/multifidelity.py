@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mbsearch.pareto import hypervolume
-from mbsearch.studies import open_finished
+from mbsearch.results.finished import open_finished
+from mbsearch.results.pareto import hypervolume
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +41,7 @@ def main() -> None:
     timeout = str(args.minutes * 60)
     common = ["--space", "v3", "--trials", "100000", "--timeout", timeout, "--runs-dir", str(args.runs_dir)]
     common += ["--seed", str(args.seed)]
-    from mbsearch.config import RunConfig
+    from mbsearch.study.config import RunConfig
 
     base = RunConfig()
     plans = {

@@ -42,17 +42,17 @@ from pathlib import Path
 import optuna
 import torch
 
-from mbsearch.arch import Arch, load_arch
-from mbsearch.cost import count_macs, count_params
-from mbsearch.data import load_dataset
-from mbsearch.latency import LocalTarget, exported
-from mbsearch.model import build_model
-from mbsearch.sample import arch_from_decisions, stage_params
-from mbsearch.space import load_space
-from mbsearch.studies import open_finished
-from mbsearch.timing import cpu_model
-from mbsearch.train import Budget, train
-from mbsearch.zoo import family_arch, reference_arch
+from mbsearch.device.timing import cpu_model
+from mbsearch.latency.targets import LocalTarget, exported
+from mbsearch.nn.cost import count_macs, count_params
+from mbsearch.nn.model import build_model
+from mbsearch.results.finished import open_finished
+from mbsearch.spec.arch import Arch, load_arch
+from mbsearch.spec.sample import arch_from_decisions, stage_params
+from mbsearch.spec.space import load_space
+from mbsearch.spec.zoo import family_arch, reference_arch
+from mbsearch.train.data import load_dataset
+from mbsearch.train.loop import Budget, train
 
 RESULTS = Path(__file__).with_name("netadapt_results.json")
 SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28

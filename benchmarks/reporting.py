@@ -20,9 +20,9 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from mbsearch.config import RunConfig
-from mbsearch.pareto import pareto_front, trials_frame
-from mbsearch.progress import ConsoleReporter
+from mbsearch.results.pareto import pareto_front, trials_frame
+from mbsearch.search.progress import ConsoleReporter
+from mbsearch.study.config import RunConfig
 
 
 def build_study(path: Path, trials: int) -> optuna.Study:

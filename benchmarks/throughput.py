@@ -18,8 +18,8 @@ from pathlib import Path
 
 import optuna
 
-from mbsearch.config import RunConfig
-from mbsearch.search import run_search
+from mbsearch.search.loop import run_search
+from mbsearch.study.config import RunConfig
 
 PHASES = ("sample", "build", "cost", "export", "latency", "train")
 

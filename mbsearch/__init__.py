@@ -1,6 +1,6 @@
 """mbsearch: hardware-aware neural architecture search over MobileNet-style spaces.
 
-The public names load lazily, so that `mbsearch.agent` (which runs on small devices with onnxruntime and
+The public names load lazily, so that `mbsearch.device.agent` (which runs on small devices with onnxruntime and
 numpy only) can be imported without torch.
 """
 
@@ -10,18 +10,18 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "Arch": "mbsearch.arch",
-    "Block": "mbsearch.arch",
-    "load_arch": "mbsearch.arch",
+    "Arch": "mbsearch.spec.arch",
+    "Block": "mbsearch.spec.arch",
+    "load_arch": "mbsearch.spec.arch",
     "BadInput": "mbsearch.errors",
     "MbsearchError": "mbsearch.errors",
     "RuntimeFailure": "mbsearch.errors",
-    "build_model": "mbsearch.model",
-    "sample_arch": "mbsearch.sample",
-    "SearchSpace": "mbsearch.space",
-    "load_space": "mbsearch.space",
-    "reference_arch": "mbsearch.zoo",
-    "reference_names": "mbsearch.zoo",
+    "build_model": "mbsearch.nn.model",
+    "sample_arch": "mbsearch.spec.sample",
+    "SearchSpace": "mbsearch.spec.space",
+    "load_space": "mbsearch.spec.space",
+    "reference_arch": "mbsearch.spec.zoo",
+    "reference_names": "mbsearch.spec.zoo",
 }
 __all__ = sorted(_PUBLIC)  # resolved by __getattr__
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """`python -m mbsearch`."""
 
-from mbsearch.cli import main
+from mbsearch.cli.app import main
 
 if __name__ == "__main__":  # worker processes are spawned and import this module again
     main()

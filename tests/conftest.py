@@ -29,8 +29,8 @@ TINY_BUDGET = dict(train_size=256, val_size=256, epochs=0.5, batch_size=64, trai
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """A finished 6-trial search at a tiny budget, shared by the export, report and dashboard tests."""
-    from mbsearch.config import RunConfig
-    from mbsearch.search import run_search
+    from mbsearch.search.loop import run_search
+    from mbsearch.study.config import RunConfig
 
     runs = tmp_path_factory.mktemp("runs")
     os.environ["MBSEARCH_LOCK_DIR"] = str(runs)

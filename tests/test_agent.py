@@ -15,16 +15,16 @@ import optuna
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mbsearch import remote
-from mbsearch.agent import start_local_agent
-from mbsearch.config import RunConfig
+from mbsearch.device.agent import start_local_agent
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency import LocalTarget, measure_on
-from mbsearch.model import build_model
-from mbsearch.onnx_export import to_onnx
-from mbsearch.remote import RemoteTarget
-from mbsearch.search import run_search
-from mbsearch.zoo import reference_arch
+from mbsearch.latency.remote import RemoteTarget
+from mbsearch.latency import remote
+from mbsearch.latency.targets import LocalTarget, measure_on
+from mbsearch.nn.model import build_model
+from mbsearch.nn.onnx_export import to_onnx
+from mbsearch.search.loop import run_search
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.study.config import RunConfig
 from tests.conftest import TINY_BUDGET
 
 pytestmark = pytest.mark.slow
@@ -200,7 +200,7 @@ def test_remote_target_refuses_clearly_before_the_search(agent) -> None:
 
 
 def test_search_against_the_agent_end_to_end_then_report_names_the_device(agent, tmp_path, runner) -> None:
-    from mbsearch.cli import app
+    from mbsearch.cli.app import app
 
     config = RunConfig(
         target=agent.url, target_token=agent.token, runs_dir=tmp_path, trials=3, sampler="random", **TINY_BUDGET
@@ -296,7 +296,7 @@ def test_agent_times_one_model_at_a_time_under_the_host_timing_lock(agent) -> No
     """Requests of several workers queue: none is timed while another timing holds the lock."""
     import threading
 
-    from mbsearch import hostlock
+    from mbsearch.device import hostlock
 
     answers: list = []
     model = _onnx()

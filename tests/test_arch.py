@@ -7,12 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mbsearch.arch import MAX_BLOCKS, Arch, Block, load_arch
-from mbsearch.blockstrings import NotExpressible, block_string, block_strings, parse_block_string, parse_block_strings
 from mbsearch.errors import BadInput
-from mbsearch.sample import sample_arch
-from mbsearch.space import list_spaces, load_space
-from mbsearch.zoo import reference_arch, reference_names
+from mbsearch.spec.arch import MAX_BLOCKS, Arch, Block, load_arch
+from mbsearch.spec.blockstrings import (
+    NotExpressible,
+    block_string,
+    block_strings,
+    parse_block_string,
+    parse_block_strings,
+)
+from mbsearch.spec.sample import sample_arch
+from mbsearch.spec.space import list_spaces, load_space
+from mbsearch.spec.zoo import reference_arch, reference_names
 
 
 def _arch_dict() -> dict:
@@ -102,7 +108,7 @@ def _mutate(path: list, value) -> dict:
         (["blocks", 0, "act"], "gelu", "blocks[0].act"),
         (["blocks", 0, "colour"], "red", "blocks[0].colour: unknown key"),
         (["blocks", 0, "kernel"], "3", "blocks[0].kernel"),
-        (["format"], "mbsearch.arch/9", "unsupported version"),
+        (["format"], "mbsearch.spec.arch/9", "unsupported version"),
         (["blocks"], [], "blocks"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Format mbsearch.arch/2: explicit expansion widths (for NetAdapt-style per-layer widths), /1 still read."""
+"""Format mbsearch.spec.arch/2: explicit expansion widths (for NetAdapt-style per-layer widths), /1 still read."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 
-from mbsearch.arch import FORMAT, FORMAT_V2, Arch, load_arch
-from mbsearch.cost import count_params
 from mbsearch.errors import BadInput
-from mbsearch.model import build_model, estimate_params, plan_layers
-from mbsearch.onnx_export import to_onnx
-from mbsearch.sample import random_arch
-from mbsearch.space import load_space
-from mbsearch.zoo import reference_arch
+from mbsearch.nn.cost import count_params
+from mbsearch.nn.model import build_model
+from mbsearch.nn.onnx_export import to_onnx
+from mbsearch.spec.arch import FORMAT, FORMAT_V2, Arch, load_arch
+from mbsearch.spec.plan import estimate_params, plan_layers
+from mbsearch.spec.sample import random_arch
+from mbsearch.spec.space import load_space
+from mbsearch.spec.zoo import reference_arch
 
 
 def _with_mid(arch: Arch, index: int, mid: int) -> Arch:
@@ -59,7 +60,7 @@ def test_explicit_expansion_width_builds_round_trips_and_is_written_as_v2(tmp_pa
 
 def summary_ratio(arch: Arch, index: int) -> float:
     """What `show` prints in its expansion column for block `index`."""
-    from mbsearch.summary import summarize
+    from mbsearch.nn.summary import summarize
 
     rows, _ = summarize(arch)
     return rows[index + 1].expand
@@ -78,4 +79,4 @@ def test_v1_file_with_an_explicit_width_and_misplaced_widths_are_refused(tmp_pat
     with pytest.raises(BadInput, match="ir blocks with expand > 1 only"):
         Arch.from_dict(data)
     with pytest.raises(BadInput, match="expected one of"):
-        Arch.from_dict(arch.to_dict() | {"format": "mbsearch.arch/9"})
+        Arch.from_dict(arch.to_dict() | {"format": "mbsearch.spec.arch/9"})

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mbsearch.cli import app
-from mbsearch.data import FASHION_MNIST_DIR
-from mbsearch.space import SPACES_DIR
-from mbsearch.zoo import reference_arch
+from mbsearch.cli.app import app
+from mbsearch.spec.space import SPACES_DIR
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.data import FASHION_MNIST_DIR
 
 TINY = ["--train-size", "64", "--val-size", "64", "--epochs", "0.1", "--trials", "1"]
 
@@ -154,8 +154,8 @@ CASES = {
     "arch stride 3": (arch_file(lambda d: d["stem"].update(stride=3)), "stem.stride: Input should be 1 or 2"),
     "arch wrong type": (arch_file(lambda d: d["blocks"][0].update(out="16")), "blocks[0].out"),
     "arch unknown key": (arch_file(lambda d: d.update(extra=1)), "extra: unknown key"),
-    "arch truncated JSON": (arch_text('{"format": "mbsearch.arch/1", "blocks": [{"type"'), "invalid JSON"),
-    "arch wrong format version": (arch_file(lambda d: d.update(format="mbsearch.arch/9")), "unsupported version"),
+    "arch truncated JSON": (arch_text('{"format": "mbsearch.spec.arch/1", "blocks": [{"type"'), "invalid JSON"),
+    "arch wrong format version": (arch_file(lambda d: d.update(format="mbsearch.spec.arch/9")), "unsupported version"),
     "arch 10,000 blocks": (arch_file(blocks(10_000)), "10000 blocks, over the limit of 256"),
     "arch no blocks": (arch_file(blocks(0)), "blocks"),
     "arch not an object": (arch_text("[1, 2, 3]", "train"), "must be a JSON object"),

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mbsearch import claims, evaluations
-from mbsearch.storage import open_storage
+from mbsearch.study import claims, evaluations
+from mbsearch.study.storage import open_storage
 
 EVALUATIONS = 12
 RACERS = 4

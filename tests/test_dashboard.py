@@ -66,7 +66,7 @@ def test_dashboard_serves_the_study_with_metric_names_and_arch_artifacts(tiny_st
         assert len(complete) == len([t for t in result.study.trials if t.state.name == "COMPLETE"])
         trial = complete[0]
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-        assert "mbsearch.arch/" in attrs["arch"]
+        assert "mbsearch.spec.arch/" in attrs["arch"]
         artifacts = trial["artifacts"]
         assert artifacts and artifacts[0]["filename"].endswith(".arch.json")
         # Bound to loopback only by default: the listening socket's own address, read from the kernel.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mbsearch.data import FASHION_MNIST_DIR, load_dataset, load_test_split
 from mbsearch.errors import BadInput
+from mbsearch.train.data import FASHION_MNIST_DIR, load_dataset, load_test_split
 
 
 def test_fashion_mnist_splits_are_fixed_disjoint_and_uint8() -> None:

@@ -11,7 +11,7 @@ import time
 import optuna
 import pytest
 
-from mbsearch.storage import open_storage, redact
+from mbsearch.study.storage import open_storage, redact
 
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
 # Trials long enough to be killed in the middle of one.
@@ -67,7 +67,7 @@ def test_three_workers_on_postgres_reach_exactly_the_target(postgres, tmp_path) 
     complete = study.get_trials(states=(COMPLETE,))
     assert len(complete) == 12
     assert len({t.number for t in complete}) == 12 and len({t._trial_id for t in complete}) == 12
-    assert all("mbsearch.arch/" in str(t.user_attrs["arch"]) for t in complete)
+    assert all("mbsearch.spec.arch/" in str(t.user_attrs["arch"]) for t in complete)
     workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) >= 2  # the work was shared
     assert not study.get_trials(states=(RUNNING,))
@@ -190,7 +190,7 @@ def test_interrupting_the_parent_stops_every_worker_cleanly(tmp_path) -> None:
 def test_processes_creating_one_new_sqlite_study_at_once_all_succeed(tmp_path) -> None:
     """Workers that start together race to create the schema of a new SQLite file; none may fail on it."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    code = "import sys; from mbsearch.storage import open_storage; open_storage(sys.argv[1])"
+    code = "import sys; from mbsearch.study.storage import open_storage; open_storage(sys.argv[1])"
     barrier = tmp_path / "go"
     script = f"import os, time\nwhile not os.path.exists({str(barrier)!r}): time.sleep(0.01)\n{code}"
     processes = [

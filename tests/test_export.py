@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
-from mbsearch.arch import load_arch
-from mbsearch.blockstrings import NotExpressible, timm_arch_def
-from mbsearch.cli import app
-from mbsearch.export import pick_row
-from mbsearch.model import build_model
-from mbsearch.zoo import reference_arch
+from mbsearch.cli.app import app
+from mbsearch.nn.model import build_model
+from mbsearch.results.export import pick_row
+from mbsearch.spec.arch import load_arch
+from mbsearch.spec.blockstrings import NotExpressible, timm_arch_def
+from mbsearch.spec.zoo import reference_arch
 
 
 def test_export_knee_writes_json_with_metrics_and_provenance_that_rebuilds(runner, tiny_study, tmp_path) -> None:
@@ -56,7 +56,7 @@ def test_export_timm_prints_timms_arch_def_or_refuses_with_nothing_written(runne
 
 
 def load_arch_from_trial(trial):
-    from mbsearch.arch import Arch
+    from mbsearch.spec.arch import Arch
 
     return Arch.from_dict(trial.user_attrs["arch"])
 
@@ -72,7 +72,7 @@ def test_picks_choose_the_extremes_of_the_front(tiny_study, pick: str) -> None:
 
 
 def test_onnx_matches_torch_numerically(tmp_path) -> None:
-    from mbsearch.export import write_onnx
+    from mbsearch.nn.onnx_export import write_onnx
 
     arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     torch.manual_seed(0)
@@ -125,8 +125,8 @@ def test_export_bad_input(runner, tiny_study, tmp_path) -> None:
 
 def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:
     """Every block kind the spaces can produce exports with the TorchScript exporter, never the slow path."""
-    from mbsearch.arch import Block
-    from mbsearch.onnx_export import export_onnx
+    from mbsearch.nn.onnx_export import export_onnx
+    from mbsearch.spec.arch import Block
 
     base = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     kinds = [

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mbsearch.cli import app
-from mbsearch.fulltrain import train_full
-from mbsearch.model import build_model
-from mbsearch.zoo import reference_arch
+from mbsearch.cli.app import app
+from mbsearch.nn.model import build_model
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.fulltrain import train_full
 
 
 def _folder_dataset(root, classes: int = 3, per_class: int = 24) -> None:
@@ -71,7 +71,7 @@ def test_train_command_reports_test_accuracy_and_writes_loadable_weights(runner,
 
 def test_train_refuses_invalid_arch_files(runner, tmp_path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text('{"format": "mbsearch.arch/1", "blocks": [')
+    bad.write_text('{"format": "mbsearch.spec.arch/1", "blocks": [')
     result = runner.invoke(app, ["train", str(bad)])
     assert result.exit_code == 2 and "invalid JSON" in result.stderr
     result = runner.invoke(app, ["measure", str(bad)])

@@ -7,11 +7,11 @@ import warnings
 
 import torch
 
-from mbsearch.cost import count_macs
-from mbsearch.model import build_model
-from mbsearch.onnx_export import export_onnx
-from mbsearch.storage import open_storage
-from mbsearch.zoo import reference_arch
+from mbsearch.nn.cost import count_macs
+from mbsearch.nn.model import build_model
+from mbsearch.nn.onnx_export import export_onnx
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.study.storage import open_storage
 
 
 def test_cost_export_and_storage_do_not_change_global_logging_or_warnings(tmp_path) -> None:
@@ -29,8 +29,8 @@ def test_cost_export_and_storage_do_not_change_global_logging_or_warnings(tmp_pa
 
 def test_a_search_restores_the_callers_thread_count(tmp_path) -> None:
     """Issue 18: run_search set torch's thread count for its training and left it changed."""
-    from mbsearch.config import RunConfig
-    from mbsearch.search import run_search
+    from mbsearch.search.loop import run_search
+    from mbsearch.study.config import RunConfig
 
     before = torch.get_num_threads()
     torch.set_num_threads(2 if before != 2 else 1)

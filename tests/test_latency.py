@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from mbsearch import hostlock
+from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
-from mbsearch.latency import LatencyCache, LocalTarget, check_target, measure, measure_cached, summarize_samples
-from mbsearch.model import build_model
-from mbsearch.zoo import reference_arch
+from mbsearch.latency.targets import LatencyCache, LocalTarget, check_target, measure, measure_cached, summarize_samples
+from mbsearch.nn.model import build_model
+from mbsearch.spec.zoo import reference_arch
 
 
 @pytest.fixture(autouse=True)
@@ -134,11 +134,11 @@ def test_queued_timer_blocks_new_training() -> None:
 _LONG_TRAINING = """
 import sys, pathlib, torch
 torch.set_num_threads(1)
-from mbsearch import hostlock
-from mbsearch.data import load_dataset
-from mbsearch.model import build_model
-from mbsearch.train import Budget, train
-from mbsearch.zoo import reference_arch
+from mbsearch.device import hostlock
+from mbsearch.train.data import load_dataset
+from mbsearch.nn.model import build_model
+from mbsearch.train.loop import Budget, train
+from mbsearch.spec.zoo import reference_arch
 data = load_dataset("fashion-mnist", val_size=256)
 progress = pathlib.Path(sys.argv[1])
 def on_step(step, total, loss, accuracy):

@@ -7,15 +7,15 @@ import json
 import optuna
 import pytest
 
-from mbsearch.arch import Arch
-from mbsearch.config import RunConfig
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency import LocalTarget, measure_on
-from mbsearch.lut import FORMAT, LookupTable, arch_parts, profile, space_parts
-from mbsearch.model import build_model
-from mbsearch.sample import random_arch
-from mbsearch.search import run_search
-from mbsearch.space import load_space
+from mbsearch.latency.lut import FORMAT, LookupTable, arch_parts, profile, space_parts
+from mbsearch.latency.targets import LocalTarget, measure_on
+from mbsearch.nn.model import build_model
+from mbsearch.search.loop import run_search
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.sample import random_arch
+from mbsearch.spec.space import load_space
+from mbsearch.study.config import RunConfig
 from tests.conftest import TINY_BUDGET
 
 SMALL_SPACE = """
@@ -84,8 +84,8 @@ def test_predictions_are_in_the_range_of_whole_network_timings(small) -> None:
 
 
 def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, runner) -> None:
-    from mbsearch.cli import app
-    from mbsearch.confirm import confirmed
+    from mbsearch.cli.app import app
+    from mbsearch.results.retime import confirmed
 
     space_path, lut_path, table = small
     config = RunConfig(
@@ -128,8 +128,8 @@ def test_a_table_for_another_input_or_space_is_refused_before_the_search(small, 
     ("content", "message"),
     [
         ("{not json", "JSON"),
-        ('{"format": "mbsearch.lut/9"}', "rebuild it with 'mbsearch profile'"),
-        ('{"format": "mbsearch.lut/1", "space": "x"}', "input"),
+        ('{"format": "mbsearch.latency.lut/9"}', "rebuild it with 'mbsearch profile'"),
+        ('{"format": "mbsearch.latency.lut/1", "space": "x"}', "input"),
     ],
 )
 def test_a_broken_table_file_is_one_clear_line(tmp_path, content: str, message: str) -> None:
@@ -146,7 +146,7 @@ def test_a_network_outside_the_table_is_a_clear_failure(small) -> None:
 
 
 def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(small, tmp_path, runner) -> None:
-    from mbsearch.cli import app
+    from mbsearch.cli.app import app
 
     space_path, _, _ = small
     output = tmp_path / "lut.json"

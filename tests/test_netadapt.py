@@ -10,11 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mbsearch.arch import Arch, load_arch
-from mbsearch.cli import app
-from mbsearch.cost import count_params
-from mbsearch.model import build_model, plan_layers
-from mbsearch.netadapt import Proposal, residual_groups, shrunk, transfer, widths, with_explicit_mids
+from mbsearch.adapt.netadapt import Proposal, residual_groups, shrunk, transfer, widths, with_explicit_mids
+from mbsearch.cli.app import app
+from mbsearch.nn.cost import count_params
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch, load_arch
+from mbsearch.spec.plan import plan_layers
 
 TINY = {
     "name": "tiny",
@@ -89,7 +90,7 @@ def test_adapt_meets_its_goal_writes_everything_and_resumes(tmp_path, runner) ->
     # fresh and this VM's timings vary by 5-9% (benchmarks/latency.py).
     assert all(step["latency_ms"] < trajectory[0]["latency_ms"] for step in trajectory[1:]), result.output
     adapted = load_arch(out / "adapted.json")
-    assert adapted.to_dict()["format"] in ("mbsearch.arch/2", "mbsearch.arch/3")  # /3 where it holds a V1 ds
+    assert adapted.to_dict()["format"] in ("mbsearch.spec.arch/2", "mbsearch.spec.arch/3")  # /3 where it holds a V1 ds
     assert any(block.mid is not None for block in adapted.blocks)
     assert adapted.provenance["adapted_from"] == str(source) and adapted.provenance["iterations"] >= 1
     assert (

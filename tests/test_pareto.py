@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mbsearch.baselines import dominance
-from mbsearch.pareto import hypervolume, knee, pareto_front, pareto_mask
+from mbsearch.results.baselines import dominance
+from mbsearch.results.pareto import hypervolume, knee, pareto_front, pareto_mask
 
 
 def test_pareto_mask_keeps_only_non_dominated_points() -> None:
@@ -70,7 +70,7 @@ def test_dominance_says_by_how_much() -> None:
 @given(st.lists(st.tuples(st.floats(0, 1), st.floats(0.01, 10)), min_size=1, max_size=60))
 def test_running_front_equals_the_front_computed_from_all_points(points) -> None:
     """The reporter's incremental front keeps exactly the non-dominated points (as a set)."""
-    from mbsearch.progress import RunningFront
+    from mbsearch.search.progress import RunningFront
 
     running = RunningFront()
     for accuracy, latency in points:

@@ -9,10 +9,10 @@ import sqlite3
 import pytest
 import torch
 
-from mbsearch.arch import load_arch
-from mbsearch.cli import app
-from mbsearch.storage import redact
-from mbsearch.zoo import reference_arch
+from mbsearch.cli.app import app
+from mbsearch.spec.arch import load_arch
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.study.storage import redact
 
 
 def _one_line(result, code: int, expected: str) -> str:
@@ -137,7 +137,7 @@ def test_dashboard_on_a_busy_port_is_one_line_before_anything_else(runner, tiny_
 
 
 def test_corrupt_baseline_cache_is_rebuilt_not_fatal(tmp_path) -> None:
-    from mbsearch.baselines import _read_cache
+    from mbsearch.results.baselines import _read_cache
 
     (tmp_path / "baselines.json").write_text("{not json")
     assert _read_cache(tmp_path / "baselines.json") == {}

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 import pytest
 from safetensors.torch import save_file
 
-from mbsearch.arch import Arch
-from mbsearch.cli import app
-from mbsearch.model import build_model
-from mbsearch.zoo import reference_arch
+from mbsearch.cli.app import app
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.zoo import reference_arch
 from tests.test_red_team import _copy_study
 
 
@@ -42,7 +42,7 @@ def test_profile_never_overwrites_a_study_database(runner, tiny_study, tmp_path)
 
 
 def test_profile_never_overwrites_the_space_it_reads(runner, tmp_path) -> None:
-    from mbsearch.space import SPACES_DIR
+    from mbsearch.spec.space import SPACES_DIR
 
     space = tmp_path / "mine.yaml"
     space.write_text((SPACES_DIR / "v1.yaml").read_text())
@@ -90,7 +90,7 @@ def test_adapt_into_trains_folder_never_overwrites_its_weights(runner, tmp_path)
 
 @pytest.mark.parametrize("damage", ["missing weights", "malformed state"])
 def test_adapt_refuses_a_damaged_saved_state_instead_of_discarding_it(runner, tmp_path, damage: str) -> None:
-    from mbsearch.netadapt import STATE, WEIGHTS
+    from mbsearch.adapt.netadapt import STATE, WEIGHTS
 
     _, path = _arch_file(tmp_path)
     out = tmp_path / "out"
@@ -223,7 +223,7 @@ def test_agent_answers_are_validated(runner, device, measure, code: int, expecte
 
 
 def test_a_silent_agent_fails_the_measurement_within_its_own_limit(runner, monkeypatch) -> None:
-    from mbsearch import remote
+    from mbsearch.latency import remote
 
     monkeypatch.setattr(remote, "ANSWER_MARGIN_SECONDS", 1.0)
     with fake_server(agent_like(GOOD_DEVICE | {"max_seconds": 1.0}, {}, delay=30)) as (url, _):
@@ -255,7 +255,7 @@ def test_a_server_that_is_not_an_agent_and_an_absent_one_are_told_apart(runner) 
 
 
 def test_device_fields_are_escaped_in_the_report() -> None:
-    from mbsearch.report import _device_text
+    from mbsearch.report.page import _device_text
 
     text = _device_text(GOOD_DEVICE | {"cpu": "<script>alert(1)</script>", "cores": "<img src=x>", "target": "t"})
     assert "<script>" not in text and "<img" not in text
@@ -268,8 +268,8 @@ def test_device_fields_are_escaped_in_the_report() -> None:
 def agent_server(max_seconds: float = 2.0, read_timeout: float = 60.0):
     from wsgiref.simple_server import make_server
 
-    from mbsearch.agent import AgentConfig, _RequestLog, _ThreadingServer, make_app
-    from mbsearch.timing import device_info
+    from mbsearch.device.agent import AgentConfig, _RequestLog, _ThreadingServer, make_app
+    from mbsearch.device.timing import device_info
 
     config = AgentConfig(TOKEN, max_seconds=max_seconds, read_timeout=read_timeout)
     handler = type("Quiet", (_RequestLog,), {"timeout": read_timeout, "log_message": lambda *a: None})
@@ -354,7 +354,7 @@ def _fails_at_run_time_model() -> bytes:
 
 
 def _small_model() -> bytes:
-    from mbsearch.onnx_export import to_onnx
+    from mbsearch.nn.onnx_export import to_onnx
 
     arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     return to_onnx(build_model(arch), arch)
@@ -424,10 +424,10 @@ VERIFY = ["--top", "1", "--epochs", "0.25", "--train-size", "256", "--threads", 
 def _claim_front(runs, name, worker: str) -> list[int]:
     import socket as sockets
 
-    from mbsearch import claims
-    from mbsearch.pareto import VERIFY_TAG
-    from mbsearch.studies import open_finished
-    from mbsearch.verify import choose
+    from mbsearch.results.finished import open_finished
+    from mbsearch.results.pareto import VERIFY_TAG
+    from mbsearch.results.verify import choose
+    from mbsearch.study import claims
 
     finished = open_finished(name, runs, None)
     chosen = choose(finished.frame, 1)
@@ -528,7 +528,7 @@ def test_report_validates_an_adapted_file_before_using_it(runner, tiny_study, tm
 
 
 def test_a_space_too_wide_for_the_arch_limits_is_refused_before_the_study(runner, tmp_path) -> None:
-    from mbsearch.space import SPACES_DIR
+    from mbsearch.spec.space import SPACES_DIR
 
     text = (SPACES_DIR / "v1.yaml").read_text().replace("width: [0.5, 0.75, 1.0]", "width: [4.0]")
     text = text.replace("{out: 512, stride: 2}", "{out: 8000, stride: 2}")
@@ -542,8 +542,8 @@ def test_a_space_too_wide_for_the_arch_limits_is_refused_before_the_study(runner
 
 def test_images_too_small_or_large_to_lay_out_are_refused() -> None:
     from mbsearch.errors import BadInput
-    from mbsearch.sample import check_space_fits
-    from mbsearch.space import load_space
+    from mbsearch.spec.sample import check_space_fits
+    from mbsearch.spec.space import load_space
 
     for size in (4, 1100):
         with pytest.raises(BadInput, match=f"{size}x{size} images"):
@@ -563,7 +563,7 @@ def test_clear_causes_are_named_not_internal_errors(runner, tmp_path, args, code
 
 
 def test_forged_stored_settings_are_refused(runner, tiny_study, tmp_path) -> None:
-    from mbsearch.studies import open_finished
+    from mbsearch.results.finished import open_finished
 
     runs, name = _copy_study(tiny_study, tmp_path)
     study = open_finished(name, runs, None).study

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from mbsearch.baselines import baseline_frame
-from mbsearch.cli import app
-from mbsearch.studies import open_finished
+from mbsearch.cli.app import app
+from mbsearch.results.baselines import baseline_frame
+from mbsearch.results.finished import open_finished
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -97,7 +97,7 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     """After `verify`: both fronts, this study's own tau, baselines at the verification budget, and
     dominance judged on verified accuracy."""
     from mbsearch.ranking import kendall_tau
-    from mbsearch.report import compute
+    from mbsearch.report.page import compute
 
     runs, name, _ = tiny_study
     copy = tmp_path / "runs"
@@ -125,7 +125,7 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     assert page.index('id="verified-plot"') < page.index('id="pareto-plot"')
     assert page.index("Proxy front (brief training") < page.index('id="pareto-plot"')
     margins = compute(finished, None, budget, verified_baselines)
-    from mbsearch.report import render
+    from mbsearch.report.page import render
 
     page = render(margins)
     assert "points at no more latency" in page and "95% sampling interval" in page
@@ -135,9 +135,9 @@ def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_
     """`adapt` on an exported trial, then `report --adapted`: the star sits at the adapted network's
     measured latency and accuracy, joined to the trial it came from; files that are not an adapt output
     of this study are refused with one line and no report written."""
-    from mbsearch.adapted import adapted_frame
-    from mbsearch.arch import load_arch
-    from mbsearch.report import compute, pareto_figure
+    from mbsearch.adapt.adapted import adapted_frame
+    from mbsearch.report.page import compute, pareto_figure
+    from mbsearch.spec.arch import load_arch
 
     runs, name, _ = tiny_study
     copy = tmp_path / "runs"

@@ -6,9 +6,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from mbsearch.config import RunConfig
 from mbsearch.errors import BadInput
-from mbsearch.pareto import (
+from mbsearch.results.pareto import (
     MULTI_FIDELITY,
     decision_front,
     dominates_at_shared_rung,
@@ -16,9 +15,10 @@ from mbsearch.pareto import (
     pareto_ranking,
     trials_frame,
 )
-from mbsearch.rungs import parse_rungs, promotable, rung_budget
-from mbsearch.search import run_search
-from mbsearch.train import Budget
+from mbsearch.search.loop import run_search
+from mbsearch.search.rungs import promotable, rung_budget
+from mbsearch.study.config import RunConfig, parse_rungs
+from mbsearch.train.loop import Budget
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
@@ -115,7 +115,7 @@ def test_rungs_need_the_pareto_objective() -> None:
 def test_two_workers_on_postgres_promote_without_duplicates_and_reach_the_exact_count(postgres, tmp_path) -> None:
     from rich.console import Console
 
-    from mbsearch.workers import run_workers
+    from mbsearch.search.workers import run_workers
 
     url = postgres.new_database()
     result = run_workers(_config(tmp_path, storage=url, workers=2, trials=6), Console(quiet=True))
@@ -127,7 +127,7 @@ def test_two_workers_on_postgres_promote_without_duplicates_and_reach_the_exact_
 
 
 def test_bad_rungs_flag_is_one_line(runner, tmp_path) -> None:
-    from mbsearch.cli import app
+    from mbsearch.cli.app import app
 
     result = runner.invoke(app, ["run", "--rungs", "1,0.5", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--rungs" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -10,12 +10,12 @@ import optuna
 import pandas as pd
 import pytest
 
-from mbsearch.cli import app
-from mbsearch.config import RunConfig
+from mbsearch.cli.app import app
 from mbsearch.errors import RuntimeFailure
-from mbsearch.objective import mnas_reward
-from mbsearch.search import run_search
-from mbsearch.storage import open_storage
+from mbsearch.search.loop import run_search
+from mbsearch.search.objective import mnas_reward
+from mbsearch.study.config import RunConfig
+from mbsearch.study.storage import open_storage
 
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -175,11 +175,11 @@ def test_same_command_same_seed_same_machine_gives_the_same_archs_and_accuracies
 
 
 def test_latency_input_size_times_the_deployed_network_and_trains_the_same_blocks(tmp_path) -> None:
-    from mbsearch.arch import Arch
-    from mbsearch.latency import LocalTarget, deployed, measure_on
-    from mbsearch.model import build_model
-    from mbsearch.sample import sample_arch
-    from mbsearch.space import load_space
+    from mbsearch.latency.targets import LocalTarget, measure_on
+    from mbsearch.nn.model import build_model
+    from mbsearch.spec.arch import Arch
+    from mbsearch.spec.sample import sample_arch
+    from mbsearch.spec.space import load_space
 
     result = run_search(tiny_config(tmp_path, trials=1, sampler="random", latency_input_size=224))
     trial = result.study.get_trials(states=(COMPLETE,))[0]
@@ -189,5 +189,5 @@ def test_latency_input_size_times_the_deployed_network_and_trains_the_same_block
     assert replayed.blocks == arch.blocks
     assert sample_arch(optuna.trial.FixedTrial(trial.params), load_space("v3"), 28, 1, 10).stem.stride == 1
     assert trial.user_attrs["val_accuracy"] > 0  # trained on the 28x28 images, same blocks
-    at_28 = deployed(arch, 28)
+    at_28 = arch.at_resolution(28)
     assert trial.user_attrs["latency_ms"] > 3 * measure_on(LocalTarget(), build_model(at_28), at_28).median_ms

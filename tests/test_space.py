@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from mbsearch.errors import BadInput
-from mbsearch.space import SPACES_DIR, list_spaces, load_space
+from mbsearch.spec.space import SPACES_DIR, list_spaces, load_space
 
 
 def test_shipped_spaces_load_and_count() -> None:

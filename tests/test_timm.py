@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from mbsearch.arch import Arch
-from mbsearch.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
-from mbsearch.model import build_model
-from mbsearch.sample import random_arch
-from mbsearch.space import list_spaces, load_space
-from mbsearch.zoo import reference_arch
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
+from mbsearch.spec.sample import random_arch
+from mbsearch.spec.space import list_spaces, load_space
+from mbsearch.spec.zoo import reference_arch
 from tests.timm_support import import_timm
 
 timm = import_timm()
@@ -100,7 +100,7 @@ def test_an_old_ds_with_a_shortcut_reads_as_built_and_timm_refuses_it() -> None:
         for a in _sampled("v1", 12)
         if any(b.type == "ds" and has_skip(b.model_copy(update={"type": "dsr"}), c) for b, c in _inputs(a))
     )
-    old = arch.to_dict() | {"format": "mbsearch.arch/1"}
+    old = arch.to_dict() | {"format": "mbsearch.spec.arch/1"}
     read = Arch.from_dict(old)
     assert any(block.type == "dsr" for block in read.blocks)
     assert any(getattr(block, "has_skip", False) for block in build_model(read).features[1:-1])
@@ -141,8 +141,8 @@ def test_export_timm_writes_every_pick_of_a_study_and_timm_builds_the_same_block
     study has a timm arch_def, and timm builds exactly the exported blocks from it."""
     import json
 
-    from mbsearch.arch import load_arch
-    from mbsearch.cli import app
+    from mbsearch.cli.app import app
+    from mbsearch.spec.arch import load_arch
 
     runs, name, _ = tiny_study
     out = tmp_path / f"{pick}.json"

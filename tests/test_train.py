@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from mbsearch.data import Split, load_dataset
-from mbsearch.model import build_model
-from mbsearch.train import Budget, Diverged, Normalizer, evaluate, train
-from mbsearch.zoo import reference_arch
+from mbsearch.nn.model import build_model
+from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.data import Split, load_dataset
+from mbsearch.train.loop import Budget, Diverged, Normalizer, evaluate, train
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_wheel_installed_outside_the_repository_runs_a_search(tmp_path) -> None:
     assert all(name in listed.stdout for name in ("v1", "v2", "v3"))
     sampled = mbsearch("sample", "--space", "v3", "--seed", "1")
     assert sampled.returncode == 0, sampled.stderr
-    assert '"format": "mbsearch.arch/' in sampled.stdout
+    assert '"format": "mbsearch.spec.arch/' in sampled.stdout
     searched = mbsearch(
         "run", "--space", "v3", "--trials", "1", "--train-size", "128", "--val-size", "128", "--epochs", "0.5",
         "--runs-dir", "runs",

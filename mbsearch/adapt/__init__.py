@@ -1,0 +1,1 @@
+"""NetAdapt: trimming a found network to a latency budget."""

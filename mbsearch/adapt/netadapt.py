@@ -1,0 +1,508 @@
+"""NetAdapt (Yang et al., ECCV 2018) as MobileNetV3 used it: trim layer widths until a latency target is met.
+
+Each iteration asks for a latency reduction that decays over time. For every proposal (an inverted
+residual's expansion width, or the output width of a residual group: every block that shares a
+bottleneck width, so shortcuts stay valid) it takes the largest width, in steps of 8, whose measured
+latency meets that iteration's goal, keeps the filters with the largest L2 norm, fine-tunes briefly and
+scores on the validation split. The proposal kept is the one with the best ratio of accuracy change to
+latency change (MobileNetV3's rule). Every finished iteration is saved, so a rerun resumes.
+
+Proposals never change the network's topology: a width that would add or remove a shortcut, or remove an
+expansion layer, is not proposed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mbsearch.device import hostlock
+from mbsearch.errors import BadInput
+from mbsearch.files import write_atomic
+from mbsearch.latency.targets import Prepared, Target
+from mbsearch.nn.cost import count_params
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.plan import plan_layers
+from mbsearch.train.data import Dataset
+from mbsearch.train.loop import Budget, Normalizer, train
+from mbsearch.train.loop import evaluate as score_as_is
+
+STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps them
+MIN_WIDTH = 8
+STATE = "adapt-state.json"
+WEIGHTS = "adapt-state.safetensors"
+# Rounds per latency (by default), each timing the network and the start network in fresh runtime sessions:
+# on a noisy device one lucky timing would otherwise pick a proposal and set the next goal out of reach (seen
+# on the 2-core VM: a proposal timed once at 2.8 ms re-timed at 4.3 ms).
+STEADY_SESSIONS = 3
+# When no proposal reaches an iteration's goal, the ask is halved and the iteration retried, down to this
+# share of the start latency: NetAdapt's schedule is a heuristic, and on a noisy device a start timed on
+# the fast side makes a full step unreachable although smaller steps still lead to the target.
+SMALLEST_ASK = 0.01
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Shrink one width: an expansion ("mid", one block) or a residual group's output ("out", its blocks)."""
+
+    kind: str
+    blocks: tuple[int, ...]
+    width: int
+
+    def describe(self) -> str:
+        where = f"block {self.blocks[0]}" if self.kind == "mid" else f"blocks {self.blocks[0]}-{self.blocks[-1]}"
+        return f"{self.kind} of {where} -> {self.width}"
+
+
+@dataclass
+class Step:
+    """One row of the trajectory."""
+
+    iteration: int
+    latency_ms: float
+    accuracy: float
+    params: int
+    proposal: str
+    candidates: int
+    seconds: float
+
+
+@dataclass
+class Settings:
+    finetune: Budget = field(default_factory=lambda: Budget(epochs=1.0, train_size=2000, batch_size=64, lr=0.001))
+    first_reduction: float = 0.04  # of the starting latency, asked for by the first iteration
+    decay: float = 0.9
+    max_iterations: int = 30
+    seed: int = 0
+    timing_sessions: int = STEADY_SESSIONS
+
+
+def residual_groups(arch: Arch) -> list[tuple[int, ...]]:
+    """Runs of blocks that share one output width: a block with a shortcut joins the previous block's run."""
+    groups: list[list[int]] = []
+    plans = plan_layers(arch)[1:-1]
+    for index, plan in enumerate(plans):
+        if plan.has_skip and groups:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return [tuple(group) for group in groups]
+
+
+def with_explicit_mids(arch: Arch) -> Arch:
+    """Every expansion width written out (format /2), so that shrinking a block's input leaves it alone."""
+    plans = plan_layers(arch)[1:-1]
+    blocks = tuple(
+        block.model_copy(update={"mid": plan.mid_chs}) if block.type == "ir" and plan.mid_chs != plan.in_chs else block
+        for block, plan in zip(arch.blocks, plans, strict=True)
+    )
+    return arch.model_copy(update={"blocks": blocks})
+
+
+def _topology(arch: Arch) -> list[tuple[bool, bool]]:
+    """Per block: (has a shortcut, has an expansion layer)."""
+    return [(plan.has_skip, plan.mid_chs != plan.in_chs) for plan in plan_layers(arch)[1:-1]]
+
+
+def shrunk(arch: Arch, kind: str, blocks: tuple[int, ...], width: int) -> Arch | None:
+    """`arch` with one width changed, or None where that would change the topology."""
+    new_blocks = list(arch.blocks)
+    for index in blocks:
+        change = {"mid": width} if kind == "mid" else {"out": width}
+        new_blocks[index] = new_blocks[index].model_copy(update=change)
+    candidate = Arch.model_validate(arch.model_copy(update={"blocks": tuple(new_blocks)}).model_dump())
+    return candidate if _topology(candidate) == _topology(arch) else None
+
+
+def widths(arch: Arch) -> list[tuple[str, tuple[int, ...], int]]:
+    """What can shrink, with its current width: each expansion, then each residual group's output."""
+    plans = plan_layers(arch)[1:-1]
+    found = [("mid", (i,), plan.mid_chs) for i, plan in enumerate(plans) if plan.mid_chs != plan.in_chs]
+    found += [("out", group, plans[group[0]].out_chs) for group in residual_groups(arch)]
+    return found
+
+
+def trimmable(arch: Arch) -> bool:
+    """Whether any width can shrink by a step without going below the floor or changing the topology."""
+    return any(
+        width - STEP >= MIN_WIDTH and shrunk(arch, kind, blocks, width - STEP) is not None
+        for kind, blocks, width in widths(arch)
+    )
+
+
+def _spaces(arch: Arch) -> dict[str, tuple[str | None, ...]]:
+    """Parameter name -> the channel space of each of its dimensions (None: not a channel dimension)."""
+    plans = plan_layers(arch)
+    group_of = {i: g for g, group in enumerate(residual_groups(arch)) for i in group}
+    spaces: dict[str, tuple[str | None, ...]] = {}
+    in_space = "stem"
+    for index, (block, plan) in enumerate(zip(arch.blocks, plans[1:-1], strict=True)):
+        prefix = f"features.{index + 1}."
+        out_space = f"out{group_of[index]}"
+        expands = plan.mid_chs != plan.in_chs
+        mid_space = f"mid{index}" if expands else in_space
+        if block.type == "ir" and expands:
+            spaces[prefix + "conv_pw.0.weight"] = (mid_space, in_space, None, None)
+            _bn(spaces, prefix + "conv_pw.1", mid_space)
+        spaces[prefix + "conv_dw.0.weight"] = (mid_space, None, None, None)
+        _bn(spaces, prefix + "conv_dw.1", mid_space)
+        sq_space = f"sq{index}"
+        spaces[prefix + "se.fc1.weight"] = (sq_space, mid_space, None, None)
+        spaces[prefix + "se.fc1.bias"] = (sq_space,)
+        spaces[prefix + "se.fc2.weight"] = (mid_space, sq_space, None, None)
+        spaces[prefix + "se.fc2.bias"] = (mid_space,)
+        project = "conv_pwl" if block.type == "ir" else "conv_pw"
+        spaces[prefix + f"{project}.0.weight"] = (out_space, mid_space, None, None)
+        _bn(spaces, prefix + f"{project}.1", out_space)
+        in_space = out_space
+    head = f"features.{len(arch.blocks) + 1}."
+    spaces[head + "0.weight"] = (None, in_space, None, None)
+    return spaces
+
+
+def _bn(spaces: dict, prefix: str, space: str) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        spaces[f"{prefix}.{name}"] = (space,)
+
+
+def _top(norms: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` largest norms, in their original order."""
+    return torch.sort(torch.topk(norms, count).indices).values
+
+
+def transfer(old: nn.Module, old_arch: Arch, new_arch: Arch, proposal: Proposal) -> nn.Module:
+    """The shrunk network with the weights it keeps: the filters of largest L2 norm (NetAdapt)."""
+    state = old.state_dict()
+    keep: dict[str, torch.Tensor] = {}
+    if proposal.kind == "mid":
+        index = proposal.blocks[0]
+        weight = state[f"features.{index + 1}.conv_pw.0.weight"]
+        keep[f"mid{index}"] = _top(weight.flatten(1).norm(dim=1), proposal.width)
+    else:
+        group = residual_groups(old_arch).index(proposal.blocks)
+        norms = sum(
+            state[f"features.{i + 1}.{'conv_pwl' if old_arch.blocks[i].type == 'ir' else 'conv_pw'}.0.weight"]
+            .flatten(1)
+            .norm(dim=1)
+            for i in proposal.blocks
+        )
+        keep[f"out{group}"] = _top(norms, proposal.width)
+    model = build_model(new_arch)
+    new_state = model.state_dict()
+    spaces = _spaces(old_arch)
+    for name, target in new_state.items():
+        tensor = state[name]
+        for dim, space in enumerate(spaces.get(name, ())):
+            if space is None or (tensor.shape[dim] == target.shape[dim] and space not in keep):
+                continue
+            if space not in keep:  # an SE squeeze width that follows its (shrunk) expansion
+                keep[space] = _top(tensor.flatten(1).norm(dim=1), target.shape[dim])
+            tensor = tensor.index_select(dim, keep[space])
+        if tensor.shape != target.shape:
+            raise AssertionError(f"{name}: kept {tuple(tensor.shape)}, the shrunk network needs {tuple(target.shape)}")
+        new_state[name] = tensor.clone()
+    model.load_state_dict(new_state)
+    return model
+
+
+@dataclass
+class Adapter:
+    """One adaptation: the network, where its latency comes from, and how it is fine-tuned and scored."""
+
+    target: Target
+    data: Dataset
+    settings: Settings
+    out_dir: Path
+    on_event: Callable[[str], None] = print
+    normalizer: Normalizer = field(init=False)
+    start: tuple[Prepared, float] | None = field(default=None, init=False)  # set by `anchor`
+
+    def __post_init__(self) -> None:
+        self.normalizer = Normalizer.fit(self.data.train.images[: self.settings.finetune.train_size])
+
+    def anchor(self, arch: Arch, latency_ms: float | None = None) -> float:
+        """Make `arch` the start network that every later timing is set against; time it (median of
+        `timing_sessions` fresh sessions) unless its latency is known (a resumed adaptation)."""
+        prepared = self.target.prepare(build_model(arch), arch)  # latency does not depend on the weights
+        if latency_ms is None:
+            sessions = self.settings.timing_sessions
+            latency_ms = statistics.median(self.target.time(prepared).median_ms for _ in range(sessions))
+        self.start = (prepared, latency_ms)
+        return latency_ms
+
+    def latency(self, arch: Arch, model: nn.Module) -> float:
+        """The start network's latency times the median ratio of `timing_sessions` rounds, each timing this
+        network and the start network side by side: a device whose speed drifts (this VM's does, by 20%
+        over minutes) slows both alike, so a proposal is judged against the start, not against the moment."""
+        if self.start is None:
+            raise RuntimeError("anchor() the start network first")
+        reference, start_ms = self.start
+        prepared = self.target.prepare(model, arch)
+        ratios = [
+            self.target.time(prepared).median_ms / self.target.time(reference).median_ms
+            for _ in range(self.settings.timing_sessions)
+        ]
+        return start_ms * statistics.median(ratios)
+
+    def score(self, model: nn.Module, budget: Budget | None = None) -> float:
+        """Fine-tune from the kept weights (the network is resolution-agnostic: it trains at the dataset's
+        size), then the accuracy on the validation split; never the test set."""
+        budget = budget or self.settings.finetune
+        result = train(
+            model,
+            self.data.train,
+            self.data.val,
+            budget,
+            self.settings.seed,
+            self.normalizer,
+            step_lock=hostlock.training,
+        )
+        return result.accuracy
+
+    def iterate(self, arch: Arch, model: nn.Module, latency: float, accuracy: float, goal: float):
+        """One NetAdapt iteration: the best proposal that reaches `goal` ms, or None when none does."""
+        best = None
+        tried = 0
+        for kind, blocks, current in widths(arch):
+            found = self._largest_meeting(arch, model, kind, blocks, current, goal)
+            if found is None:
+                continue
+            proposal, candidate, shrunk_model, measured = found
+            tried += 1
+            score = self.score(shrunk_model)
+            ratio = (score - accuracy) / max(latency - measured, 1e-6)
+            self.on_event(f"  {proposal.describe()}: {measured:.3f} ms, accuracy {score:.4f}")
+            if best is None or ratio > best[0]:
+                best = (ratio, candidate, shrunk_model, proposal, measured, score)
+        return best, tried
+
+    def _largest_meeting(self, arch: Arch, model: nn.Module, kind: str, blocks: tuple[int, ...], current: int, goal):
+        """The largest width (a multiple of 8 below `current`) whose measured latency meets `goal`, by bisection
+        (latency grows with width); None when even the narrowest misses it."""
+        options = [w for w in range(current - STEP, MIN_WIDTH - 1, -STEP) if shrunk(arch, kind, blocks, w)]
+        measured: dict[int, tuple] = {}
+
+        def meets(index: int) -> bool:
+            width = options[index]
+            if width not in measured:
+                candidate = shrunk(arch, kind, blocks, width)
+                assert candidate is not None
+                proposal = Proposal(kind, blocks, width)
+                shrunk_model = transfer(model, arch, candidate, proposal)
+                measured[width] = (proposal, candidate, shrunk_model, self.latency(candidate, shrunk_model))
+            return measured[width][3] <= goal
+
+        if not options or not meets(len(options) - 1):
+            return None
+        low, high = 0, len(options) - 1  # options[high] meets the goal; find the widest that does
+        while low < high:
+            middle = (low + high) // 2
+            if meets(middle):
+                high = middle
+            else:
+                low = middle + 1
+        return measured[options[high]]
+
+
+def begin(
+    adapter: Adapter, arch: Arch, model: nn.Module, source: dict[str, Any], goal_for: Callable[[float], float]
+) -> tuple[Arch, nn.Module, list[Step], float]:
+    """Resume the adaptation saved in the output folder, or start one: measure the network, set the goal
+    (`goal_for(latency)`), refuse a goal it already meets, and save iteration 0."""
+    state = _load_state(adapter.out_dir, source)
+    if state is not None:
+        current, weights, trajectory, goal = state
+        adapter.anchor(with_explicit_mids(arch), trajectory[0].latency_ms)
+        model = build_model(current)
+        model.load_state_dict(weights)
+        adapter.on_event(f"resuming after iteration {trajectory[-1].iteration} (goal {goal:.3f} ms)")
+        return current, model, trajectory, goal
+    arch = with_explicit_mids(arch)
+    latency = adapter.anchor(arch)
+    goal = goal_for(latency)
+    if not 0 < goal < latency:
+        raise BadInput(
+            f"the latency goal {goal:.3f} ms is not below the network's {latency:.3f} ms on {adapter.target.name}; "
+            "ask for less (a lower --latency-target or a --latency-reduction between 0 and 1)"
+        )
+    accuracy = score_as_is(model, adapter.data.val, adapter.normalizer)
+    trajectory = [Step(0, latency, accuracy, count_params(model), "start", 0, 0.0)]
+    _save_state(adapter.out_dir, source, arch, model, trajectory, goal)
+    return arch, model, trajectory, goal
+
+
+def adapt(
+    adapter: Adapter, arch: Arch, model: nn.Module, trajectory: list[Step], goal_ms: float, source: dict[str, Any]
+) -> tuple[Arch, nn.Module, list[Step]]:
+    """Iterate until the goal is met (or no proposal reaches even the smallest ask), saving each iteration."""
+    settings = adapter.settings
+    start_latency = trajectory[0].latency_ms
+    backoff = 1.0
+    while trajectory[-1].latency_ms > goal_ms and len(trajectory) <= settings.max_iterations:
+        last = trajectory[-1]
+        reduction = start_latency * settings.first_reduction * settings.decay ** (len(trajectory) - 1) * backoff
+        goal = max(goal_ms, last.latency_ms - reduction)
+        adapter.on_event(f"iteration {last.iteration + 1}: {last.latency_ms:.3f} ms -> at most {goal:.3f} ms")
+        started = time.perf_counter()
+        best, tried = adapter.iterate(arch, model, last.latency_ms, last.accuracy, goal)
+        if best is None:
+            if last.latency_ms - goal > start_latency * SMALLEST_ASK:
+                backoff /= 2
+                adapter.on_event("no proposal reaches this iteration's goal: asking for half as much")
+                continue
+            adapter.on_event(f"no proposal reaches even a {SMALLEST_ASK:.0%} reduction: stopping")
+            break
+        backoff = 1.0
+        _, arch, model, proposal, measured, score = best
+        # Timed again: the proposal kept is, among many, the one whose timing met the goal; a fresh timing
+        # is not biased by that choice (the winner's curse).
+        steady = adapter.latency(arch, model)
+        seconds = round(time.perf_counter() - started, 2)
+        step = Step(last.iteration + 1, steady, score, count_params(model), proposal.describe(), tried, seconds)
+        trajectory.append(step)
+        adapter.on_event(
+            f"kept {proposal.describe()}: {steady:.3f} ms re-timed ({measured:.3f} ms when proposed), "
+            f"accuracy {score:.4f}"
+        )
+        _save_state(adapter.out_dir, source, arch, model, trajectory, goal_ms)
+    if trajectory[-1].latency_ms > goal_ms and len(trajectory) > settings.max_iterations:
+        adapter.on_event(f"stopping after {settings.max_iterations} iteration(s) (--max-iterations)")
+    return arch, model, trajectory
+
+
+def _save_state(
+    out_dir: Path, source: dict, arch: Arch, model: nn.Module, trajectory: list[Step], goal_ms: float
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / (WEIGHTS + ".tmp"))
+    (out_dir / (WEIGHTS + ".tmp")).replace(out_dir / WEIGHTS)
+    state = {
+        "source": source,
+        "goal_ms": goal_ms,
+        "arch": arch.to_dict(),
+        "trajectory": [asdict(step) for step in trajectory],
+    }
+    write_atomic(out_dir / STATE, json.dumps(state, indent=1))
+
+
+# Every file `adapt` writes in its output folder; STATE marks the folder as adapt's own.
+OUTPUT_FILES = (STATE, WEIGHTS, "adapted.json", "model.safetensors", "model.onnx", "trajectory.csv", "trajectory.html")
+
+
+class _SavedState(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    source: dict[str, Any]
+    goal_ms: float
+    arch: dict[str, Any]
+    trajectory: list[dict[str, Any]]
+
+
+def _load_state(out_dir: Path, source: dict):
+    """The adaptation saved in `out_dir`, or None where there is none. A state that is half there or
+    unreadable is refused with one line, never silently discarded (it holds finished iterations)."""
+    path, weights = out_dir / STATE, out_dir / WEIGHTS
+    if not path.exists() and not weights.exists():
+        return None
+    if not (path.is_file() and weights.is_file()):
+        present, missing = (path, weights) if path.exists() else (weights, path)
+        raise BadInput(
+            f"{out_dir} holds {present.name} without {missing.name}: an adaptation's saved state is incomplete; "
+            "remove both files to start again, or pick another --out"
+        )
+    try:
+        state = _SavedState.model_validate_json(path.read_bytes())
+        arch = Arch.from_dict(state.arch, str(path))
+        trajectory = [Step(**row) for row in state.trajectory]
+        saved_weights = load_file(weights)
+    except (OSError, ValueError, TypeError, SafetensorError, BadInput) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BadInput(
+            f"{out_dir}: the saved adaptation ({STATE}, {WEIGHTS}) cannot be read ({reason}); remove both to "
+            "start again, or pick another --out"
+        ) from None
+    if state.source != source:
+        raise BadInput(f"{out_dir} holds an adaptation of another arch or target; pick another --out or remove {path}")
+    return arch, saved_weights, trajectory, state.goal_ms
+
+
+def finish(
+    adapter: Adapter,
+    arch: Arch,
+    model: nn.Module,
+    trajectory: list[Step],
+    final: Budget,
+    provenance: dict[str, Any],
+) -> Arch:
+    """The longer fine-tune, then the adapted arch JSON, weights, ONNX and the trajectory (CSV and plot)."""
+    import pandas as pd
+
+    from mbsearch.adapt.adapted import ADAPTED_FILE
+    from mbsearch.nn.onnx_export import write_onnx
+    from mbsearch.spec.arch import write_arch
+
+    accuracy = adapter.score(model, final)
+    # The kept network's unbiased re-timing, the figure the loop stopped on: another look at the same arch
+    # would only add noise, and a network kept just under the goal would flip to "not met" half the time.
+    latency = trajectory[-1].latency_ms
+    adapted = arch.with_info(
+        name=f"{provenance.get('source_name') or 'arch'}-adapted",
+        provenance=provenance | {"iterations": trajectory[-1].iteration, "final_finetune": asdict(final)},
+        metrics={
+            "val_accuracy": accuracy,
+            "latency_ms": latency,
+            "params": count_params(model),
+            "start_latency_ms": trajectory[0].latency_ms,
+            "start_val_accuracy": trajectory[0].accuracy,
+        },
+    )
+    out = adapter.out_dir
+    write_arch(adapted, out / ADAPTED_FILE)  # the file `report --adapted` reads
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    write_onnx(adapted, out / "model.onnx", model)
+    frame = pd.DataFrame([asdict(step) for step in trajectory])
+    write_atomic(out / "trajectory.csv", frame.to_csv(index=False))
+    write_atomic(out / "trajectory.html", trajectory_figure(frame, adapted).to_html(include_plotlyjs=True))
+    return adapted
+
+
+def trajectory_figure(frame, adapted: Arch):
+    """Latency against accuracy, iteration by iteration, each point naming the proposal kept."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(
+        go.Scatter(
+            x=frame["latency_ms"],
+            y=frame["accuracy"],
+            mode="lines+markers+text",
+            text=frame["iteration"].astype(str),
+            textposition="top center",
+            customdata=frame[["proposal", "params"]],
+            hovertemplate="%{x:.3f} ms, accuracy %{y:.4f}<br>%{customdata[0]}<br>%{customdata[1]:,} params",
+            name="NetAdapt iterations (fine-tuned briefly)",
+        )
+    )
+    metrics = adapted.metrics or {}
+    figure.add_scatter(
+        x=[metrics.get("latency_ms")],
+        y=[metrics.get("val_accuracy")],
+        mode="markers",
+        marker={"symbol": "star", "size": 14},
+        name="adapted, after the final fine-tune",
+    )
+    figure.update_layout(
+        title=f"NetAdapt trajectory of {adapted.name}", xaxis_title="latency (ms)", yaxis_title="validation accuracy"
+    )
+    return figure

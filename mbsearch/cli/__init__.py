@@ -1,0 +1,1 @@
+"""The mbsearch command line: parse, call the library, print."""

@@ -1,0 +1,897 @@
+"""The `mbsearch` command line: thin typer commands that parse flags and call the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
+from typer.exceptions import Abort
+
+from mbsearch.errors import BadInput, MbsearchError
+from mbsearch.files import describe_validation_error
+from mbsearch.study import records
+
+# A pipe or a test gets a wide table rather than folded cells.
+# markup=False: file names, study names and arch names are printed as given ('exp[v2]' stays as is,
+# '[/]' is not a markup error).
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+
+
+class _OneLineErrors(TyperGroup):
+    """Every failure a user can cause ends as one line on stderr with exit 2 (1 for runtime failures)."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: Any = None,
+        complete_var: Any = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name or "mbsearch", complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            where = f" (see 'mbsearch {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+            _fail(exc.format_message().replace("\n", " ") + where, 2)
+        except Abort:
+            _fail("interrupted", 130)
+        except MbsearchError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except pydantic.ValidationError as exc:
+            # Our data types (arch, space, settings) are only ever built from what a user passed in
+            _fail(describe_validation_error(exc, exc.title), 2)
+        except OSError as exc:
+            _fail(_os_error_line(exc), 1)
+        except Exception as exc:  # a bug or an unforeseen failure: still one line, unless asked for more
+            if os.environ.get("MBSEARCH_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0] + " (MBSEARCH_DEBUG=1 shows more)", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """A failure of the disk or the terminal (full, read-only, gone) as one line that names the file."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else (" the output" if exc.errno in (errno.ENOSPC, errno.EPIPE) else "")
+    advice = {
+        errno.ENOSPC: "free some disk space",
+        errno.EROFS: "the file system is read-only; pick a writable place",
+        errno.EACCES: "check the permissions",
+        errno.EPIPE: "the output was closed",
+    }.get(exc.errno or 0, "check the file and the disk")
+    return f"cannot use{where}: {exc.strerror or exc}; {advice}"
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"mbsearch: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Hardware-aware neural architecture search over MobileNet-style spaces.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _quiet() -> None:
+    """Hardware-aware neural architecture search over MobileNet-style spaces."""
+    import logging
+    import warnings
+
+    # Optuna's INFO lines ("A new study created ...") and its tracebacks for failed trials, and library
+    # warnings about experimental or deprecated APIs, would drown our own output. Our reporter prints a
+    # line per trial with its failure reason, and our own problems end as one-line errors.
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    # Optuna resets its logger's level when it is first imported: import it now, then quiet it. The agent
+    # runs on small devices without optuna.
+    try:
+        import optuna
+    except ImportError:
+        return
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+InputSize = Annotated[int, typer.Option(min=8, max=1024, help="Input image size (square).")]
+Channels = Annotated[int, typer.Option(min=1, max=16, help="Input image channels.")]
+Classes = Annotated[int, typer.Option(min=2, max=100_000, help="Number of classes.")]
+TargetToken = Annotated[
+    str | None,
+    typer.Option(envvar="MBSEARCH_TARGET_TOKEN", help="Token of the agent of an http:// target (or the env var)."),
+]
+LatencyInputSize = Annotated[
+    int | None, typer.Option(min=8, max=1024, help="Time at this input size (the deployment resolution).")
+]
+
+
+@app.command()
+def spaces() -> None:
+    """List the shipped search spaces and how many distinct architectures each holds."""
+    from mbsearch.spec.space import list_spaces, load_space
+
+    table = Table("space", "architectures", "stages", "description")
+    for name in list_spaces():
+        space = load_space(name)
+        table.add_row(
+            name,
+            f"{space.size():.3e}" if space.size() > 1e6 else str(space.size()),
+            str(len(space.stages)),
+            space.description,
+        )
+    console.print(table)
+
+
+@app.command()
+def sample(
+    space: Annotated[str, typer.Option(help="Shipped space name (v1, v2, v3) or a path to a YAML file.")] = "v3",
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
+    input_size: InputSize = 28,
+    channels: Channels = 1,
+    classes: Classes = 10,
+) -> None:
+    """Print a random architecture from a space as arch JSON."""
+    from mbsearch.spec.sample import random_arch
+    from mbsearch.spec.space import load_space
+
+    arch = random_arch(load_space(space), seed, input_size, channels, classes)
+    sys.stdout.write(arch.with_info(name=f"{arch.name}-seed{seed}").to_json())
+
+
+def _load_arch_or_reference(name_or_path: str, input_size: int | None, channels: int | None, classes: int | None):
+    from mbsearch.spec.arch import load_arch
+    from mbsearch.spec.zoo import reference_arch, reference_names
+
+    if name_or_path in reference_names():
+        return reference_arch(name_or_path, input_size or 224, channels or 3, classes or 1000)
+    if not Path(name_or_path).exists():
+        raise BadInput(f"{name_or_path!r} is neither a file nor a reference ({', '.join(reference_names())})")
+    if input_size or channels or classes:
+        raise BadInput("--input-size/--channels/--classes apply to reference names only; edit the arch file instead")
+    return load_arch(name_or_path)
+
+
+@app.command()
+def show(
+    arch: Annotated[str, typer.Argument(help="A reference name (e.g. mobilenet_v3_large) or an arch JSON file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the totals as JSON.")] = False,
+    input_size: Annotated[int | None, typer.Option(min=8, max=1024, help="Input size for a reference.")] = None,
+    channels: Annotated[int | None, typer.Option(min=1, max=16, help="Channels for a reference.")] = None,
+    classes: Annotated[int | None, typer.Option(min=2, help="Classes for a reference.")] = None,
+) -> None:
+    """Print an architecture block by block with params and MACs, and the totals."""
+    from mbsearch.nn.summary import summarize
+
+    rows, totals = summarize(_load_arch_or_reference(arch, input_size, channels, classes))
+    if as_json:
+        sys.stdout.write(json.dumps(totals) + "\n")
+        return
+    table = Table(
+        "layer",
+        "type",
+        "k",
+        "exp",
+        "se",
+        "act",
+        "out",
+        "stride",
+        "res",
+        "params",
+        "MACs",
+        title=f"{_printable(totals['name'] or arch)} ({totals['input']}, {totals['num_classes']} classes)",
+    )
+    for row in rows:
+        table.add_row(
+            row.layer,
+            row.type,
+            _cell(row.kernel),
+            _cell(row.expand),
+            _cell(row.se),
+            row.act,
+            str(row.out),
+            str(row.stride),
+            str(row.resolution),
+            f"{row.params:,}",
+            f"{row.macs:,}",
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", "", "", "", "", "", f"{totals['params']:,}", f"{totals['macs']:,}")
+    console.print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _config(**flags: Any):
+    """Validate the flags of `run` as one RunConfig; a bad value is named by its flag."""
+    import pydantic
+
+    from mbsearch.study.config import RunConfig
+
+    try:
+        return RunConfig(**flags)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "flags"
+        raise BadInput(f"{flag}: {error['msg'].removeprefix('Value error, ')}") from None
+
+
+@app.command()
+def run(
+    space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
+    target: Annotated[
+        str, typer.Option(help="Where latency is measured: cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")
+    ] = "cpu",
+    target_token: TargetToken = None,
+    latency: Annotated[str, typer.Option(help="measured (on --target) or predicted (from --lut, no device).")] = (
+        "measured"
+    ),
+    lut: Annotated[Path | None, typer.Option(help="Lookup table of 'mbsearch profile' (--latency predicted).")] = None,
+    latency_input_size: LatencyInputSize = None,
+    confirm_on: Annotated[
+        str | None, typer.Option(help="After the search, re-time the front on this target (cpu, cuda, http://...).")
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="onnxruntime (deployed model) or torch (eager).")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(help="Threads for latency timing.")] = 1,
+    dataset: Annotated[str, typer.Option(help="fashion-mnist, cifar10 or folder.")] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (fashion-mnist has a default).")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Resize images to this size (default: native).")] = None,
+    channels: Annotated[int | None, typer.Option(help="Image channels for --dataset folder (1 or 3).")] = None,
+    val_size: Annotated[int, typer.Option(help="Images held out of training for validation.")] = 10000,
+    epochs: Annotated[float, typer.Option(help="Training epochs per candidate (0.5 allowed).")] = 1.0,
+    train_size: Annotated[int, typer.Option(help="Training images per candidate.")] = 8000,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, one-cycle cosine).")] = 0.003,
+    train_threads: Annotated[int | None, typer.Option(help="Threads for training (default: cores / workers).")] = None,
+    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Seed for the sampler, the split and training.")] = 0,
+    trials: Annotated[int, typer.Option(help="Complete trials to reach in total (a rerun resumes).")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: SPACE-TARGET-DATASET).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Folder for study outputs.")] = Path("runs"),
+    max_latency: Annotated[float | None, typer.Option(help="Constraint: latency at most this many ms.")] = None,
+    max_params: Annotated[int | None, typer.Option(help="Constraint: at most this many parameters.")] = None,
+    objective: Annotated[str, typer.Option(help="pareto (two objectives) or mnas (ACC*(LAT/T)^w).")] = "pareto",
+    latency_target: Annotated[float | None, typer.Option(help="T in ms for --objective mnas.")] = None,
+    mnas_w: Annotated[float, typer.Option(help="w for --objective mnas.")] = -0.07,
+    workers: Annotated[int, typer.Option(help="Local worker processes on this study (use PostgreSQL).")] = 1,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats.")] = 10,
+    grace_period: Annotated[int, typer.Option(help="Seconds without heartbeat before a trial is failed.")] = 30,
+    max_retry: Annotated[int, typer.Option(help="Retries of a trial whose worker died.")] = 2,
+    rungs: Annotated[
+        str | None,
+        typer.Option(help="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."),
+    ] = None,
+    eta: Annotated[float, typer.Option(help="With --rungs: promote the top 1/eta of a rung by Pareto rank.")] = 3.0,
+) -> None:
+    """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
+    config = _config(**locals())
+    from mbsearch.search.loop import run_search
+    from mbsearch.search.progress import ConsoleReporter
+    from mbsearch.search.workers import run_workers
+
+    result = run_workers(config, console) if config.workers > 1 else run_search(config, ConsoleReporter(console))
+    _print_front(result.front, result.basis)
+    console.print(f"trials.csv and pareto.csv in {result.study_dir}", highlight=False)
+    if result.timed_out:
+        console.print("stopped by --timeout; rerun the same command to continue", highlight=False)
+
+
+def _print_front(front, basis: str = "proxy") -> None:
+    table = Table(
+        "trial",
+        "val acc",
+        "latency ms",
+        "IQR ms",
+        "params",
+        "MMACs",
+        "blocks",
+        title=f"Pareto front: {len(front)} point(s)" + _basis_note(basis),
+    )
+    for row in front.itertuples():
+        table.add_row(
+            str(row.number),
+            f"{row.val_accuracy:.4f}",
+            f"{row.latency_ms:.3f}",
+            f"{row.latency_iqr_ms:.3f}",
+            f"{int(row.params):,}",
+            f"{row.macs / 1e6:.1f}",
+            _short_blocks(row.blocks),
+        )
+    console.print(table)
+
+
+def _basis_note(basis: str) -> str:
+    from mbsearch.results.pareto import MULTI_FIDELITY
+
+    if basis == MULTI_FIDELITY:
+        return ", accuracy at each trial's highest rung (dominance judged at the highest rung a pair shares)"
+    return "" if basis == "proxy" else f", accuracy at {basis}"
+
+
+def _short_blocks(blocks: str) -> str:
+    parts = blocks.split()
+    return " ".join(parts[:3]) + (f" ... (+{len(parts) - 3})" if len(parts) > 3 else "")
+
+
+def _study_name(name: str) -> str:
+    from mbsearch.study.config import check_study_name
+
+    try:
+        return check_study_name(name)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+StudyName = Annotated[
+    str, typer.Argument(help="Study name (as given to or derived by 'mbsearch run').", callback=_study_name)
+]
+RunsDir = Annotated[Path, typer.Option(help="Folder of study outputs.")]
+Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")]
+
+
+@app.command()
+def report(
+    study: StudyName,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+    baselines: Annotated[bool, typer.Option(help="Train and time the MobileNet baselines (cached).")] = True,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+    target_token: TargetToken = None,
+    adapted: Annotated[
+        list[Path] | None,
+        typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
+    ] = None,
+) -> None:
+    """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
+    from mbsearch.adapt.adapted import adapted_frame
+    from mbsearch.report.page import write_report
+    from mbsearch.results.baselines import baseline_frame
+    from mbsearch.results.finished import open_finished, study_target
+
+    finished = open_finished(study, runs_dir, storage)
+    adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
+    target = study_target(finished, target_token) if baselines else None
+    verify_budget = records.verify_budget(finished.study)
+    verified_any = finished.frame["verified_accuracy"].notna().any()
+    frame = verified_frame = None
+    if baselines:
+        folder = data_dir or records.data_dir(finished.study)
+
+        def progress(name: str, _: bool) -> None:
+            console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
+
+        frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress, target=target)
+        if verify_budget and verified_any:
+            # The baselines at the verification budget and seed rule, so that dominance is judged on equal terms.
+            keys = ("epochs", "train_size", "batch_size", "lr")
+            verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
+            verified_settings["train_seed"] = verify_budget.get("seed")
+            verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress, target=target)
+    path = write_report(finished, frame, verify_budget, verified_frame, adapted_points)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def verify(
+    study: StudyName,
+    top: Annotated[int, typer.Option(min=1, max=1000, help="Verify the front, then whole next layers, up to K.")] = 8,
+    epochs: Annotated[float, typer.Option(min=0.01, max=100, help="Epochs of the verification training.")] = 1.0,
+    train_size: Annotated[
+        int | None, typer.Option(min=64, help="Training images (default: the whole training split).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Local processes sharing the work.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, max=256, help="Training threads per process.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=2**32 - 1,
+            help="Seed the verification's training seed is derived from (default: "
+            "the study's); never the proxy's own seed.",
+        ),
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Also re-time the verified trials on this target (cpu, cuda, http://...).")
+    ] = None,
+    target_token: TargetToken = None,
+) -> None:
+    """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
+    split, scored on the search's validation split. Stored in the study; rerun to resume."""
+    import multiprocessing
+
+    import torch
+
+    from mbsearch.results.finished import open_finished
+    from mbsearch.results.verify import choose, run_verify, study_data, summarize, verify_budget, verify_worker
+
+    finished = open_finished(study, runs_dir, storage)
+    device = None
+    if target is not None:  # opened first: an unknown or absent target is refused before any training
+        from mbsearch.latency.factory import open_target
+
+        device = open_target(target, finished.settings["runtime"], finished.settings["threads"], target_token)
+    data_dir = data_dir or records.data_dir(finished.study)
+    data = study_data(finished, data_dir)
+    budget = verify_budget(data, epochs, train_size)
+    per_process = threads or max(1, (os.cpu_count() or 1) // workers)
+    console.print(
+        f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {budget.train_size} images "
+        f"(batch {budget.batch_size}, lr {budget.lr}), {workers} process(es) x {per_process} thread(s)",
+        highlight=False,
+    )
+    try:
+        if workers == 1:
+            torch.set_num_threads(per_process)
+
+            def say(event: str, number: int, accuracy: float | None) -> None:
+                if event == "done":
+                    console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
+
+            result = run_verify(finished, data, budget, top, seed, on_event=say)
+        else:
+            context = multiprocessing.get_context("spawn")
+            args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
+            processes = [
+                context.Process(target=verify_worker, args=(*args, per_process, index))
+                for index in range(1, workers + 1)
+            ]
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+            finished = open_finished(study, runs_dir, storage)
+            result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
+    except KeyboardInterrupt:
+        from mbsearch.search.loop import Interrupted
+
+        raise Interrupted(
+            "interrupted: finished verifications are kept in the study; rerun the same command to resume"
+        ) from None
+    if device is not None:
+        from mbsearch.results.retime import confirm
+
+        def timed(number: int, searched: float, measured: float) -> None:
+            console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
+
+        confirm(finished.study, result.chosen, device, on_done=timed)
+    missing = [n for n in result.chosen if n not in result.verified]
+    tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"
+    console.print(
+        f"{len(result.verified)} trial(s) verified; Kendall tau proxy vs verified: {tau}"
+        + (f"; not verified yet: {missing}" if missing else ""),
+        highlight=False,
+    )
+    for number in missing:
+        console.print(f"trial {number}: {result.why_not.get(number, 'not started')}", highlight=False)
+
+
+@app.command()
+def export(
+    study: StudyName,
+    pick: Annotated[str, typer.Option(help="knee, max-accuracy or min-latency.")] = "knee",
+    max_latency: Annotated[float | None, typer.Option(help="Only consider front points at most this fast.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Arch JSON file to write.")] = Path("best.json"),
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="Also write this ONNX file.")] = None,
+    timm: Annotated[bool, typer.Option("--timm", help="Also print timm's arch_def strings.")] = False,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+) -> None:
+    """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
+    from mbsearch.files import check_outputs
+    from mbsearch.nn.onnx_export import write_onnx
+    from mbsearch.results.export import chosen_arch, pick_row
+    from mbsearch.results.finished import open_finished
+    from mbsearch.spec.arch import write_arch
+    from mbsearch.spec.blockstrings import timm_arch_def
+
+    if max_latency is not None and max_latency <= 0:
+        raise BadInput(f"--max-latency must be positive, got {max_latency}")
+    protected = {"the study's database": runs_dir / study / "study.db"}
+    if storage and storage.startswith("sqlite:///"):
+        protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
+    check_outputs(
+        {"--output": output, "--onnx": onnx},
+        protected,
+        kinds={"--output": "json:mbsearch.spec.arch/", "--onnx": "onnx"},
+    )
+    finished = open_finished(study, runs_dir, storage)
+    if finished.decision.empty:
+        raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
+    arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
+    arch_def = timm_arch_def(arch) if timm else None  # refuse before writing anything, never a wrong string
+    write_arch(arch, output)
+    metrics = arch.metrics or {}
+    basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
+        finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"
+    )
+    console.print(f"picked by {basis}", highlight=False)
+    console.print(
+        f"trial {arch.provenance['trial']}: val acc {metrics['val_accuracy']:.4f}, latency "
+        f"{metrics['latency_ms']:.3f} ms, {metrics['params']:,} params -> {output}",
+        highlight=False,
+    )
+    if onnx is not None:
+        write_onnx(arch, onnx)
+        console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)
+    if arch_def is not None:
+        sys.stdout.write(json.dumps(arch_def, indent=1) + "\n")
+
+
+@app.command()
+def dashboard(
+    study: StudyName,
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Storage = None,
+) -> None:
+    """Open optuna-dashboard on the study's storage (Ctrl-C stops it)."""
+    from mbsearch.study.dashboard import check_port, serve
+    from mbsearch.study.storage import default_url, load_study, redact
+
+    url = storage or default_url(runs_dir / study)
+    if storage is None and not (runs_dir / study / "study.db").is_file():
+        raise BadInput(f"unknown study {study!r}: no {runs_dir / study / 'study.db'}; check --runs-dir or --storage")
+    load_study(url, study)  # fail early, with one line, on an unknown study
+    check_port(host, port)
+    shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
+    if not _is_loopback(host):
+        print(
+            f"mbsearch: warning: --host {host} serves the whole study, with no authentication, to every machine "
+            "that can reach this one; use 127.0.0.1 unless you mean it",
+            file=sys.stderr,
+        )
+    console.print(f"dashboard for {redact(url)} on http://{shown_host}:{port}/ (Ctrl-C stops it)", highlight=False)
+    serve(url, runs_dir / study, host, port)
+
+
+def _printable(text: str) -> str:
+    """User text for the terminal: control characters (escape sequences, newlines) shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("train")
+def train_command(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")],
+    epochs: Annotated[float, typer.Option(min=0.01, max=1000, help="Training epochs on the whole training set.")] = 10,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the arch was searched on).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-trained').")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(min=1e-8, help="Peak learning rate.")] = 0.006,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
+) -> None:
+    """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
+    import os
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mbsearch.files import check_output_folder
+    from mbsearch.spec.arch import load_arch
+    from mbsearch.train.fulltrain import CHECKPOINT, OUTPUT_FILES, train_full
+
+    spec = load_arch(arch)
+    dataset = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
+    out = out or arch.with_name(arch.stem + "-trained")
+    check_output_folder("--out", out, OUTPUT_FILES, CHECKPOINT, {"the arch file": arch})
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"training {spec.name or arch.name}", total=None, loss=0.0, acc=0.0)
+        smoothed = {"loss": 0.0, "acc": 0.0}
+
+        def on_step(step: int, total: int, loss: float, accuracy: float) -> None:
+            for key, value in (("loss", loss), ("acc", accuracy)):
+                smoothed[key] = value if step == 1 else 0.98 * smoothed[key] + 0.02 * value
+            progress.update(task, completed=step, total=total, **smoothed)
+
+        result = train_full(spec, out, epochs, dataset, data_dir, batch_size, lr, seed, on_step)
+    if result.resumed_from_epoch:
+        console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
+    console.print(
+        f"test accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs ({result.params:,} params); "
+        f"weights, ONNX and metrics in {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def measure(
+    arch: Annotated[str, typer.Argument(help="Arch JSON file or a reference name.")],
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
+    runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
+    runs: Annotated[int, typer.Option(min=5, max=10_000, help="Timed runs per attempt.")] = 50,
+    target_token: TargetToken = None,
+    latency_input_size: LatencyInputSize = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Time batch-1 inference of an architecture on a target and print latency statistics."""
+    from dataclasses import asdict
+
+    from mbsearch.latency.factory import open_target
+    from mbsearch.latency.targets import measure_on
+    from mbsearch.nn.model import build_model
+
+    device = open_target(target, runtime, threads, target_token)
+    spec = _load_arch_or_reference(arch, None, None, None).at_resolution(latency_input_size)
+    stats = measure_on(device, build_model(spec), spec, runs=runs)
+    info = device.device()
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(stats) | {"device": info}) + "\n")
+        return
+    console.print(
+        f"{_printable(spec.name or arch)} at {spec.input.size}x{spec.input.size}: median {stats.median_ms:.3f} ms, "
+        f"IQR {stats.iqr_ms:.3f} ms ({stats.relative_iqr:.1%}), mean {stats.mean_ms:.3f} ms, min {stats.min_ms:.3f} ms "
+        f"over {stats.runs} runs (attempt {stats.attempts}) on {device.name}/{stats.runtime} with {stats.threads} "
+        f"thread(s); device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s)",
+        highlight=False,
+    )
+
+
+@app.command()
+def adapt(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")],
+    latency_target: Annotated[float | None, typer.Option(help="Trim until the latency is at most this (ms).")] = None,
+    latency_reduction: Annotated[
+        float | None, typer.Option(help="Or trim by this share of the current latency, e.g. 0.15.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Trained weights (model.safetensors from 'train').")] = None,
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
+    target_token: TargetToken = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for latency timing (local targets).")] = 1,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the arch was searched on).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    val_size: Annotated[int, typer.Option(min=100, help="Validation images that score proposals.")] = 10000,
+    train_size: Annotated[int, typer.Option(min=64, help="Images of the first training (without --weights).")] = 8000,
+    finetune_images: Annotated[int, typer.Option(min=64, help="Images of each proposal's short fine-tune.")] = 2000,
+    final_epochs: Annotated[float, typer.Option(min=0.01, max=100, help="Epochs of the final fine-tune.")] = 1.0,
+    max_iterations: Annotated[int, typer.Option(min=1, max=1000, help="Stop after this many iterations.")] = 30,
+    first_reduction: Annotated[
+        float, typer.Option(min=0.001, max=0.9, help="Share of the start latency the first iteration removes.")
+    ] = 0.04,
+    decay: Annotated[float, typer.Option(min=0.1, max=1.0, help="Each iteration asks this times the last.")] = 0.9,
+    timing_sessions: Annotated[
+        int, typer.Option(min=1, max=100, help="Sessions whose median is each latency; raise on a noisy device.")
+    ] = 3,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-adapted').")] = None,
+) -> None:
+    """NetAdapt: trim layer widths until a latency target is met (MobileNetV3's second step). Rerun the same
+    command to resume from the last finished iteration."""
+    import hashlib
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, begin, finish, trimmable
+    from mbsearch.adapt.netadapt import adapt as run_adapt
+    from mbsearch.files import check_output_folder
+    from mbsearch.latency.factory import open_target
+    from mbsearch.nn.model import build_model
+    from mbsearch.spec.arch import load_arch
+    from mbsearch.train.data import load_dataset
+    from mbsearch.train.loop import Budget, train
+
+    if (latency_target is None) == (latency_reduction is None):
+        raise BadInput("give one of --latency-target MS or --latency-reduction SHARE")
+    if latency_target is not None and not latency_target > 0:
+        raise BadInput(f"--latency-target must be a positive number of ms, got {latency_target}")
+    if latency_reduction is not None and not 0 < latency_reduction < 1:
+        raise BadInput(f"--latency-reduction must be between 0 and 1 (0.15 = 15% faster), got {latency_reduction}")
+    spec = load_arch(arch)
+    out = out or arch.with_name(arch.stem + "-adapted")
+    check_output_folder("--out", out, OUTPUT_FILES, STATE, {"the --weights file": weights, "the arch file": arch})
+    if not trimmable(spec):
+        raise BadInput(f"{arch}: every width is at its floor of 8 channels; nothing to trim")
+    device = open_target(target, "onnxruntime", threads, target_token)
+    name = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
+    data = load_dataset(name, data_dir, None, spec.input.channels, val_size, seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    source = {
+        "arch": hashlib.sha256(spec.key().encode()).hexdigest()[:16],
+        "weights": str(weights) if weights else None,
+        "latency_target": latency_target,
+        "latency_reduction": latency_reduction,
+        "device": device.device()["fingerprint"],
+    }
+    model = build_model(spec)
+    if weights is not None:
+        try:
+            model.load_state_dict(load_file(weights))
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise BadInput(
+                f"{weights}: not the weights of {arch} ({reason}); use the model.safetensors 'train' wrote"
+            ) from None
+    settings = Settings(
+        finetune=Budget(epochs=1.0, train_size=min(finetune_images, len(data.train)), batch_size=64, lr=0.001),
+        first_reduction=first_reduction,
+        decay=decay,
+        max_iterations=max_iterations,
+        seed=seed,
+        timing_sessions=timing_sessions,
+    )
+    adapter = Adapter(device, data, settings, out, on_event=lambda line: console.print(line, highlight=False))
+    if weights is None and not (out / STATE).is_file():
+        console.print(f"training {spec.name or arch} first ({train_size} images, 1 epoch)", highlight=False)
+        train(
+            model, data.train, data.val, Budget(train_size=min(train_size, len(data.train))), seed, adapter.normalizer
+        )
+
+    def goal_for(latency: float) -> float:
+        return latency_target if latency_target is not None else latency * (1 - latency_reduction)
+
+    current, model, trajectory, goal = begin(adapter, spec, model, source, goal_for)
+    current, model, trajectory = run_adapt(adapter, current, model, trajectory, goal, source)
+    final = Budget(epochs=final_epochs, train_size=len(data.train), batch_size=128, lr=0.002)
+    provenance = {
+        "adapted_from": str(arch),
+        "source_name": spec.name,
+        "source_provenance": spec.provenance,
+        "latency_target_ms": goal,
+        "target": device.name,
+        "device": device.device()["fingerprint"],
+        "dataset": name,
+    }
+    adapted = finish(adapter, current, model, trajectory, final, provenance)
+    metrics = adapted.metrics or {}
+    met = "met" if metrics["latency_ms"] <= goal else "NOT met"
+    console.print(
+        f"{trajectory[0].latency_ms:.3f} ms -> {metrics['latency_ms']:.3f} ms (goal {goal:.3f} ms, {met}) in "
+        f"{trajectory[-1].iteration} iteration(s); validation accuracy {trajectory[0].accuracy:.4f} -> "
+        f"{metrics['val_accuracy']:.4f}; {trajectory[0].params:,} -> {metrics['params']:,} params; "
+        f"adapted.json, model.safetensors, model.onnx, trajectory.csv/html in {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def profile(
+    space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
+    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
+    target_token: TargetToken = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
+    input_size: Annotated[int, typer.Option(min=8, max=1024, help="Input size the table is for.")] = 28,
+    channels: Annotated[int, typer.Option(min=1, max=16, help="Input channels.")] = 1,
+    classes: Classes = 10,
+    calibrate: Annotated[int, typer.Option(min=0, max=10_000, help="Whole networks timed to fit the overhead.")] = 30,
+    seed: Annotated[int, typer.Option(min=0, max=2**31, help="Seed of the calibration networks.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Lookup table file to write.")] = Path("lut.json"),
+) -> None:
+    """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
+    Interrupted, the same command resumes from OUTPUT.partial."""
+    import torch
+
+    from mbsearch.files import check_outputs
+    from mbsearch.latency.factory import open_target
+    from mbsearch.latency.lut import profile as build_table
+    from mbsearch.latency.lut import space_parts
+    from mbsearch.spec.space import load_space
+
+    partial = output.with_name(output.name + ".partial")
+    space_file = Path(space) if space.endswith((".yaml", ".yml")) or "/" in space else None
+    check_outputs(
+        {"--output": output, "--output's resume file": partial},
+        inputs={"the --space file": space_file},
+        kinds={"--output": "json:mbsearch.latency.lut/", "--output's resume file": "json:"},
+    )
+    search_space = load_space(space)
+    device = open_target(target, "onnxruntime", threads, target_token)
+    torch.set_num_threads(1)
+    info = device.device()
+    count = len(space_parts(search_space, input_size, channels, classes))
+    console.print(
+        f"profiling {count} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
+        f"{device.name} (device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s), "
+        f"{info['threads']} thread(s)), then {calibrate} calibration network(s)",
+        highlight=False,
+    )
+    shown = {"part": 0, "calibration network": 0}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if done == total or done - shown[what] >= max(1, total // 10):
+            shown[what] = done
+            console.print(f"{what}s: {done}/{total}", highlight=False)
+
+    table = build_table(search_space, device, input_size, channels, classes, calibrate, seed, partial, progress)
+    table.save(output)
+    partial.unlink(missing_ok=True)
+    summary = table.data.calibration
+    if summary:
+        console.print(
+            f"per-network overhead {table.data.network_overhead_ms:+.3f} ms; median |error| on the "
+            f"{summary['networks']} calibration networks: sum {summary.get('median_abs_error_sum', float('nan')):.1%}, "
+            f"corrected {summary.get('median_abs_error_corrected', float('nan')):.1%}; predicts with the "
+            f"{table.data.use} (benchmarks/latency.py measures held-out error)",
+            highlight=False,
+        )
+    console.print(f"wrote {output}", highlight=False)
+
+
+@app.command()
+def agent(
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MBSEARCH_AGENT_TOKEN", help="Token clients must send (default: a new one, printed)."),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Inference threads on this device.")] = 1,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider.")] = "CPUExecutionProvider",
+    max_model_mb: Annotated[float, typer.Option(min=0.01, max=4096, help="Largest model accepted, in MB.")] = 64,
+    max_seconds: Annotated[float, typer.Option(min=1, max=86400, help="Longest timing of one request.")] = 120,
+) -> None:
+    """Serve latency measurements on this device (run it on the target: a Pi, a Jetson, a server, a phone).
+    Needs onnxruntime, numpy, bottle, typer and rich, not torch."""
+    import onnxruntime
+
+    from mbsearch.device.agent import AgentConfig, new_token, serve
+
+    if provider not in onnxruntime.get_available_providers():
+        raise BadInput(
+            f"--provider {provider}: not available here; use one of {', '.join(onnxruntime.get_available_providers())}"
+        )
+    if token is not None and (len(token.strip()) < 16 or not (token.isascii() and token.isprintable()) or " " in token):
+        raise BadInput(
+            "--token must be at least 16 printable ASCII characters without spaces; leave it out to get a random one"
+        )
+    if not _is_loopback(host):
+        print(
+            f"mbsearch: warning: --host {host} lets every machine that can reach this one send models; "
+            "keep the token secret",
+            file=sys.stderr,
+        )
+    config = AgentConfig(token or new_token(), threads, provider, int(max_model_mb * 1024 * 1024), max_seconds)
+    try:
+        serve(host, port, config, announce=lambda line: print(line, flush=True), token_chosen=token is not None)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise BadInput(f"cannot listen on {host}:{port}: {reason}; pick another --port or --host") from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,360 @@
+"""Latency of a model on a target, at batch 1: warm-up, repeated timing, robust statistics.
+
+A target is where timing happens: this machine's CPU or GPU (`LocalTarget`), a device running
+`mbsearch agent` (`remote.RemoteTarget`), or a per-block lookup table (`lut.LookupTable`, predicted, no
+device). All share one interface: `prepare` (export, on this machine) then `time` (on the device), so the
+search can export in its own thread and let a remote device time while it trains.
+
+Local timing runs under the per-host lock (never beside training), on a fixed thread count, and is repeated
+when the spread (IQR / median) is too high (timing.py). Results are cached per (device fingerprint,
+architecture), so a resampled architecture is not timed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mbsearch.device import hostlock
+from mbsearch.device.timing import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_RUNS,
+    DEFAULT_SESSIONS,
+    DEFAULT_WARMUP,
+    LatencyStats,
+    device_info,
+    fingerprint,
+    onnx_session,
+    repeat_until_steady,
+    summarize_samples,
+    time_onnx_repeated,
+)
+from mbsearch.errors import BadInput, RuntimeFailure
+from mbsearch.nn.onnx_export import export_onnx
+from mbsearch.spec.arch import Arch
+
+__all__ = ["LatencyStats", "LocalTarget", "Prepared", "Target", "measure", "summarize_samples"]
+
+LOCAL_TARGETS = ("cpu", "cuda")
+RUNTIMES = ("onnxruntime", "torch")
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a target times: ONNX bytes (or the eager module for --runtime torch) and the input shape."""
+
+    payload: Any
+    shape: tuple[int, ...]
+    arch: Arch | None  # None for a part of a network (a block timed alone by `mbsearch profile`)
+    warmup: int = DEFAULT_WARMUP
+    runs: int = DEFAULT_RUNS
+    attempts: int = DEFAULT_ATTEMPTS
+    sessions: int = DEFAULT_SESSIONS  # ONNX Runtime sessions pooled per attempt (timing.time_onnx_repeated)
+
+    @property
+    def recipe(self) -> dict[str, int]:
+        return {"warmup": self.warmup, "runs": self.runs, "attempts": self.attempts, "sessions": self.sessions}
+
+
+class Target(Protocol):
+    name: str  # as the user wrote it: cpu, cuda, http://host:port, or the lookup table's path
+    runtime: str
+    threads: int
+    overlaps_training: bool  # True where timing happens on another machine, so the search trains meanwhile
+
+    def device(self) -> dict[str, Any]: ...
+    def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared: ...
+    def time(self, prepared: Prepared) -> LatencyStats: ...
+
+
+class LocalTarget:
+    """This machine's CPU or GPU, through ONNX Runtime or torch eager."""
+
+    overlaps_training = False
+
+    def __init__(self, name: str = "cpu", runtime: str = "onnxruntime", threads: int = 1) -> None:
+        if name not in LOCAL_TARGETS:
+            raise BadInput(
+                f"unknown target {name!r}: use one of {', '.join(LOCAL_TARGETS)} or http://HOST:PORT of an agent"
+            )
+        if runtime not in RUNTIMES:
+            raise BadInput(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if threads < 1:
+            raise BadInput(f"--threads must be at least 1, got {threads}")
+        if name == "cuda":
+            if not torch.cuda.is_available():
+                raise BadInput("--target cuda: no CUDA GPU is visible to torch here; use --target cpu")
+            if runtime == "onnxruntime":
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    raise BadInput("--target cuda --runtime onnxruntime needs onnxruntime-gpu; or use --runtime torch")
+        self.name, self.runtime, self.threads = name, runtime, threads
+        self._device: dict[str, Any] | None = None
+
+    def device(self) -> dict[str, Any]:
+        if self._device is None:
+            self._device = self._describe()
+        return self._device
+
+    def _describe(self) -> dict[str, Any]:
+        provider = "CUDAExecutionProvider" if self.name == "cuda" else "CPUExecutionProvider"
+        info = device_info(self.threads, [provider])
+        if self.runtime == "torch":
+            info["runtime"] = f"torch {torch.__version__}"
+            info["providers"] = [self.name]
+            if self.name == "cuda":
+                info["cpu"] = torch.cuda.get_device_name()
+            info["fingerprint"] = fingerprint(info)
+        return info
+
+    def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
+        if self.runtime == "torch":
+            return Prepared(model, input_shape(arch), arch)  # eager timing runs the module itself
+        return exported(model, arch, timings)
+
+    def time(self, prepared: Prepared) -> LatencyStats:
+        try:
+            with hostlock.timing():
+                if self.runtime == "torch":
+                    return self._time_torch(prepared)
+                providers = ["CUDAExecutionProvider"] if self.name == "cuda" else ["CPUExecutionProvider"]
+                return time_onnx_repeated(
+                    lambda: onnx_session(prepared.payload, self.threads, providers),
+                    prepared.shape,
+                    self.name,
+                    self.threads,
+                    **prepared.recipe,
+                )
+        except (RuntimeError, OSError) as exc:
+            raise RuntimeFailure(
+                f"latency measurement on {self.name}/{self.runtime} failed: {exc}".splitlines()[0]
+            ) from None
+
+    def _time_torch(self, prepared: Prepared) -> LatencyStats:
+        device = torch.device(self.name)
+        model = prepared.payload.eval().to(device)
+        example = torch.zeros(prepared.shape, device=device)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        runs = prepared.runs
+
+        def sample() -> list[float]:
+            samples = []
+            with torch.inference_mode():
+                for _ in range(prepared.warmup):
+                    model(example)
+                if self.name == "cuda":
+                    torch.cuda.synchronize()
+                for _ in range(runs):
+                    if self.name == "cuda":
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        model(example)
+                        end.record()
+                        end.synchronize()
+                        samples.append(start.elapsed_time(end))
+                    else:
+                        begin = time.perf_counter_ns()
+                        model(example)
+                        samples.append((time.perf_counter_ns() - begin) / 1e6)
+            return samples
+
+        try:
+            return repeat_until_steady(
+                sample,
+                prepared.attempts,
+                lambda median, iqr, mean, minimum, attempt: LatencyStats(
+                    median, iqr, mean, minimum, runs, attempt, self.name, "torch", self.threads
+                ),
+            )
+        finally:
+            torch.set_num_threads(previous_threads)
+            model.to("cpu")
+
+
+def input_shape(arch: Arch) -> tuple[int, int, int, int]:
+    """The batch-1 input a network is timed on."""
+    return (1, arch.input.channels, arch.input.size, arch.input.size)
+
+
+def exported(model: nn.Module, arch: Arch, timings: dict | None = None) -> Prepared:
+    """The network as ONNX, ready for any ONNX Runtime target; `timings` gets the export's seconds."""
+    started = time.perf_counter()
+    onnx = export_onnx(model, arch)
+    if timings is not None:
+        timings[f"export_{onnx.exporter}"] = round(time.perf_counter() - started, 4)
+    return Prepared(onnx.data, input_shape(arch), arch)
+
+
+def is_remote(name: str) -> bool:
+    return name.startswith(REMOTE_SCHEMES)
+
+
+def check_target(target: str, runtime: str, threads: int) -> None:
+    """Refuse an unknown or unavailable local target/runtime before any work is done."""
+    LocalTarget(target, runtime, threads)
+
+
+def measure(
+    model: nn.Module,
+    arch: Arch,
+    target: str = "cpu",
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    timings: dict[str, float] | None = None,
+) -> LatencyStats:
+    """Time batch-1 inference on a local target; re-measure up to `attempts` times while IQR/median > 10%."""
+    return measure_on(LocalTarget(target, runtime, threads), model, arch, timings, warmup, runs, attempts)
+
+
+def measure_on(
+    target: Target,
+    model: nn.Module,
+    arch: Arch,
+    timings: dict[str, float] | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> LatencyStats:
+    """prepare + time on any target, with `timings` receiving the seconds of each ("latency" for timing)."""
+    prepared = replace(target.prepare(model, arch, timings), warmup=warmup, runs=runs, attempts=attempts)
+    started = time.perf_counter()
+    stats = target.time(prepared)
+    if timings is not None:
+        timings["latency"] = round(time.perf_counter() - started, 4)
+    return stats
+
+
+class LatencyCache:
+    """SQLite cache of LatencyStats, shared by every study and worker that uses the same runs folder.
+
+    The cache only saves time: when SQLite refuses (a lock held too long, a broken file), the latency
+    is measured again rather than failing the trial.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection: sqlite3.Connection | None = None
+        try:
+            self._connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+            with self._connection:
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, stats TEXT NOT NULL)"
+                )
+        except sqlite3.Error:
+            self.close()
+
+    @staticmethod
+    def key(arch: Arch, target: Target) -> str:
+        """Latency belongs to a device (its fingerprint: CPU, cores, runtime, threads) and a network."""
+        digest = hashlib.sha256(arch.key().encode()).hexdigest()
+        recipe = f"{DEFAULT_SESSIONS}x{DEFAULT_RUNS}"  # a latency taken by another recipe is not reused
+        return f"{target.device()['fingerprint']}|{type(target).__name__}|{recipe}|{digest}"
+
+    def get(self, key: str) -> LatencyStats | None:
+        if self._connection is None:
+            return None
+        try:
+            row = self._connection.execute("SELECT stats FROM latency WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return LatencyStats(**json.loads(row[0])) if row else None
+
+    def put(self, key: str, stats: LatencyStats) -> None:
+        if self._connection is None:
+            return
+        try:
+            with self._connection:
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO latency (key, stats) VALUES (?, ?)", (key, json.dumps(asdict(stats)))
+                )
+        except sqlite3.Error:
+            pass  # the next run measures this architecture again
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class PendingLatency:
+    """A latency being taken, possibly on another machine while this one trains; `result()` waits for it."""
+
+    def __init__(self, work: Callable[[], tuple[LatencyStats, bool]], background: bool) -> None:
+        self._work = work
+        self._outcome: tuple[LatencyStats, bool] | BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            # A daemon thread: an interrupted search must not wait for an agent's answer to exit.
+            self._thread = threading.Thread(target=self._run, daemon=True, name="latency")
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = self._work()
+        except BaseException as exc:  # handed to the caller of result(), in its own thread
+            self._outcome = exc
+
+    def result(self) -> tuple[LatencyStats, bool]:
+        if self._thread is not None:
+            while self._thread.is_alive():
+                self._thread.join(0.2)  # short joins: Ctrl-C still reaches the main thread
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+
+def start_latency(
+    model: nn.Module,
+    arch: Arch,
+    cache: LatencyCache | None,
+    target: Target,
+    timings: dict[str, float] | None = None,
+    background: bool = False,
+) -> PendingLatency:
+    """Cached latency, or export here and time on the target, in the background when the target is another
+    machine and `background` is asked (so the caller trains meanwhile)."""
+    key = LatencyCache.key(arch, target)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return PendingLatency(lambda: (hit, True), background=False)
+    prepared = target.prepare(model, arch, timings)
+
+    def work() -> tuple[LatencyStats, bool]:
+        started = time.perf_counter()
+        stats = target.time(prepared)
+        if timings is not None:
+            timings["latency"] = round(time.perf_counter() - started, 4)
+        if cache is not None:
+            cache.put(key, stats)
+        return stats, False
+
+    return PendingLatency(work, background=background and target.overlaps_training)
+
+
+def measure_cached(
+    model: nn.Module,
+    arch: Arch,
+    cache: LatencyCache | None,
+    target: Target,
+    timings: dict[str, float] | None = None,
+) -> tuple[LatencyStats, bool]:
+    """Latency from the cache when this device already timed this architecture; else measure and store."""
+    return start_latency(model, arch, cache, target, timings).result()

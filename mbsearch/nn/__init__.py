@@ -1,0 +1,1 @@
+"""Arch -> torch: blocks, the model builder, cost counting, ONNX export."""

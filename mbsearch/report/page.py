@@ -1,0 +1,585 @@
+"""report.html: compute the figure data first (pure), then draw it with plotly into one offline page."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from mbsearch.files import write_atomic
+from mbsearch.ranking import kendall_tau
+from mbsearch.results.baselines import dominance
+from mbsearch.results.finished import FinishedStudy
+from mbsearch.results.pareto import candidates, hypervolume_history, knee, pareto_front
+from mbsearch.results.retime import confirmed
+from mbsearch.study import records
+
+
+@dataclass
+class ReportData:
+    title: str
+    settings: dict
+    points: pd.DataFrame  # every complete trial, with a "kind": front | dominated | infeasible
+    front: pd.DataFrame
+    knee_number: int | None
+    history: pd.DataFrame  # number, val_accuracy, hypervolume
+    importances: dict[str, dict[str, float]]
+    baselines: pd.DataFrame | None
+    dominance: pd.DataFrame | None
+    counts: dict[str, int]
+    verified: VerifiedData | None = None
+    device: dict | None = None  # the latency target and its fingerprint (search.check_device)
+    confirmed: pd.DataFrame | None = None  # number, latency_ms (the search's), confirmed_ms, target
+    adapted: pd.DataFrame | None = None  # networks trimmed by `mbsearch adapt` (adapted.adapted_frame)
+
+
+@dataclass
+class VerifiedData:
+    """The proxy front beside the verified one: what `mbsearch verify` found for this study."""
+
+    points: pd.DataFrame  # verified trials: number, val_accuracy (proxy), verified_accuracy, latency_ms, ...
+    proxy_front: pd.DataFrame
+    front: pd.DataFrame  # the front on verified accuracy (in val_accuracy)
+    tau: float | None  # Kendall tau, proxy vs verified, over the verified trials
+    budget: dict
+    baselines: pd.DataFrame | None  # the baselines trained at the verification budget
+    dominance: pd.DataFrame | None  # judged on verified accuracy
+
+
+def compute_verified(
+    finished: FinishedStudy, budget: dict | None, baselines: pd.DataFrame | None
+) -> VerifiedData | None:
+    """Proxy vs verified, or None where nothing was verified."""
+    frame = finished.frame
+    points = frame[frame["verified_accuracy"].notna()].copy()
+    if points.empty or budget is None:
+        return None
+    tau = (
+        kendall_tau(points["val_accuracy"].astype(float).tolist(), points["verified_accuracy"].astype(float).tolist())
+        if len(points) > 2
+        else None
+    )
+    front = pareto_front(points.assign(val_accuracy=points["verified_accuracy"]))
+    return VerifiedData(
+        points=points,
+        proxy_front=finished.front,
+        front=front,
+        tau=tau,
+        budget=budget,
+        baselines=baselines,
+        dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+    )
+
+
+def _importances(study: optuna.Study, trained: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """PED-ANOVA importances for accuracy and latency over the trained trials (skipped ones would distort).
+
+    PED-ANOVA is Optuna's own implementation; fANOVA would add scikit-learn as a dependency.
+    """
+    if len(trained) < 4:
+        return {}
+    keep = set(trained["number"])
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in keep]
+    result = {}
+    for key, direction in (("val_accuracy", "maximize"), ("latency_ms", "minimize")):
+        # One single-objective view per metric, so that the evaluator knows which way is better.
+        view = optuna.create_study(direction=direction)
+        view.add_trials(
+            optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.user_attrs[key])
+            for t in trials
+        )
+        try:
+            result[key] = optuna.importance.get_param_importances(
+                view, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
+        except (RuntimeError, ValueError):  # e.g. every trial shares one value of every parameter
+            continue
+    return result
+
+
+def compute(
+    finished: FinishedStudy,
+    baselines: pd.DataFrame | None,
+    verify_budget: dict | None = None,
+    verified_baselines: pd.DataFrame | None = None,
+    adapted: pd.DataFrame | None = None,
+) -> ReportData:
+    """Everything the page shows, as data."""
+    frame = finished.frame
+    complete = frame[frame["state"] == "COMPLETE"].copy()
+    trained = candidates(frame)
+    front_numbers = set(finished.front["number"])
+    complete["kind"] = "dominated"
+    complete.loc[~complete["number"].isin(trained["number"]), "kind"] = "infeasible"
+    complete.loc[complete["number"].isin(front_numbers), "kind"] = "front"
+    history = hypervolume_history(frame).merge(trained[["number", "val_accuracy"]], on="number", how="left")
+    front = finished.front
+    return ReportData(
+        title=f"mbsearch report: {finished.study.study_name}",
+        settings=finished.settings,
+        points=complete,
+        front=front,
+        knee_number=int(front.loc[knee(front), "number"]) if not front.empty else None,
+        history=history,
+        importances=_importances(finished.study, trained),
+        baselines=baselines,
+        dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+        counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        verified=compute_verified(finished, verify_budget, verified_baselines),
+        device=records.device(finished.study) or None,
+        confirmed=_confirmed_frame(finished),
+        adapted=adapted,
+    )
+
+
+def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
+    records = confirmed(finished.study)
+    if not records:
+        return None
+    latency = finished.frame.set_index("number")["latency_ms"]
+    rows = [
+        {
+            "number": number,
+            "latency_ms": float(latency.get(number, float("nan"))),
+            "confirmed_ms": record["latency_ms"],
+            "target": record["target"],
+            "fingerprint": record["fingerprint"],
+        }
+        for number, record in sorted(records.items())
+    ]
+    return pd.DataFrame(rows)
+
+
+def _device_text(device: dict | None) -> str:
+    """Which device the latencies come from: a report names it."""
+    if not device:
+        return "<p>Latency device: not recorded (a study made before mbsearch recorded device fingerprints).</p>"
+    if str(device.get("fingerprint", "")).startswith("lut-"):
+        what = f"predicted by the lookup table {device.get('target')} for device {device.get('predicts_for')}"
+    else:
+        what = f"measured on {device.get('target')}, device {device.get('fingerprint')}"
+    # Every field came from a device (an agent's answer): escaped, whatever it holds
+    cpu, cores, runtime, threads = (html.escape(str(device.get(key))) for key in ("cpu", "cores", "runtime", "threads"))
+    return (
+        f"<p id='latency-device'>Latency {html.escape(what)}: {cpu}, {cores} core(s), {runtime}, "
+        f"{threads} thread(s).</p>"
+    )
+
+
+def _confirmed_text(frame: pd.DataFrame | None) -> str:
+    if frame is None:
+        return "<p>No trial re-timed on another target ('run --confirm-on' or 'verify --target' does it).</p>"
+    rows = "".join(
+        f"<tr><td>{row.number}</td><td>{row.latency_ms:.3f}</td><td>{row.confirmed_ms:.3f}</td>"
+        f"<td>{(row.latency_ms - row.confirmed_ms) / row.confirmed_ms:+.1%}</td><td>{html.escape(row.target)}</td></tr>"
+        for row in frame.itertuples()
+    )
+    within = float(((frame["latency_ms"] - frame["confirmed_ms"]).abs() / frame["confirmed_ms"] <= 0.10).mean())
+    return (
+        f"<p>{within:.0%} of {len(frame)} re-timed trial(s) within ±10% of the search's latency.</p>"
+        "<table class='front' id='confirmed-table'><tr><th>trial</th><th>search latency ms</th>"
+        f"<th>re-timed ms</th><th>error</th><th>target</th></tr>{rows}</table>"
+    )
+
+
+def _hover(frame: pd.DataFrame) -> list[str]:
+    texts = []
+    for row in frame.itertuples():
+        blocks = "<br>".join(str(row.blocks).split())
+        texts.append(
+            f"trial {row.number}<br>val acc {row.val_accuracy:.4f}<br>latency {row.latency_ms:.3f} ms"
+            f"<br>{int(row.params):,} params, {row.macs / 1e6:.1f} MMACs<br>{blocks}"
+        )
+    return texts
+
+
+_STYLE = {
+    "dominated": {"color": "#9aa0a6", "symbol": "circle", "size": 8},
+    "infeasible": {"color": "#d93025", "symbol": "x", "size": 9},
+    "front": {"color": "#1a73e8", "symbol": "circle", "size": 11},
+}
+
+
+def pareto_figure(data: ReportData) -> go.Figure:
+    figure = go.Figure()
+    for kind in ("dominated", "infeasible", "front"):
+        part = data.points[data.points["kind"] == kind]
+        if kind == "front":
+            part = part.sort_values("latency_ms")
+        figure.add_trace(
+            go.Scatter(
+                x=part["latency_ms"],
+                y=part["val_accuracy"],
+                name={"front": "Pareto front"}.get(kind, kind),
+                mode="lines+markers" if kind == "front" else "markers",
+                marker=_STYLE[kind],
+                text=_hover(part),
+                hoverinfo="text",
+            )
+        )
+    if data.baselines is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=data.baselines["latency_ms"],
+                y=data.baselines["val_accuracy"],
+                name="MobileNet baselines",
+                mode="markers+text",
+                text=data.baselines["name"],
+                textposition="top center",
+                marker={"color": "#f29900", "symbol": "diamond", "size": 11},
+                hovertemplate="%{text}<br>val acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+            )
+        )
+    if data.adapted is not None:
+        _add_adapted(figure, data.adapted)
+    figure.update_layout(
+        title="Validation accuracy vs latency",
+        xaxis_title="latency (ms, median, batch 1)",
+        yaxis_title="validation accuracy",
+        xaxis_type="log",
+        height=560,
+        template="plotly_white",
+    )
+    latencies = [*data.points["latency_ms"], *([] if data.baselines is None else data.baselines["latency_ms"])]
+    latencies += [] if data.adapted is None else list(data.adapted["latency_ms"])
+    figure.update_xaxes(tickvals=_log_ticks(min(latencies), max(latencies)))
+    return figure
+
+
+def _add_adapted(figure: go.Figure, adapted: pd.DataFrame) -> None:
+    """Each adapted network as a star, joined by a dotted line to the trial it was trimmed from."""
+    for row in adapted.itertuples():
+        figure.add_trace(
+            go.Scatter(
+                x=[row.source_latency_ms, row.latency_ms],
+                y=[row.source_val_accuracy, row.val_accuracy],
+                mode="lines",
+                line={"color": "#188038", "dash": "dot"},
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=adapted["latency_ms"],
+            y=adapted["val_accuracy"],
+            name="adapted (NetAdapt)",
+            mode="markers",
+            marker={"color": "#188038", "symbol": "star", "size": 14},
+            text=[
+                f"{html.escape(row.name)}<br>from trial {row.source_trial} in {row.iterations} iteration(s)"
+                f"<br>val acc {row.val_accuracy:.4f} (after adapt's fine-tunes)<br>latency {row.latency_ms:.3f} ms"
+                f"{'' if row.same_device else ' (another device)'}<br>{row.params:,} params"
+                for row in adapted.itertuples()
+            ],
+            hoverinfo="text",
+        )
+    )
+
+
+def _adapted_text(adapted: pd.DataFrame | None) -> str:
+    if adapted is None:
+        return (
+            "<p>No adapted network shown ('mbsearch adapt' trims an exported trial to a latency target; "
+            "'report --adapted DIR' puts the result here).</p>"
+        )
+    rows = "".join(
+        f"<tr><td>{html.escape(row.name)}</td><td>{row.source_trial}</td>"
+        f"<td>{row.source_latency_ms:.3f} / {row.source_val_accuracy:.4f}</td>"
+        f"<td>{row.start_latency_ms:.3f} / {row.start_val_accuracy:.4f}</td>"
+        f"<td>{row.latency_ms:.3f} / {row.val_accuracy:.4f}</td><td>{row.goal_ms:.3f} "
+        f"({'met' if row.met else 'not met'})</td><td>{row.iterations}</td><td>{row.params:,}</td>"
+        f"<td>{'yes' if row.same_device else 'no: not comparable'}</td></tr>"
+        for row in adapted.itertuples()
+    )
+    return (
+        "<p>Stars on the plot, each joined to the trial it was trimmed from. Their accuracy is after "
+        "NetAdapt's fine-tunes, not the search's proxy budget, so a star above the front is not evidence "
+        "that it beats the front: compare it with the trial it came from at the same training budget "
+        "(<code>benchmarks/netadapt.py</code> does, against uniform width scaling).</p>"
+        "<table class='front' id='adapted-table'><tr><th>network</th><th>from trial</th>"
+        "<th>search: ms / val acc</th><th>adapt start: ms / val acc</th><th>adapted: ms / val acc</th>"
+        f"<th>goal ms</th><th>iterations</th><th>params</th><th>timed on the study's device</th></tr>{rows}</table>"
+    )
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks that cover [low, high]: plotly's own log ticks read "2 3 4 ... 1" below one decade."""
+    ticks, decade = [], 10.0 ** math.floor(math.log10(low))
+    while decade <= high * 10:
+        ticks += [step * decade for step in (1, 2, 5) if low / 2 <= step * decade <= high * 2]
+        decade *= 10
+    return ticks
+
+
+def cost_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("params", "MACs"))
+    trained = data.points[data.points["kind"] != "infeasible"]
+    for col, key in ((1, "params"), (2, "macs")):
+        for kind in ("dominated", "front"):
+            part = trained[trained["kind"] == kind]
+            figure.add_trace(
+                go.Scatter(
+                    x=part[key],
+                    y=part["val_accuracy"],
+                    mode="markers",
+                    marker=_STYLE[kind],
+                    name=kind,
+                    showlegend=col == 1,
+                    text=_hover(part),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        if data.baselines is not None:
+            figure.add_trace(
+                go.Scatter(
+                    x=data.baselines[key],
+                    y=data.baselines["val_accuracy"],
+                    mode="markers",
+                    marker={"color": "#f29900", "symbol": "diamond", "size": 10},
+                    name="baselines",
+                    showlegend=col == 1,
+                    text=data.baselines["name"],
+                ),
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(type="log", title_text=key, row=1, col=col)
+    figure.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    figure.update_layout(title="Accuracy vs size", height=420, template="plotly_white")
+    return figure
+
+
+def history_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    history = data.history
+    figure.add_trace(
+        go.Scatter(
+            x=history["number"],
+            y=history["val_accuracy"],
+            mode="markers",
+            name="validation accuracy",
+            marker={"color": "#9aa0a6"},
+        ),
+        secondary_y=False,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=history["number"],
+            y=history["hypervolume"],
+            mode="lines+markers",
+            name="hypervolume",
+            line={"color": "#1a73e8"},
+        ),
+        secondary_y=True,
+    )
+    figure.update_xaxes(title_text="trial")
+    figure.update_yaxes(title_text="validation accuracy", secondary_y=False)
+    figure.update_yaxes(title_text="hypervolume (accuracy x ms)", secondary_y=True)
+    figure.update_layout(title="Optimisation history", height=420, template="plotly_white")
+    return figure
+
+
+def importance_figure(data: ReportData) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=tuple(data.importances))
+    for col, (objective, values) in enumerate(data.importances.items(), start=1):
+        ordered = sorted(values.items(), key=lambda item: item[1])[-12:]
+        figure.add_trace(
+            go.Bar(
+                x=[v for _, v in ordered], y=[k for k, _ in ordered], orientation="h", name=objective, showlegend=False
+            ),
+            row=1,
+            col=col,
+        )
+    figure.update_layout(title="Parameter importances (PED-ANOVA)", height=460, template="plotly_white")
+    return figure
+
+
+def _front_table(data: ReportData) -> str:
+    table = data.front[["number", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs", "blocks"]].copy()
+    table["val_accuracy"] = table["val_accuracy"].map("{:.4f}".format)
+    table["latency_ms"] = table["latency_ms"].map("{:.3f}".format)
+    table["latency_iqr_ms"] = table["latency_iqr_ms"].map("{:.3f}".format)
+    table["params"] = table["params"].map(lambda v: f"{int(v):,}")
+    table["macs"] = table["macs"].map(lambda v: f"{v / 1e6:.1f}M")
+    table["number"] = table["number"].map(lambda n: f"{n} (knee)" if n == data.knee_number else str(n))
+    return table.to_html(index=False, classes="front", border=0)
+
+
+def _dominance_text(data: ReportData) -> str:
+    if data.dominance is None:
+        return "<p>Baselines were not computed (<code>--no-baselines</code>).</p>"
+    items = []
+    for row in data.dominance.itertuples():
+        if row.dominated:
+            gain = f"+{row.accuracy_gain:.1f} accuracy points at no more latency" if row.accuracy_gain else ""
+            speed = f"{row.speedup:.2f}x faster at no less accuracy" if row.speedup else ""
+            detail = "; ".join(part for part in (gain, speed) if part)
+            items.append(f"<li><b>{html.escape(row.name)}</b>: dominated by the front ({detail})</li>")
+        else:
+            items.append(f"<li>{html.escape(row.name)}: not dominated</li>")
+    count = int(data.dominance["dominated"].sum())
+    return f"<p>The front dominates {count} of {len(data.dominance)} baselines.</p><ul>{''.join(items)}</ul>"
+
+
+def verified_figure(verified: VerifiedData) -> go.Figure:
+    """Two panels, same latency axis: the proxy's view of the verified trials, and the verified view."""
+    figure = make_subplots(
+        rows=1, cols=2, shared_xaxes=True, subplot_titles=("Proxy accuracy (the search)", "Verified accuracy")
+    )
+    points = verified.points.sort_values("latency_ms")
+    front_numbers = set(verified.front["number"])
+    proxy_front_numbers = set(verified.proxy_front["number"])
+    for col, column, on_front in ((1, "val_accuracy", proxy_front_numbers), (2, "verified_accuracy", front_numbers)):
+        mask = points["number"].isin(on_front)
+        for kind, part in (("front", points[mask]), ("dominated", points[~mask])):
+            figure.add_trace(
+                go.Scatter(
+                    x=part["latency_ms"],
+                    y=part[column],
+                    mode="lines+markers" if kind == "front" else "markers",
+                    marker=_STYLE[kind],
+                    name=f"{'proxy' if col == 1 else 'verified'} {kind}",
+                    text=[f"trial {n}" for n in part["number"]],
+                    hovertemplate="%{text}<br>acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    if verified.baselines is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=verified.baselines["latency_ms"],
+                y=verified.baselines["val_accuracy"],
+                mode="markers",
+                name="baselines (verified budget)",
+                text=verified.baselines["name"],
+                marker={"color": "#f29900", "symbol": "diamond", "size": 10},
+                hovertemplate="%{text}<br>acc %{y:.4f}<br>latency %{x:.3f} ms<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    figure.update_xaxes(type="log", title="latency (ms)")
+    figure.update_yaxes(title="validation accuracy", row=1, col=1)
+    figure.update_layout(height=450, title="Proxy front and verified front")
+    return figure
+
+
+def _margins(dominance: pd.DataFrame, noise_points: float | None) -> str:
+    """Each baseline's margin against the verified front, in points and in speed-up, with the noise."""
+    items = []
+    for row in dominance.itertuples():
+        gain = (
+            "no front point as fast"
+            if row.accuracy_gain is None
+            else f"{row.accuracy_gain:+.2f} points at no more latency"
+        )
+        speed = (
+            "no front point as accurate" if row.speedup is None else f"{row.speedup:.2f}x faster at no less accuracy"
+        )
+        verdict = "dominated" if row.dominated else "not dominated"
+        items.append(f"<li><b>{html.escape(row.name)}</b>: {verdict}; {gain}; {speed}</li>")
+    noise = (
+        f"<p>Noise: a difference of two accuracies on these validation images has a 95% sampling interval of "
+        f"about ±{noise_points:.2f} points; seed-to-seed noise of the training is not measured here and adds to "
+        "it, so margins inside that band are not evidence.</p>"
+        if noise_points is not None
+        else ""
+    )
+    return f"<ul>{''.join(items)}</ul>{noise}"
+
+
+def _verified_text(verified: VerifiedData | None, val_size: int | None = None) -> str:
+    if verified is None:
+        return (
+            "<p>No trial verified yet: accuracies above come from the brief proxy training only. "
+            "<code>mbsearch verify STUDY</code> retrains the front at a longer budget.</p>"
+        )
+    budget = verified.budget
+    tau = "n/a (fewer than 3 verified)" if verified.tau is None else f"{verified.tau:.3f}"
+    dominance_html = ""
+    if verified.dominance is not None:
+        count = int(verified.dominance["dominated"].sum())
+        accuracy = float(verified.front["val_accuracy"].mean()) if not verified.front.empty else 0.5
+        noise = 100 * 1.96 * math.sqrt(2 * accuracy * (1 - accuracy) / val_size) if val_size else None
+        dominance_html = (
+            f"<p>On verified accuracy, the verified front dominates {count} of {len(verified.dominance)} "
+            f"baselines (trained at the same budget and seed rule).</p>{_margins(verified.dominance, noise)}"
+        )
+    return (
+        f"<p>{len(verified.points)} trial(s) verified at {budget.get('epochs')} epoch(s) x "
+        f"{budget.get('train_size')} images (batch {budget.get('batch_size')}, lr {budget.get('lr')}). "
+        f"Kendall τ between proxy and verified accuracy over them: <b>{tau}</b> "
+        "(1 = the proxy ranked them exactly as the longer training does). Verified front: "
+        f"{len(verified.front)} point(s).</p>{dominance_html}"
+    )
+
+
+def render(data: ReportData) -> str:
+    """One self-contained page: plotly's JavaScript is inlined once, so it opens offline."""
+    figures = [
+        ("pareto-plot", pareto_figure(data)),
+        ("cost-plot", cost_figure(data)),
+        ("history-plot", history_figure(data)),
+    ]
+    if data.importances:
+        figures.append(("importance-plot", importance_figure(data)))
+    if data.verified is not None:
+        figures.append(("verified-plot", verified_figure(data.verified)))
+    parts = [
+        figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=div_id, config={"displaylogo": False})
+        for index, (div_id, figure) in enumerate(figures)
+    ]
+    settings = ", ".join(f"{key}={value}" for key, value in data.settings.items() if value is not None)
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in data.counts.items() if count)
+    verified_html = _verified_text(data.verified, data.settings.get("val_size"))
+    if data.verified is not None:  # what was verified leads; the proxy's claims follow, labelled as such
+        lead = f"<h2>Verified front (the longer training)</h2>\n{verified_html}\n{parts[-1]}\n"
+        lead += "<h2>Proxy front (brief training: the search's own view)</h2>"
+        verified_section, rest = "", parts[1:-1]
+    else:
+        lead, verified_section, rest = "", f"<h2>Verified</h2>\n{verified_html}", parts[1:]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} table.front td,table.front th
+{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;font-size:13px}} code{{background:#f1f3f4}}</style>
+</head><body>
+<h1>{html.escape(data.title)}</h1>
+<p>Trials: {html.escape(counts)}. Pareto front: {len(data.front)} point(s).</p>
+<p><small>{html.escape(settings)}</small></p>
+{_device_text(data.device)}
+{lead}
+{parts[0]}
+<h2>Against the MobileNet baselines{" (proxy)" if data.verified is not None else ""}</h2>
+{_dominance_text(data)}
+<h2>Pareto front</h2>
+{_front_table(data)}
+{verified_section}
+<h2>Adapted (NetAdapt)</h2>
+{_adapted_text(data.adapted)}
+<h2>Predicted against measured latency</h2>
+{_confirmed_text(data.confirmed)}
+{"".join(rest)}
+</body></html>
+"""
+
+
+def write_report(
+    finished: FinishedStudy,
+    baselines: pd.DataFrame | None,
+    verify_budget: dict | None = None,
+    verified_baselines: pd.DataFrame | None = None,
+    adapted: pd.DataFrame | None = None,
+) -> Path:
+    path = finished.study_dir / "report.html"
+    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines, adapted)))
+    return path

@@ -1,0 +1,1 @@
+"""What a study found: the front, re-timing, verification, baselines, export."""

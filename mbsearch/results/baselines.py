@@ -1,0 +1,146 @@
+"""Reference MobileNets measured exactly like the candidates: same data, proxy budget, target and runtime.
+
+Results are cached in <runs-dir>/baselines.json, one entry per (host, dataset, input, budget, target,
+runtime, threads, model), so a report computes each baseline once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mbsearch.files import write_atomic
+from mbsearch.latency.factory import open_target
+from mbsearch.latency.targets import LatencyCache, Target, measure_cached
+from mbsearch.nn.cost import count_macs, count_params
+from mbsearch.nn.model import build_model
+from mbsearch.results.pareto import dominates
+from mbsearch.spec.zoo import reference_arch, reference_names
+from mbsearch.train.data import load_study_data
+from mbsearch.train.evaluate import evaluate
+from mbsearch.train.loop import Budget, Diverged
+
+COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
+
+
+def _cache_key(settings: dict[str, Any], name: str, device: str) -> str:
+    fields = [
+        "dataset",
+        "input_size",
+        "channels",
+        "val_size",
+        "epochs",
+        "train_size",
+        "batch_size",
+        "lr",
+        "target",
+        "runtime",
+        "threads",
+        "seed",
+        "latency_input_size",
+    ]
+    described = ",".join(f"{key}={settings.get(key)}" for key in fields)
+    if settings.get("train_seed") is not None:  # a verification's seed (keys of proxy baselines unchanged)
+        described += f",train_seed={settings['train_seed']}"
+    return f"{device}|{described}|{name}"
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """The cache, or an empty one where the file is missing or damaged (it is rebuilt, never trusted)."""
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return cache if isinstance(cache, dict) and all(isinstance(v, dict) for v in cache.values()) else {}
+
+
+def baseline_frame(
+    settings: dict[str, Any],
+    runs_dir: Path,
+    data_dir: Path | None = None,
+    names: list[str] | None = None,
+    on_progress: Callable[[str, bool], None] | None = None,
+    target: Target | None = None,
+) -> pd.DataFrame:
+    """One row per reference model, timed on `target` (default: the study's own local target); computed
+    once per device, then read from the cache."""
+    names = names or reference_names()
+    target = target or open_target(settings["target"], settings["runtime"], settings["threads"])
+    device = target.device()["fingerprint"]
+    cache_path = runs_dir / "baselines.json"
+    cache = _read_cache(cache_path)
+    missing = [name for name in names if _cache_key(settings, name, device) not in cache]
+    if missing:
+        data = load_study_data(settings, data_dir)
+        budget = Budget(
+            epochs=settings["epochs"],
+            train_size=settings["train_size"],
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+        )
+        latency_cache = LatencyCache(runs_dir / "latency-cache.sqlite")
+        try:
+            for name in missing:
+                if on_progress:
+                    on_progress(name, False)
+                # Like a candidate: timed at the deployment resolution, trained at the dataset's.
+                arch = reference_arch(
+                    name, settings.get("latency_input_size") or data.size, data.channels, data.num_classes
+                )
+                # The trials' seed rule: the proxy seed, or a verification's own (`train_seed`); the study's
+                # seed still fixes the validation split (load_study_data).
+                train_seed = settings.get("train_seed", settings.get("seed", 0))
+                torch.manual_seed(train_seed)
+                model = build_model(arch)
+                stats, _ = measure_cached(model, arch, latency_cache, target)
+                try:
+                    trained = arch.at_resolution(data.size)
+                    accuracy = evaluate(trained, data, budget, train_seed, model=model).accuracy
+                except Diverged:
+                    accuracy = float("nan")
+                cache[_cache_key(settings, name, device)] = {
+                    "name": name,
+                    "val_accuracy": accuracy,
+                    "latency_ms": stats.median_ms,
+                    "latency_iqr_ms": stats.iqr_ms,
+                    "params": count_params(model),
+                    "macs": count_macs(model, arch)[0],
+                }
+                write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
+        finally:
+            latency_cache.close()
+    rows = [cache[_cache_key(settings, name, device)] for name in names]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """For each baseline: is it dominated by a front point, and by how much.
+
+    accuracy_gain: the best accuracy gain (points) among front points at most as slow as the baseline.
+    speedup: baseline latency / the fastest front point at least as accurate as the baseline.
+    """
+    rows = []
+    for base in baselines.itertuples():
+        no_slower = front[front["latency_ms"] <= base.latency_ms]
+        no_worse = front[front["val_accuracy"] >= base.val_accuracy]
+        dominated = any(
+            dominates(point.val_accuracy, point.latency_ms, base.val_accuracy, base.latency_ms)
+            for point in front.itertuples()
+        )
+        rows.append(
+            {
+                "name": base.name,
+                "dominated": dominated,
+                # signed: a negative gain says by how much the best no-slower front point falls short
+                "accuracy_gain": float((no_slower["val_accuracy"].max() - base.val_accuracy) * 100)
+                if not no_slower.empty
+                else None,
+                "speedup": float(base.latency_ms / no_worse["latency_ms"].min()) if not no_worse.empty else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=["name", "dominated", "accuracy_gain", "speedup"])

@@ -1,0 +1,59 @@
+"""Pick an architecture from the Pareto front and write it as arch JSON, ONNX and timm strings."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mbsearch.errors import BadInput
+from mbsearch.results.finished import FinishedStudy
+from mbsearch.results.pareto import knee
+from mbsearch.spec.arch import Arch
+from mbsearch.study import records
+
+PICKS = ("knee", "max-accuracy", "min-latency")
+
+
+def pick_row(front: pd.DataFrame, pick: str, max_latency: float | None = None) -> pd.Series:
+    """The chosen point of the front, after dropping points slower than `max_latency`."""
+    if pick not in PICKS:
+        raise BadInput(f"unknown --pick {pick!r}: use one of {', '.join(PICKS)}")
+    pool = front if max_latency is None else front[front["latency_ms"] <= max_latency]
+    if pool.empty:
+        fastest = front["latency_ms"].min()
+        raise BadInput(f"no Pareto point meets --max-latency {max_latency} ms (the fastest takes {fastest:.3f} ms)")
+    pool = pool.reset_index(drop=True)
+    if pick == "max-accuracy":
+        return pool.loc[pool["val_accuracy"].idxmax()]
+    if pick == "min-latency":
+        return pool.loc[pool["latency_ms"].idxmin()]
+    return pool.loc[knee(pool)]
+
+
+def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
+    """The trial's architecture with its measured metrics and its provenance."""
+    number = int(row["number"])
+    settings = finished.settings
+    arch = finished.arch(number)
+    provenance = {
+        "study": finished.study.study_name,
+        "trial": number,
+        "space": finished.study.user_attrs.get(records.SPACE_NAME, settings["space"]),
+        "target": settings["target"],
+        "runtime": settings["runtime"],
+        "threads": settings["threads"],
+        "dataset": settings["dataset"],
+        "budget": {key: settings[key] for key in ("epochs", "train_size", "batch_size", "lr", "val_size")},
+    }
+    proxy = finished.frame.set_index("number").loc[number]
+    metrics = {
+        "val_accuracy": float(proxy["val_accuracy"]),  # the proxy's, as the search measured it
+        "latency_ms": float(row["latency_ms"]),
+        "latency_iqr_ms": float(row["latency_iqr_ms"]),
+        "params": int(row["params"]),
+        "macs": int(row["macs"]),
+    }
+    if finished.basis != "proxy":
+        # The accuracy the pick rested on: verified (verify) or the highest multi-fidelity rung.
+        metrics["decision_accuracy"] = float(row["val_accuracy"])
+        metrics["decision_basis"] = finished.basis
+    return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)

@@ -1,0 +1,154 @@
+"""`mbsearch verify`: retrain the front (and the next non-dominated layers) at a longer budget.
+
+The proxy ranks architectures only roughly (benchmarks/README.md, fidelity), so the front and the
+claims built on it are checked at a longer budget on the training split, scored on the same validation
+split the search used (never the test set). Results go into the study's storage (evaluations.py):
+an interrupted verify resumes, and several processes or machines share the work through claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import optuna
+
+from mbsearch import interrupts
+from mbsearch.errors import BadInput
+from mbsearch.ranking import kendall_tau
+from mbsearch.results.finished import FinishedStudy
+from mbsearch.results.pareto import VERIFY_TAG, nondominated_layers
+from mbsearch.study import evaluations, records
+from mbsearch.train.data import Dataset, load_study_data
+from mbsearch.train.evaluate import Evaluation, derived_seed
+from mbsearch.train.loop import Budget
+
+# The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
+VERIFY_BATCH, VERIFY_LR = 128, 0.004
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    chosen: list[int]
+    verified: dict[int, float]  # trial number -> verified accuracy (this run's and earlier runs')
+    tau: float | None  # proxy vs verified, over the verified trials
+    budget: Budget
+    why_not: dict[int, str] = field(default_factory=dict)  # unverified trial -> why: failed, or held by whom
+
+
+def choose(frame, top: int) -> list[int]:
+    """The front, then the next non-dominated layers, until at least `top` trials (whole layers)."""
+    chosen: list[int] = []
+    for layer in nondominated_layers(frame, multi_fidelity=True):  # the decision front first, as export
+        if chosen and len(chosen) >= top:
+            break
+        chosen += [int(n) for n in layer["number"]]
+    return chosen
+
+
+def verify_budget(data: Dataset, epochs: float, train_size: int | None) -> Budget:
+    size = min(train_size or len(data.train), len(data.train))
+    return Budget(epochs=epochs, train_size=size, batch_size=VERIFY_BATCH, lr=VERIFY_LR)
+
+
+def study_data(finished: FinishedStudy, data_dir) -> Dataset:
+    """The dataset and validation split the search used (its stored settings and seed)."""
+    return load_study_data(finished.settings, data_dir)
+
+
+def verification_seed(finished: FinishedStudy, seed: int | None = None) -> int:
+    """The seed verification trains with: derived from `seed`, or from the study's seed, apart from it."""
+    return derived_seed(int(finished.settings.get("seed", 0)) if seed is None else seed, VERIFY_TAG)
+
+
+def run_verify(
+    finished: FinishedStudy,
+    data: Dataset,
+    budget: Budget,
+    top: int,
+    seed: int | None = None,
+    grace_seconds: float = 600,
+    on_event: Callable[[str, int, float | None], None] | None = None,
+) -> VerifyResult:
+    """Verify the chosen trials not verified yet at this budget; return every verified accuracy. The
+    training seed is derived from `seed` (default: the study's), never the proxy's own seed."""
+    study = finished.study
+    seed = verification_seed(finished, seed)
+    recipe = asdict(budget) | {"seed": seed}
+    stored = records.verify_budget(study)
+    if stored is None:
+        study.set_user_attr(records.VERIFY_BUDGET, recipe)
+    elif {k: v for k, v in stored.items() if k != "seed"} != asdict(budget):
+        raise BadInput(
+            f"study {study.study_name!r} was verified with {stored}; rerun with the same --epochs/--train-size"
+        )
+    elif stored.get("seed", seed) != seed:
+        raise BadInput(
+            f"study {study.study_name!r} was verified with training seed {stored['seed']}; rerun with the --seed "
+            "it was verified with (results of two seeds are never mixed)"
+        )
+    chosen = choose(finished.frame, top)
+    done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    with interrupts.deferred_signals():  # Ctrl-C and SIGTERM never land inside a storage write
+        for number in chosen:
+            if number in done:
+                continue
+            start = (lambda n=number: on_event("start", n, None)) if on_event else None
+            result = evaluations.evaluate_claimed(
+                study, VERIFY_TAG, number, finished.arch(number), data, budget, seed, grace_seconds, start
+            )
+            if isinstance(result, Evaluation) and on_event:
+                on_event("done", number, result.accuracy)
+    result = summarize(study, finished.frame, chosen, budget)
+    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    for number in chosen:
+        if number in result.verified:
+            continue
+        failed = finished_runs.get(number, {}).get("failed")
+        reason = f"failed ({failed})" if failed else evaluations.holder(study, VERIFY_TAG, number, grace_seconds)
+        if reason is not None:
+            result.why_not[number] = reason
+    return result
+
+
+def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> VerifyResult:
+    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    verified = {n: float(r["accuracy"]) for n, r in finished_runs.items() if r.get("accuracy") is not None}
+    proxy = frame.set_index("number")["val_accuracy"]
+    common = [n for n in verified if n in proxy.index]
+    tau = kendall_tau([float(proxy[n]) for n in common], [verified[n] for n in common]) if len(common) > 2 else None
+    return VerifyResult(chosen, verified, tau, budget)
+
+
+def verify_worker(
+    name: str,
+    runs_dir: str,
+    storage: str | None,
+    data_dir: str | None,
+    epochs: float,
+    train_size: int | None,
+    top: int,
+    seed: int | None,
+    threads: int,
+    worker: int,
+) -> None:
+    """One process of `verify --workers N` (spawned): the same loop, sharing the work through claims."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from mbsearch.results.finished import open_finished
+
+    torch.set_num_threads(threads)
+    finished = open_finished(name, Path(runs_dir), storage)
+    data = study_data(finished, Path(data_dir) if data_dir else None)
+
+    def say(event: str, number: int, accuracy: float | None) -> None:
+        if event == "done":
+            print(f"[w{worker}] trial {number}: verified accuracy {accuracy:.4f}", flush=True)
+
+    try:
+        run_verify(finished, data, verify_budget(data, epochs, train_size), top, seed, on_event=say)
+    except KeyboardInterrupt:
+        sys.exit(130)

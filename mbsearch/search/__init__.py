@@ -1,0 +1,1 @@
+"""The search: objective, loop, rungs, workers and progress."""

@@ -1,0 +1,294 @@
+"""run_search(config): storage, sampler, resume, the trial loop and the outputs (trials.csv, pareto.csv).
+
+A rerun of the same command resumes the same study and continues until `trials` trials are complete in
+total. Several workers (processes or machines) may run the same loop on one storage: a trial is started
+only while the complete and running ones fall short of the target, so the count ends exact.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+import pandas as pd
+import torch
+
+from mbsearch import interrupts
+from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
+from mbsearch.files import write_atomic
+from mbsearch.latency.factory import open_target
+from mbsearch.latency.targets import LatencyCache, Target
+from mbsearch.results.pareto import decision_front, trials_frame
+from mbsearch.results.retime import confirm
+from mbsearch.search.objective import Objective, complete_and_running
+from mbsearch.search.rungs import Promoter
+from mbsearch.spec.sample import check_space_fits
+from mbsearch.spec.space import SearchSpace, load_space
+from mbsearch.study import records
+from mbsearch.study.config import IDENTITY_KEYS, RunConfig
+from mbsearch.study.storage import default_url, open_storage, redact
+from mbsearch.train.data import Dataset, load_dataset
+
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class Interrupted(MbsearchError):
+    """Ctrl-C or SIGTERM: completed trials are kept; the same command resumes."""
+
+    exit_code = 130
+
+
+class Reporter(Protocol):
+    def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None: ...
+    def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    frame: pd.DataFrame
+    front: pd.DataFrame
+    study_dir: Path
+    timed_out: bool
+    basis: str = "proxy"  # what the front rests on: proxy, "multi-fidelity" or verified
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own samplers, as they are."""
+    if name == "tpe":
+        # constant_liar keeps parallel workers from sampling the same point while trials run.
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, n_startup_trials=min(10, max(3, trials // 3))
+        )
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise BadInput(f"unknown sampler {name!r}: use tpe, nsga2 or random")
+
+
+def open_config_target(config: RunConfig) -> Target:
+    """The latency target of a search: local, a remote agent, or a lookup table."""
+    return open_target(
+        "predicted" if config.latency == "predicted" else config.target,
+        config.runtime,
+        config.threads,
+        config.target_token,
+        config.lut,
+    )
+
+
+def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
+    """Everything that can be wrong with the input is found here, before anything is written."""
+    space = load_space(config.space)
+    target = open_config_target(config)
+    if config.confirm_on is not None:
+        open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+    cache_path = config.runs_dir / "latency-cache.sqlite"
+    if cache_path.exists() and not cache_path.is_file():
+        raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")
+    data = load_dataset(
+        config.dataset, config.data_dir, config.input_size, config.channels, config.val_size, config.seed
+    )
+    if config.train_size > len(data.train):
+        raise BadInput(
+            f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
+            f"after the validation split; lower it or --val-size"
+        )
+    check_space_fits(space, data.size, data.channels, data.num_classes)
+    if config.latency_input_size is not None:
+        check_space_fits(space, config.latency_input_size, data.channels, data.num_classes, "--latency-input-size")
+    if config.latency == "predicted":
+        target.check_covers(  # type: ignore[attr-defined]
+            space, config.latency_input_size or data.size, data.channels, data.num_classes
+        )
+    return space, data, target
+
+
+def create_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+    """Create the study, or load it and check that it was run with the same settings."""
+    created = not config.study_dir.exists()
+    try:
+        config.study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create {config.study_dir}: {exc.strerror}; pick another --runs-dir") from None
+    try:
+        return _open_study(config, url, worker_id)
+    except BaseException:
+        if created:
+            shutil.rmtree(config.study_dir, ignore_errors=True)  # no half-created run folder
+        raise
+
+
+def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+    storage = open_storage(url, config.heartbeat, config.grace_period, config.max_retry)
+    multi = config.objective == "pareto"
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=storage,
+        directions=["maximize", "minimize"] if multi else ["maximize"],
+        load_if_exists=True,
+    )
+    # A resumed run or another worker must not replay the same random draws: offset the seed by the
+    # trials already stored and by the worker number (still reproducible for a given history).
+    offset = len(study.get_trials(deepcopy=False)) + 1000 * worker_id
+    study.sampler = make_sampler(config.sampler, config.seed + offset, config.trials)
+    stored = study.user_attrs.get(records.CONFIG)
+    if stored is None:
+        study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])
+        study.set_user_attr(records.CONFIG, config.identity())
+        study.set_user_attr(records.SPACE_NAME, config.space_name)
+        if config.data_dir is not None:
+            study.set_user_attr(records.DATA_DIR, str(config.data_dir.resolve()))
+    if worker_id == 0 or stored is None:
+        # What accuracies depend on beyond the settings: thread counts and library versions. The same
+        # command on the same machine repeats its numbers; another machine may differ (README).
+        study.set_user_attr(f"{records.ENVIRONMENT_PREFIX}{socket.gethostname()}", environment(config))
+    if stored is not None and any(stored.get(key) != config.identity().get(key) for key in IDENTITY_KEYS):
+        # Compared key by key: a study made before a key existed stored no value for it (None).
+        changed = sorted(key for key in IDENTITY_KEYS if stored.get(key) != config.identity().get(key))
+        detail = ", ".join(f"{key}={stored.get(key)!r}" for key in changed)
+        raise BadInput(
+            f"study {config.study_name!r} was run with {detail}; rerun with those settings or use a new --study"
+        )
+    return study
+
+
+def check_device(study: optuna.Study, target: Target) -> None:
+    """A study's latencies come from one device: record its fingerprint once, refuse another one later."""
+    device = target.device() | {"target": target.name}
+    stored = study.user_attrs.get(records.DEVICE)
+    if stored is None:
+        study.set_user_attr(records.DEVICE, device)
+    elif stored.get("fingerprint") != device["fingerprint"]:
+        raise BadInput(
+            f"study {study.study_name!r} was timed on device {stored.get('fingerprint')} ({stored.get('cpu')}, "
+            f"{stored.get('cores')} core(s), {stored.get('threads')} thread(s)); {target.name} is device "
+            f"{device['fingerprint']} ({device['cpu']}, {device['cores']} core(s), {device['threads']} thread(s)); "
+            "use that device or a new --study"
+        )
+
+
+def environment(config: RunConfig) -> dict:
+    import numpy
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "train_threads": config.train_threads or max(1, (os.cpu_count() or 1) // config.workers),
+        "latency_threads": config.threads,
+    }
+
+
+def write_outputs(study: optuna.Study, study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """trials.csv and pareto.csv in the study folder. The front is the one at the highest fidelity
+    reached (verified, else the top multi-fidelity rung, else the proxy); the basis says which."""
+    frame = trials_frame(study)
+    front, basis = decision_front(frame)
+    write_atomic(study_dir / "trials.csv", frame.to_csv(index=False))
+    write_atomic(study_dir / "pareto.csv", front.assign(accuracy_basis=basis).to_csv(index=False))
+    return frame, front, basis
+
+
+def _went_wrong(trial: optuna.trial.FrozenTrial) -> bool:
+    """A failed trial, or one pruned because training diverged (not a surplus trial)."""
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return True
+    return trial.state == optuna.trial.TrialState.PRUNED and _reason(trial).startswith("diverged")
+
+
+def _reason(trial: optuna.trial.FrozenTrial) -> str:
+    reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason") or "unknown"
+    return str(reason).splitlines()[0]
+
+
+def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
+    """Run (or resume) the search described by `config`."""
+    space, data, target = prepare(config)
+    study_dir = config.study_dir
+    url = config.storage or default_url(study_dir)
+    study = create_study(config, url, worker_id)
+    check_device(study, target)
+    previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
+    torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
+    cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
+    objective = Objective(config, space, data, cache, target)
+    promoter = Promoter(config, data) if config.rungs else None
+    if reporter:
+        reporter.start(study, config, complete_and_running(study)[0])
+    try:
+        with interrupts.deferred_signals():
+            timed_out = _trial_loop(study, objective, config, reporter, promoter)
+    except KeyboardInterrupt:
+        write_outputs(study, study_dir)
+        complete, _ = complete_and_running(study)
+        raise Interrupted(
+            f"interrupted: {complete} complete trial(s) kept in {redact(url)}; rerun the same command to resume"
+        ) from None
+    finally:
+        cache.close()
+        torch.set_num_threads(previous_threads)
+        if reporter:
+            reporter.finish()
+    frame, front, basis = write_outputs(study, study_dir)
+    if config.confirm_on is not None and worker_id == 0 and not front.empty:
+        # Predicted (or elsewhere-measured) latencies of the front, re-timed on the real target.
+        device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+        confirm(study, [int(n) for n in front["number"]], device)
+    return SearchResult(study, frame, front, study_dir, timed_out, basis)
+
+
+def _trial_loop(
+    study: optuna.Study,
+    objective: Objective,
+    config: RunConfig,
+    reporter: Reporter | None,
+    promoter: Promoter | None = None,
+) -> bool:
+    """Run trials until `config.trials` are complete (and, with --rungs, no promotion is due); True when
+    --timeout stopped it first. Promotions go first: ASHA promotes as soon as a candidate qualifies."""
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    failures = 0
+    finished: list[optuna.trial.FrozenTrial] = []
+    callbacks = [lambda s, t: finished.append(t)]
+    if reporter:
+        callbacks.append(reporter.trial_done)
+    while True:
+        interrupts.check()
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if promoter is not None:
+            promoted = promoter.run_next(study)
+            if promoted is not None:
+                if reporter and hasattr(reporter, "promotion_done"):
+                    reporter.promotion_done(promoted)
+                continue
+        complete, running = complete_and_running(study)
+        if complete >= config.trials:
+            return False
+        if complete + running >= config.trials:
+            # Others hold the remaining trials. If one of them died, its heartbeat stops, and this
+            # marks its trial failed and re-queues it (RetryHeartbeatStaleTrialCallback).
+            optuna.storages.fail_stale_trials(study)
+            with interrupts.interruptible():
+                time.sleep(1.0)
+            continue
+        # A candidate that breaks the runtime (an export or a kernel error) fails alone; the search goes on.
+        study.optimize(objective, n_trials=1, catch=(RuntimeFailure, RuntimeError), callbacks=callbacks)
+        failures = failures + 1 if finished and _went_wrong(finished[-1]) else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeFailure(f"{failures} trials in a row failed, the last with: {_reason(finished[-1])}")

@@ -1,0 +1,194 @@
+"""The trial function: sample -> build -> cost -> latency -> (constraints) -> train -> values.
+
+It only glues the steps; each step lives in its own module. Latency is measured before training so that
+a candidate over a budget is never trained: an infeasible region costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from mbsearch import interrupts
+from mbsearch.errors import RuntimeFailure
+from mbsearch.latency.targets import LatencyCache, Target, start_latency
+from mbsearch.nn.cost import count_macs, count_params
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+from mbsearch.spec.blockstrings import block_strings
+from mbsearch.spec.sample import sample_arch
+from mbsearch.spec.space import SearchSpace
+from mbsearch.study import records
+from mbsearch.study.config import RunConfig
+from mbsearch.study.dashboard import artifact_store
+from mbsearch.train.data import Dataset
+from mbsearch.train.evaluate import evaluate
+from mbsearch.train.loop import Diverged, Normalizer
+
+# Trials beyond the target, started by a worker that raced another: pruned before any work is done.
+SURPLUS = "surplus: other workers already reached the trial target"
+
+
+def mnas_reward(accuracy: float, latency_ms: float, target_ms: float, w: float) -> float:
+    """MnasNet's soft-constrained reward ACC * (LAT / T) ** w."""
+    return accuracy * (latency_ms / target_ms) ** w
+
+
+def complete_and_running(study: optuna.Study, below: int | None = None) -> tuple[int, int]:
+    """(complete, running) trials, optionally only those numbered below `below`."""
+    trials = study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    )
+    if below is not None:
+        trials = [t for t in trials if t.number < below]
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    return complete, len(trials) - complete
+
+
+@dataclass
+class Objective:
+    """Callable for `study.optimize`. Returns (val_accuracy, latency_ms), or the MnasNet reward."""
+
+    config: RunConfig
+    space: SearchSpace
+    data: Dataset
+    cache: LatencyCache | None
+    target: Target
+    normalizer: Normalizer = field(init=False)
+    artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normalizer = Normalizer.fit(self.data.train.images[: self.config.train_size])
+        self.artifacts = artifact_store(self.config.study_dir)
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._run(trial)
+        except (RuntimeFailure, RuntimeError) as exc:
+            # Optuna records a failed trial without its reason: keep it, for the log, the report and resume.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            trial.set_user_attr("fail_reason", reason[:500])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        config = self.config
+        complete, running = complete_and_running(trial.study, below=trial.number)
+        if complete + running >= config.trials:
+            trial.set_user_attr("fail_reason", SURPLUS)
+            raise optuna.TrialPruned(SURPLUS)
+
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the logs
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
+        # With --latency-input-size the stride plan is the deployment resolution's: the network trained at the
+        # dataset's resolution and the one timed at the deployment resolution are the same blocks.
+        deploy_size = config.latency_input_size or self.data.size
+        arch = sample_arch(trial, self.space, deploy_size, self.data.channels, self.data.num_classes)
+        arch = arch.with_info(name=f"{config.study_name}-trial-{trial.number}")
+        trained_arch = arch.at_resolution(self.data.size)
+        lap("sample")
+        # Where timing happens on another device, it runs while this machine trains. A latency constraint
+        # needs the latency first (an over-budget candidate is never trained), so then it waits.
+        overlap = config.max_latency is None and self.target.overlaps_training
+        # Building, timing and training may be interrupted at once by Ctrl-C; storage writes never are.
+        with interrupts.interruptible():
+            torch.manual_seed(config.seed)  # the same initial weights for the same architecture
+            model = build_model(arch)
+            lap("build")
+            params = count_params(model)
+            macs, _ = count_macs(model, arch)  # of the deployed network, at the timed resolution
+            lap("cost")
+            pending = start_latency(model, arch, self.cache, self.target, timings, background=overlap)
+        if not overlap:
+            with interrupts.interruptible():
+                stats, cached = pending.result()
+            self._store_measures(trial, arch, params, macs, stats, cached)
+            violations = self._set_constraints(trial, stats.median_ms, params)
+            if violations:
+                # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
+                trial.set_user_attr("skipped", "; ".join(violations))
+                trial.set_user_attr("val_accuracy", 0.0)
+                trial.set_user_attr("epochs_run", 0.0)
+                trial.set_user_attr("timings", timings)
+                return self._values(0.0, stats.median_ms)
+        result = self._train(trial, trained_arch, model, timings)
+        if overlap:
+            waited = time.perf_counter()
+            with interrupts.interruptible():
+                stats, cached = pending.result()  # a latency that never comes fails the trial: none is invented
+            timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for the device
+            self._store_measures(trial, arch, params, macs, stats, cached)
+            self._set_constraints(trial, stats.median_ms, params)
+        trial.set_user_attr("val_accuracy", result.accuracy)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
+        trial.set_user_attr("timings", timings)
+        return self._values(result.accuracy, stats.median_ms)
+
+    def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
+        """The proxy training; a diverged one prunes the trial."""
+        started = time.perf_counter()
+        try:
+            with interrupts.interruptible():
+                result = evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model)
+        except Diverged as exc:
+            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        timings["train"] = round(time.perf_counter() - started, 4)
+        return result
+
+    def _store_measures(self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool) -> None:
+        trial.set_user_attr(records.ARCH, arch.to_dict())
+        self._upload_arch(trial, arch)
+        trial.set_user_attr("blocks", " ".join(block_strings(arch)))
+        for key, value in {
+            "params": params,
+            "macs": macs,
+            "latency_ms": stats.median_ms,
+            "latency_iqr_ms": stats.iqr_ms,
+            "latency_cached": cached,
+        }.items():
+            trial.set_user_attr(key, value)
+
+    def _upload_arch(self, trial: optuna.Trial, arch: Arch) -> None:
+        """The arch JSON as a file artifact, downloadable from optuna-dashboard."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"trial-{trial.number}.arch.json"
+            path.write_text(arch.to_json())
+            optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="application/json"
+            )
+
+    def _set_constraints(self, trial: optuna.Trial, latency_ms: float, params: int) -> list[str]:
+        """Optuna 5 constraints: feasible when every value is <= 0."""
+        config = self.config
+        violations = []
+        if config.max_latency is not None:
+            trial.set_constraint("latency", latency_ms - config.max_latency)
+            if latency_ms > config.max_latency:
+                violations.append(f"latency {latency_ms:.3f} ms > --max-latency {config.max_latency}")
+        if config.max_params is not None:
+            trial.set_constraint("params", float(params - config.max_params))
+            if params > config.max_params:
+                violations.append(f"params {params:,} > --max-params {config.max_params:,}")
+        return violations
+
+    def _values(self, accuracy: float, latency_ms: float) -> float | tuple[float, float]:
+        if self.config.objective == "mnas":
+            assert self.config.latency_target is not None  # checked by RunConfig
+            return mnas_reward(accuracy, latency_ms, self.config.latency_target, self.config.mnas_w)
+        return accuracy, latency_ms

@@ -1,0 +1,1 @@
+"""The Optuna study: storage, the keys it stores (records), claims, settings, evaluations, the dashboard."""

@@ -1,0 +1,53 @@
+"""The one owner of what mbsearch stores in a study beside Optuna's own data: every study attribute key, and
+typed readers for them. Modules that write or read a key import it from here (as Optuna's samplers keep
+`_CONSTRAINTS_KEY` in one place), so a key is spelled once and a reader never trusts a stored value blindly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mbsearch.spec.arch import Arch
+
+# Study attributes (Optuna freezes finished trials, so what outlives a trial is kept on the study)
+CONFIG = "mbsearch_config"  # RunConfig.identity(): the settings that decide what a trial's numbers mean
+SPACE_NAME = "space_name"  # the space's own name (a --space path's file name is not it)
+DATA_DIR = "data_dir"  # the dataset folder the search read, absolute
+ENVIRONMENT_PREFIX = "environment:"  # + host name: versions and thread counts of every machine that ran it
+DEVICE = "latency_device"  # the latency target and its fingerprint; a study never mixes two devices
+VERIFY_BUDGET = "verify_budget"  # the verification's budget and training seed
+EVALUATION_PREFIX = "eval"  # eval:TAG:TRIAL: a later evaluation of a trial (a rung, or verify)
+CONFIRMED_PREFIX = "confirmed:"  # + trial number: a re-timing on the real device
+
+# Trial attributes read across modules
+ARCH = "arch"  # the trial's arch JSON (Arch.to_dict)
+
+
+def settings(study: optuna.Study) -> Any:
+    """The stored RunConfig identity as stored (None for a study not made by `mbsearch run`); the caller
+    checks it with config.check_stored_settings (config sits above this module)."""
+    return study.user_attrs.get(CONFIG)
+
+
+def device(study: optuna.Study) -> dict[str, Any]:
+    """The latency device the study was timed on ({} where none is recorded)."""
+    stored = study.user_attrs.get(DEVICE)
+    return stored if isinstance(stored, dict) else {}
+
+
+def data_dir(study: optuna.Study) -> Path | None:
+    stored = study.user_attrs.get(DATA_DIR)
+    return Path(stored) if isinstance(stored, str) and stored else None
+
+
+def verify_budget(study: optuna.Study) -> dict[str, Any] | None:
+    stored = study.user_attrs.get(VERIFY_BUDGET)
+    return stored if isinstance(stored, dict) else None
+
+
+def trial_arch(trial: optuna.trial.FrozenTrial) -> Arch:
+    """A trial's architecture, validated like any arch file."""
+    return Arch.from_dict(trial.user_attrs.get(ARCH), f"trial {trial.number}")

@@ -1,0 +1,67 @@
+"""evaluate(arch, data, budget, seed) -> Evaluation: the one training path for every consumer.
+
+The search's trials, the baselines, `verify` and the fidelity benchmark all train an architecture
+through this function, so a given (arch, budget, seed) means the same thing everywhere. It knows
+nothing of Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from mbsearch.device import hostlock
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+from mbsearch.train.data import Dataset
+from mbsearch.train.loop import Budget, Normalizer, train
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation accuracy of one architecture after training it with one budget and seed."""
+
+    accuracy: float
+    seconds: float
+    epochs_run: float
+    steps: int
+    budget: Budget
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def derived_seed(seed: int, tag: str) -> int:
+    """The seed of an evaluation tagged `tag` ("rung1", "verify", "reference") of a study seeded `seed`.
+
+    The proxy training uses `seed` itself; every other evaluation of the same architecture gets a seed of its
+    own, derived here, so that two evaluations that are compared never start from the same initial weights
+    or see the same first batches by accident (that inflates every rank correlation between them)."""
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{tag}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+    return value if value != seed else value ^ 1
+
+
+def evaluate(
+    arch: Arch,
+    data: Dataset,
+    budget: Budget,
+    seed: int = 0,
+    normalizer: Normalizer | None = None,
+    model: torch.nn.Module | None = None,
+) -> Evaluation:
+    """Build (seeded initial weights) and train `arch` on the train split, score on the validation split.
+
+    Every training step holds the host lock shared, so latency timing on this host never overlaps it
+    and waits at most one step. Raises
+    train.Diverged on a non-finite loss. `model` reuses a network already built from `arch` with the
+    same seed (the search builds it first to count and time it).
+    """
+    if model is None:
+        torch.manual_seed(seed)  # the same initial weights for the same architecture and seed
+        model = build_model(arch)
+    result = train(model, data.train, data.val, budget, seed, normalizer, step_lock=hostlock.training)
+    return Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)

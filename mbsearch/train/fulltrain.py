@@ -1,0 +1,136 @@
+"""Full training of one architecture on the whole training set, with test accuracy at the end.
+
+This is the only code that reads the test split. It checkpoints after every epoch and resumes from the
+last checkpoint, and writes the weights as safetensors plus an ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from mbsearch.device import hostlock
+from mbsearch.errors import BadInput
+from mbsearch.files import write_atomic
+from mbsearch.nn.cost import count_params
+from mbsearch.nn.model import build_model
+from mbsearch.nn.onnx_export import write_onnx
+from mbsearch.spec.arch import Arch
+from mbsearch.train.data import Split, load_full_train, load_test_split
+from mbsearch.train.loop import Budget, Diverged, train
+
+CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
+OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "metrics.json", "arch.json")
+
+
+@dataclass(frozen=True)
+class FullTrainResult:
+    test_accuracy: float
+    epochs: float
+    train_seconds: float
+    params: int
+    resumed_from_epoch: int
+    out_dir: str
+
+
+def _data(arch: Arch, dataset: str, data_dir: Path | None) -> tuple[Split, Split]:
+    channels = arch.input.channels
+    train_split, classes = load_full_train(dataset, data_dir, arch.input.size, channels)
+    if train_split.images.shape[1] != channels:
+        raise BadInput(f"the arch takes {channels} channel(s) but {dataset} has {train_split.images.shape[1]}")
+    if classes > arch.num_classes:
+        raise BadInput(f"the arch has {arch.num_classes} classes but {dataset} has {classes}")
+    return train_split, load_test_split(dataset, data_dir, arch.input.size, channels)
+
+
+def train_full(
+    arch: Arch,
+    out_dir: Path,
+    epochs: float,
+    dataset: str = "fashion-mnist",
+    data_dir: Path | None = None,
+    batch_size: int = 128,
+    lr: float = 0.006,
+    seed: int = 0,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> FullTrainResult:
+    """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present."""
+    train_split, test_split = _data(arch, dataset, data_dir)
+    budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr, augment=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out {out_dir} is a file; give a folder for the weights, ONNX and metrics")
+    checkpoint_path = out_dir / CHECKPOINT
+    identity = {"arch": arch.key(), "budget": asdict(budget), "dataset": dataset, "seed": seed}
+    resume = None
+    if checkpoint_path.is_file():
+        # Our own file, and still loaded as data only: weights_only refuses anything but tensors and plain values.
+        try:
+            saved = torch.load(checkpoint_path, weights_only=True)
+        except Exception:  # a foreign or damaged file: refused, whatever torch raises for it
+            saved = None
+        if not isinstance(saved, dict) or saved.get("identity") != json.dumps(identity, sort_keys=True):
+            raise BadInput(f"{checkpoint_path} is not this architecture's checkpoint; use another --out")
+        resume = saved["state"]
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_into(arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing half-done: no empty --out folder after a failure before epoch 1
+        raise
+
+
+def _train_into(
+    arch: Arch,
+    out_dir: Path,
+    train_split: Split,
+    test_split: Split,
+    budget: Budget,
+    seed: int,
+    identity: dict[str, Any],
+    resume: dict[str, Any] | None,
+    on_step: Callable[[int, int, float, float], None] | None,
+) -> FullTrainResult:
+    checkpoint_path = out_dir / CHECKPOINT
+    batch_size = budget.batch_size
+    steps_per_epoch = -(-len(train_split) // batch_size)
+    resumed_from = int(resume["step"]) // steps_per_epoch if resume else 0
+
+    def save_checkpoint(epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        tmp = checkpoint_path.with_suffix(".tmp")
+        torch.save({"identity": json.dumps(identity, sort_keys=True), "state": state()}, tmp)
+        tmp.replace(checkpoint_path)
+
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    try:
+        # The host lock is held per step: a search on this host times latency between two steps.
+        result = train(
+            model,
+            train_split,
+            test_split,
+            budget,
+            seed,
+            on_step=on_step,
+            on_epoch=save_checkpoint,
+            resume=resume,
+            step_lock=hostlock.training,
+        )
+    except Diverged as exc:
+        raise BadInput(f"training diverged ({exc}); lower --lr") from None
+    model = model.to(memory_format=torch.contiguous_format)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out_dir / "model.safetensors")
+    write_onnx(arch, out_dir / "model.onnx", model)
+    outcome = FullTrainResult(
+        result.accuracy, result.epochs_run, round(result.seconds, 1), count_params(model), resumed_from, str(out_dir)
+    )
+    write_atomic(out_dir / "metrics.json", json.dumps(asdict(outcome) | {"arch": arch.name}, indent=2) + "\n")
+    write_atomic(out_dir / "arch.json", arch.to_json())
+    return outcome
