@@ -36,8 +36,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
 from mbsearch.train.data import Dataset
-from mbsearch.train.loop import Budget, Normalizer, train
-from mbsearch.train.loop import evaluate as score_as_is
+from mbsearch.train.loop import Budget, Normalizer, score, train
 
 STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps them
 MIN_WIDTH = 8
@@ -256,7 +255,7 @@ class Adapter:
         ]
         return start_ms * statistics.median(ratios)
 
-    def score(self, model: nn.Module, budget: Budget | None = None) -> float:
+    def finetune_and_score(self, model: nn.Module, budget: Budget | None = None) -> float:
         """Fine-tune from the kept weights (the network is resolution-agnostic: it trains at the dataset's
         size), then the accuracy on the validation split; never the test set."""
         budget = budget or self.settings.finetune
@@ -281,11 +280,11 @@ class Adapter:
                 continue
             proposal, candidate, shrunk_model, measured = found
             tried += 1
-            score = self.score(shrunk_model)
-            ratio = (score - accuracy) / max(latency - measured, 1e-6)
-            self.on_event(f"  {proposal.describe()}: {measured:.3f} ms, accuracy {score:.4f}")
+            accuracy_after = self.finetune_and_score(shrunk_model)
+            ratio = (accuracy_after - accuracy) / max(latency - measured, 1e-6)
+            self.on_event(f"  {proposal.describe()}: {measured:.3f} ms, accuracy {accuracy_after:.4f}")
             if best is None or ratio > best[0]:
-                best = (ratio, candidate, shrunk_model, proposal, measured, score)
+                best = (ratio, candidate, shrunk_model, proposal, measured, accuracy_after)
         return best, tried
 
     def _largest_meeting(self, arch: Arch, model: nn.Module, kind: str, blocks: tuple[int, ...], current: int, goal):
@@ -337,7 +336,7 @@ def begin(
             f"the latency goal {goal:.3f} ms is not below the network's {latency:.3f} ms on {adapter.target.name}; "
             "ask for less (a lower --latency-target or a --latency-reduction between 0 and 1)"
         )
-    accuracy = score_as_is(model, adapter.data.val, adapter.normalizer)
+    accuracy = score(model, adapter.data.val, adapter.normalizer)
     trajectory = [Step(0, latency, accuracy, count_params(model), "start", 0, 0.0)]
     _save_state(adapter.out_dir, source, arch, model, trajectory, goal)
     return arch, model, trajectory, goal
@@ -365,16 +364,18 @@ def adapt(
             adapter.on_event(f"no proposal reaches even a {SMALLEST_ASK:.0%} reduction: stopping")
             break
         backoff = 1.0
-        _, arch, model, proposal, measured, score = best
+        _, arch, model, proposal, measured, accuracy_after = best
         # Timed again: the proposal kept is, among many, the one whose timing met the goal; a fresh timing
         # is not biased by that choice (the winner's curse).
         steady = adapter.latency(arch, model)
         seconds = round(time.perf_counter() - started, 2)
-        step = Step(last.iteration + 1, steady, score, count_params(model), proposal.describe(), tried, seconds)
+        step = Step(
+            last.iteration + 1, steady, accuracy_after, count_params(model), proposal.describe(), tried, seconds
+        )
         trajectory.append(step)
         adapter.on_event(
             f"kept {proposal.describe()}: {steady:.3f} ms re-timed ({measured:.3f} ms when proposed), "
-            f"accuracy {score:.4f}"
+            f"accuracy {accuracy_after:.4f}"
         )
         _save_state(adapter.out_dir, source, arch, model, trajectory, goal_ms)
     if trajectory[-1].latency_ms > goal_ms and len(trajectory) > settings.max_iterations:
@@ -453,7 +454,7 @@ def finish(
     from mbsearch.nn.onnx_export import write_onnx
     from mbsearch.spec.arch import write_arch
 
-    accuracy = adapter.score(model, final)
+    accuracy = adapter.finetune_and_score(model, final)
     # The kept network's unbiased re-timing, the figure the loop stopped on: another look at the same arch
     # would only add noise, and a network kept just under the goal would flip to "not met" half the time.
     latency = trajectory[-1].latency_ms

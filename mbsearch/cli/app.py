@@ -471,12 +471,12 @@ def verify(
             "interrupted: finished verifications are kept in the study; rerun the same command to resume"
         ) from None
     if device is not None:
-        from mbsearch.results.retime import confirm
+        from mbsearch.results.retime import retime
 
         def timed(number: int, searched: float, measured: float) -> None:
             console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
 
-        confirm(finished.study, result.chosen, device, on_done=timed)
+        retime(finished.study, result.chosen, device, on_done=timed)
     missing = [n for n in result.chosen if n not in result.verified]
     tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"
     console.print(

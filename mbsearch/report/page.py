@@ -17,7 +17,7 @@ from mbsearch.ranking import kendall_tau
 from mbsearch.results.baselines import dominance
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import candidates, hypervolume_history, knee, pareto_front
-from mbsearch.results.retime import confirmed
+from mbsearch.results.retime import retimings
 from mbsearch.study import records
 
 
@@ -87,7 +87,7 @@ def _importances(study: optuna.Study, trained: pd.DataFrame) -> dict[str, dict[s
     keep = set(trained["number"])
     trials = [t for t in study.get_trials(deepcopy=False) if t.number in keep]
     result = {}
-    for key, direction in (("val_accuracy", "maximize"), ("latency_ms", "minimize")):
+    for key, direction in ((records.VAL_ACCURACY, "maximize"), (records.LATENCY_MS, "minimize")):
         # One single-objective view per metric, so that the evaluator knows which way is better.
         view = optuna.create_study(direction=direction)
         view.add_trials(
@@ -139,7 +139,7 @@ def compute(
 
 
 def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
-    records = confirmed(finished.study)
+    records = retimings(finished.study)
     if not records:
         return None
     latency = finished.frame.set_index("number")["latency_ms"]

@@ -13,7 +13,6 @@ from mbsearch.errors import BadInput
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.spec.arch import Arch
 from mbsearch.study import records
-from mbsearch.study.config import check_stored_settings
 from mbsearch.study.storage import default_url, load_study
 
 
@@ -47,10 +46,9 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
             f"study {name!r}: none of its {len(frame)} trial(s) completed ({len(failed)} failed or pruned, "
             f"e.g. {reason.splitlines()[0]}); fix the cause and rerun 'mbsearch run --study {name}'"
         )
-    settings = records.settings(study)
+    settings = records.settings(study, f"study {name!r}")
     if settings is None:
         raise BadInput(f"study {name!r} was not made by 'mbsearch run' (no mbsearch settings stored)")
-    settings = check_stored_settings(settings, f"study {name!r}")
     decision, basis = decision_front(frame)
     searched = decision_front(frame.assign(verified_accuracy=float("nan")))[0]  # the one rule, before verify
     return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)

@@ -8,22 +8,23 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from mbsearch.study import evaluations
+from mbsearch.study import evaluations, records
 
+# The frame's columns: the trial's own fields, then its stored attributes under their own names.
 COLUMNS = [
     "number",
     "state",
-    "val_accuracy",
-    "latency_ms",
-    "latency_iqr_ms",
-    "params",
-    "macs",
+    records.VAL_ACCURACY,
+    records.LATENCY_MS,
+    records.LATENCY_IQR_MS,
+    records.PARAMS,
+    records.MACS,
     "feasible",
-    "epochs_run",
-    "train_seconds",
-    "blocks",
-    "skipped",
-    "fail_reason",
+    records.EPOCHS_RUN,
+    records.TRAIN_SECONDS,
+    records.BLOCKS,
+    records.SKIPPED,
+    records.FAIL_REASON,
     "started",
     "completed",
 ]
@@ -71,12 +72,12 @@ def _with_evaluations(frame: pd.DataFrame, stored: dict[str, dict[int, dict]]) -
     rungs = [0] * len(numbers)
     rung_accuracy = list(frame["val_accuracy"]) if not frame.empty else []
     per_rung: list[dict[int, float]] = [{0: a} if a is not None and a == a else {} for a in rung_accuracy]
-    for tag, records in stored.items():
+    for tag, by_trial in stored.items():
         if not tag.startswith("rung"):
             continue
         level = int(tag.removeprefix("rung"))
         for index, number in enumerate(numbers):
-            accuracy = _accuracy(records.get(number))
+            accuracy = _accuracy(by_trial.get(number))
             if accuracy != accuracy:  # NaN: not evaluated at this rung (or diverged)
                 continue
             per_rung[index][level] = accuracy

@@ -15,7 +15,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.study import records
 
 
-def confirmed(study: optuna.Study) -> dict[int, dict]:
+def retimings(study: optuna.Study) -> dict[int, dict]:
     """Trial number -> {latency_ms, iqr_ms, target, fingerprint, cpu} for every re-timed trial."""
     return {
         int(key.removeprefix(records.CONFIRMED_PREFIX)): value
@@ -24,7 +24,7 @@ def confirmed(study: optuna.Study) -> dict[int, dict]:
     }
 
 
-def confirm(
+def retime(
     study: optuna.Study,
     numbers: Iterable[int],
     target: Target,
@@ -32,7 +32,7 @@ def confirm(
 ) -> dict[int, dict]:
     """Time each trial's arch on `target` (skipping those already timed on this device); returns them all."""
     device = target.device()
-    done = confirmed(study)
+    done = retimings(study)
     for number in numbers:
         if done.get(number, {}).get("fingerprint") == device["fingerprint"]:
             continue  # a rerun resumes: what was timed on this device stays
@@ -50,5 +50,5 @@ def confirm(
         study.set_user_attr(f"{records.CONFIRMED_PREFIX}{number}", record)
         done[number] = record
         if on_done:
-            on_done(number, trial.user_attrs.get("latency_ms", float("nan")), stats.median_ms)
+            on_done(number, trial.user_attrs.get(records.LATENCY_MS, float("nan")), stats.median_ms)
     return done

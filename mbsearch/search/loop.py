@@ -26,7 +26,7 @@ from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import LatencyCache, Target
 from mbsearch.results.pareto import decision_front, trials_frame
-from mbsearch.results.retime import confirm
+from mbsearch.results.retime import retime
 from mbsearch.search.objective import Objective, complete_and_running
 from mbsearch.search.rungs import Promoter
 from mbsearch.spec.sample import check_space_fits
@@ -212,7 +212,7 @@ def _went_wrong(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _reason(trial: optuna.trial.FrozenTrial) -> str:
-    reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason") or "unknown"
+    reason = trial.user_attrs.get(records.FAIL_REASON) or trial.system_attrs.get(records.FAIL_REASON) or "unknown"
     return str(reason).splitlines()[0]
 
 
@@ -248,7 +248,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     if config.confirm_on is not None and worker_id == 0 and not front.empty:
         # Predicted (or elsewhere-measured) latencies of the front, re-timed on the real target.
         device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
-        confirm(study, [int(n) for n in front["number"]], device)
+        retime(study, [int(n) for n in front["number"]], device)
     return SearchResult(study, frame, front, study_dir, timed_out, basis)
 
 

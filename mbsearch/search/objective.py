@@ -74,17 +74,17 @@ class Objective:
         except (RuntimeFailure, RuntimeError) as exc:
             # Optuna records a failed trial without its reason: keep it, for the log, the report and resume.
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            trial.set_user_attr("fail_reason", reason[:500])
+            trial.set_user_attr(records.FAIL_REASON, reason[:500])
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config
         complete, running = complete_and_running(trial.study, below=trial.number)
         if complete + running >= config.trials:
-            trial.set_user_attr("fail_reason", SURPLUS)
+            trial.set_user_attr(records.FAIL_REASON, SURPLUS)
             raise optuna.TrialPruned(SURPLUS)
 
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the logs
+        trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the logs
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -120,10 +120,10 @@ class Objective:
             violations = self._set_constraints(trial, stats.median_ms, params)
             if violations:
                 # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
-                trial.set_user_attr("skipped", "; ".join(violations))
-                trial.set_user_attr("val_accuracy", 0.0)
-                trial.set_user_attr("epochs_run", 0.0)
-                trial.set_user_attr("timings", timings)
+                trial.set_user_attr(records.SKIPPED, "; ".join(violations))
+                trial.set_user_attr(records.VAL_ACCURACY, 0.0)
+                trial.set_user_attr(records.EPOCHS_RUN, 0.0)
+                trial.set_user_attr(records.TIMINGS, timings)
                 return self._values(0.0, stats.median_ms)
         result = self._train(trial, trained_arch, model, timings)
         if overlap:
@@ -133,10 +133,10 @@ class Objective:
             timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for the device
             self._store_measures(trial, arch, params, macs, stats, cached)
             self._set_constraints(trial, stats.median_ms, params)
-        trial.set_user_attr("val_accuracy", result.accuracy)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        trial.set_user_attr("epochs_run", round(result.epochs_run, 4))
-        trial.set_user_attr("timings", timings)
+        trial.set_user_attr(records.VAL_ACCURACY, result.accuracy)
+        trial.set_user_attr(records.TRAIN_SECONDS, round(result.seconds, 3))
+        trial.set_user_attr(records.EPOCHS_RUN, round(result.epochs_run, 4))
+        trial.set_user_attr(records.TIMINGS, timings)
         return self._values(result.accuracy, stats.median_ms)
 
     def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
@@ -146,7 +146,7 @@ class Objective:
             with interrupts.interruptible():
                 result = evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model)
         except Diverged as exc:
-            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            trial.set_user_attr(records.FAIL_REASON, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         timings["train"] = round(time.perf_counter() - started, 4)
         return result
@@ -154,13 +154,13 @@ class Objective:
     def _store_measures(self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool) -> None:
         trial.set_user_attr(records.ARCH, arch.to_dict())
         self._upload_arch(trial, arch)
-        trial.set_user_attr("blocks", " ".join(block_strings(arch)))
+        trial.set_user_attr(records.BLOCKS, " ".join(block_strings(arch)))
         for key, value in {
-            "params": params,
-            "macs": macs,
-            "latency_ms": stats.median_ms,
-            "latency_iqr_ms": stats.iqr_ms,
-            "latency_cached": cached,
+            records.PARAMS: params,
+            records.MACS: macs,
+            records.LATENCY_MS: stats.median_ms,
+            records.LATENCY_IQR_MS: stats.iqr_ms,
+            records.LATENCY_CACHED: cached,
         }.items():
             trial.set_user_attr(key, value)
 

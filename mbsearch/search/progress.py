@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mbsearch.results.pareto import dominates
+from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import redact
 
@@ -35,13 +36,13 @@ class RunningFront:
 def _front_point(trial: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
     """(accuracy, latency) of a trial that may be on the front: complete, trained and feasible."""
     attrs = trial.user_attrs
-    if trial.state != optuna.trial.TrialState.COMPLETE or attrs.get("skipped"):
+    if trial.state != optuna.trial.TrialState.COMPLETE or attrs.get(records.SKIPPED):
         return None
     if any(value > 0 for value in trial.constraints.values()):
         return None
-    if "val_accuracy" not in attrs or "latency_ms" not in attrs:
+    if records.VAL_ACCURACY not in attrs or records.LATENCY_MS not in attrs:
         return None
-    return float(attrs["val_accuracy"]), float(attrs["latency_ms"])
+    return float(attrs[records.VAL_ACCURACY]), float(attrs[records.LATENCY_MS])
 
 
 class ConsoleReporter:
@@ -96,14 +97,18 @@ class ConsoleReporter:
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            accuracy = attrs.get("val_accuracy", 0.0)
-            status = f"val_acc {accuracy:.4f}" if not attrs.get("skipped") else f"skipped ({attrs['skipped']})"
+            accuracy = attrs.get(records.VAL_ACCURACY, 0.0)
+            status = (
+                f"val_acc {accuracy:.4f}" if not attrs.get(records.SKIPPED) else f"skipped ({attrs[records.SKIPPED]})"
+            )
         else:
-            reason = attrs.get("fail_reason") or str(trial.system_attrs.get("fail_reason", "")).splitlines()[:1]
+            reason = (
+                attrs.get(records.FAIL_REASON) or str(trial.system_attrs.get(records.FAIL_REASON, "")).splitlines()[:1]
+            )
             status = f"{trial.state.name.lower()}: {reason if isinstance(reason, str) else ''.join(reason)}"
-        latency = attrs.get("latency_ms")
+        latency = attrs.get(records.LATENCY_MS)
         timing = f"lat {latency:.3f} ms" if latency is not None else "lat -"
-        params = attrs.get("params")
+        params = attrs.get(records.PARAMS)
         size = f"{params / 1e6:.2f}M params" if params else ""
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         self.console.print(

@@ -17,7 +17,7 @@ from mbsearch.train.loop import Budget
 from mbsearch.urls import check_target_url
 
 Sampler = Literal["tpe", "nsga2", "random"]
-Objective = Literal["pareto", "mnas"]
+ObjectiveKind = Literal["pareto", "mnas"]
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # Settings that decide what a trial's numbers mean (the seed fixes the validation split). A resumed
@@ -93,7 +93,7 @@ class RunConfig(pydantic.BaseModel):
     runs_dir: Path = Path("runs")
     max_latency: Annotated[float, Field(gt=0)] | None = None
     max_params: Annotated[int, Field(ge=1)] | None = None
-    objective: Objective = "pareto"
+    objective: ObjectiveKind = "pareto"
     latency_target: Annotated[float, Field(gt=0)] | None = None
     mnas_w: Annotated[float, Field(ge=-10, le=0, allow_inf_nan=False)] = -0.07
     workers: Annotated[int, Field(ge=1, le=256)] = 1

@@ -72,13 +72,13 @@ def release(study: optuna.Study, tag: str, number: int) -> None:
 
 
 def store(study: optuna.Study, tag: str, number: int, evaluation: Evaluation) -> None:
-    record = evaluation.to_dict() | {"worker": claims.worker_id(), "finished_at": time.time()}
+    record = evaluation.to_dict() | {records.WORKER: claims.worker_id(), "finished_at": time.time()}
     study.set_user_attr(_key(tag, number), record)
 
 
 def store_failure(study: optuna.Study, tag: str, number: int, reason: str) -> None:
     """A diverged evaluation: recorded (accuracy None) so that it is not retried forever."""
-    study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, "worker": claims.worker_id()})
+    study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, records.WORKER: claims.worker_id()})
 
 
 def evaluate_claimed(

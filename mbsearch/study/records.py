@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from mbsearch.spec.arch import Arch
+from mbsearch.study.config import check_stored_settings
 
 # Study attributes (Optuna freezes finished trials, so what outlives a trial is kept on the study)
 CONFIG = "mbsearch_config"  # RunConfig.identity(): the settings that decide what a trial's numbers mean
@@ -22,14 +23,28 @@ VERIFY_BUDGET = "verify_budget"  # the verification's budget and training seed
 EVALUATION_PREFIX = "eval"  # eval:TAG:TRIAL: a later evaluation of a trial (a rung, or verify)
 CONFIRMED_PREFIX = "confirmed:"  # + trial number: a re-timing on the real device
 
-# Trial attributes read across modules
+# Trial attributes (trials_frame turns each into a column of the same name)
 ARCH = "arch"  # the trial's arch JSON (Arch.to_dict)
+BLOCKS = "blocks"  # timm block strings, for reading at a glance
+VAL_ACCURACY = "val_accuracy"  # the proxy's validation accuracy (rung 0)
+LATENCY_MS = "latency_ms"  # median latency on the study's device
+LATENCY_IQR_MS = "latency_iqr_ms"
+LATENCY_CACHED = "latency_cached"
+PARAMS = "params"
+MACS = "macs"
+EPOCHS_RUN = "epochs_run"  # below the budget when training stopped early
+TRAIN_SECONDS = "train_seconds"
+TIMINGS = "timings"  # seconds per stage of the candidate pipeline
+SKIPPED = "skipped"  # the constraints a candidate broke (it was not trained)
+FAIL_REASON = "fail_reason"
+WORKER = "worker"  # host:pid that ran it
 
 
-def settings(study: optuna.Study) -> Any:
-    """The stored RunConfig identity as stored (None for a study not made by `mbsearch run`); the caller
-    checks it with config.check_stored_settings (config sits above this module)."""
-    return study.user_attrs.get(CONFIG)
+def settings(study: optuna.Study, source: str) -> dict[str, Any] | None:
+    """The stored RunConfig identity, each field checked against RunConfig (None for a study not made by
+    `mbsearch run`); a forged or damaged value is refused with one line naming `source`."""
+    stored = study.user_attrs.get(CONFIG)
+    return None if stored is None else check_stored_settings(stored, source)
 
 
 def device(study: optuna.Study) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def recalibrate_batchnorm(
         norm.momentum = momentum
 
 
-def evaluate(
+def score(
     model: nn.Module,
     split: Split,
     normalize: Normalizer,
@@ -201,5 +201,5 @@ def train(
             on_epoch(step // steps_per_epoch, checkpoint)
     with step_lock():
         recalibrate_batchnorm(model, data, normalize)
-    accuracy = evaluate(model, eval_split, normalize, batch_lock=step_lock)
+    accuracy = score(model, eval_split, normalize, batch_lock=step_lock)
     return TrainResult(accuracy, loss_value, time.perf_counter() - started, step / steps_per_epoch, step)

@@ -18,7 +18,7 @@ from mbsearch.cli.app import app
 from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.zoo import reference_arch
-from tests.test_red_team import _copy_study
+from tests.cli.test_red_team import _copy_study
 
 
 def one_line(result, code: int, expected: str) -> str:

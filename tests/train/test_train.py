@@ -7,7 +7,7 @@ from torch import nn
 from mbsearch.nn.model import build_model
 from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.data import Split, load_dataset
-from mbsearch.train.loop import Budget, Diverged, Normalizer, evaluate, train
+from mbsearch.train.loop import Budget, Diverged, Normalizer, score, train
 
 
 @pytest.fixture(scope="module")
@@ -54,4 +54,4 @@ def test_evaluate_counts_correct_predictions() -> None:
             return torch.tensor([[0.0, 1.0]]).repeat(len(x), 1)
 
     normalizer = Normalizer(torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
-    assert evaluate(AlwaysOne(), Split(images, labels), normalizer) == 0.75
+    assert score(AlwaysOne(), Split(images, labels), normalizer) == 0.75

@@ -85,7 +85,7 @@ def test_predictions_are_in_the_range_of_whole_network_timings(small) -> None:
 
 def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, runner) -> None:
     from mbsearch.cli.app import app
-    from mbsearch.results.retime import confirmed
+    from mbsearch.results.retime import retimings
 
     space_path, lut_path, table = small
     config = RunConfig(
@@ -103,7 +103,7 @@ def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, ru
     for trial in result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert trial.user_attrs["latency_ms"] == table.predict(Arch.from_dict(trial.user_attrs["arch"]))
         assert trial.user_attrs["latency_iqr_ms"] == 0.0
-    timed = confirmed(result.study)
+    timed = retimings(result.study)
     assert set(timed) == set(result.front["number"]) and all(r["latency_ms"] > 0 for r in timed.values())
     outcome = runner.invoke(app, ["report", config.study_name, "--runs-dir", str(tmp_path), "--no-baselines"])
     assert outcome.exit_code == 0, outcome.output

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mbsearch.device.agent import start_local_agent
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency.remote import RemoteTarget
 from mbsearch.latency import remote
+from mbsearch.latency.remote import RemoteTarget
 from mbsearch.latency.targets import LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import to_onnx
@@ -54,7 +54,7 @@ def no_torch(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def agent(no_torch, lock_dir):
     """One core, two threads, no torch: a different device from this 2-core, 1-thread host."""
-    env = os.environ | {"PYTHONPATH": f"{no_torch}:{Path(__file__).parents[1]}", "MBSEARCH_LOCK_DIR": str(lock_dir)}
+    env = os.environ | {"PYTHONPATH": f"{no_torch}:{Path(__file__).parents[2]}", "MBSEARCH_LOCK_DIR": str(lock_dir)}
     process = start_local_agent(threads=2, cpus=ONE_CORE, env=env)
     yield process
     process.stop()
