@@ -43,9 +43,10 @@ from mbsearch.spec.rules import scale_channels
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import SearchSpace, load_space
 from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.evaluate import derived_seed, evaluate
-from mbsearch.train.loop import Budget, Diverged
+from mbsearch.train.loop import Diverged
 
 HERE = Path(__file__).resolve().parent
 # Results of the recipe below (arch format /3, seeds disjoint between proxy and reference). The files of

@@ -51,8 +51,9 @@ from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.spec.sample import arch_from_decisions, stage_params
 from mbsearch.spec.space import load_space
 from mbsearch.spec.zoo import family_arch, reference_arch
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
-from mbsearch.train.loop import Budget, train
+from mbsearch.train.loop import train
 
 RESULTS = Path(__file__).with_name("netadapt_results.json")
 SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28

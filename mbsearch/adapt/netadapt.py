@@ -35,8 +35,9 @@ from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
-from mbsearch.train.loop import Budget, Normalizer, score, train
+from mbsearch.train.loop import Normalizer, score, train
 
 STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps them
 MIN_WIDTH = 8

@@ -16,9 +16,10 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from mbsearch.cli.options import options_from
 from mbsearch.errors import BadInput, MbsearchError
 from mbsearch.files import describe_validation_error
-from mbsearch.study import records
+from mbsearch.study.config import RunConfig
 
 # A pipe or a test gets a wide table rather than folded cells.
 # markup=False: file names, study names and arch names are printed as given ('exp[v2]' stays as is,
@@ -235,56 +236,10 @@ def _config(**flags: Any):
 
 
 @app.command()
-def run(
-    space: Annotated[str, typer.Option(help="Shipped space (v1, v2, v3) or a path to a YAML file.")] = "v3",
-    target: Annotated[
-        str, typer.Option(help="Where latency is measured: cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")
-    ] = "cpu",
-    target_token: TargetToken = None,
-    latency: Annotated[str, typer.Option(help="measured (on --target) or predicted (from --lut, no device).")] = (
-        "measured"
-    ),
-    lut: Annotated[Path | None, typer.Option(help="Lookup table of 'mbsearch profile' (--latency predicted).")] = None,
-    latency_input_size: LatencyInputSize = None,
-    confirm_on: Annotated[
-        str | None, typer.Option(help="After the search, re-time the front on this target (cpu, cuda, http://...).")
-    ] = None,
-    runtime: Annotated[str, typer.Option(help="onnxruntime (deployed model) or torch (eager).")] = "onnxruntime",
-    threads: Annotated[int, typer.Option(help="Threads for latency timing.")] = 1,
-    dataset: Annotated[str, typer.Option(help="fashion-mnist, cifar10 or folder.")] = "fashion-mnist",
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (fashion-mnist has a default).")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Resize images to this size (default: native).")] = None,
-    channels: Annotated[int | None, typer.Option(help="Image channels for --dataset folder (1 or 3).")] = None,
-    val_size: Annotated[int, typer.Option(help="Images held out of training for validation.")] = 10000,
-    epochs: Annotated[float, typer.Option(help="Training epochs per candidate (0.5 allowed).")] = 1.0,
-    train_size: Annotated[int, typer.Option(help="Training images per candidate.")] = 8000,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, one-cycle cosine).")] = 0.003,
-    train_threads: Annotated[int | None, typer.Option(help="Threads for training (default: cores / workers).")] = None,
-    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
-    seed: Annotated[int, typer.Option(help="Seed for the sampler, the split and training.")] = 0,
-    trials: Annotated[int, typer.Option(help="Complete trials to reach in total (a rerun resumes).")] = 30,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: SPACE-TARGET-DATASET).")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Folder for study outputs.")] = Path("runs"),
-    max_latency: Annotated[float | None, typer.Option(help="Constraint: latency at most this many ms.")] = None,
-    max_params: Annotated[int | None, typer.Option(help="Constraint: at most this many parameters.")] = None,
-    objective: Annotated[str, typer.Option(help="pareto (two objectives) or mnas (ACC*(LAT/T)^w).")] = "pareto",
-    latency_target: Annotated[float | None, typer.Option(help="T in ms for --objective mnas.")] = None,
-    mnas_w: Annotated[float, typer.Option(help="w for --objective mnas.")] = -0.07,
-    workers: Annotated[int, typer.Option(help="Local worker processes on this study (use PostgreSQL).")] = 1,
-    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats.")] = 10,
-    grace_period: Annotated[int, typer.Option(help="Seconds without heartbeat before a trial is failed.")] = 30,
-    max_retry: Annotated[int, typer.Option(help="Retries of a trial whose worker died.")] = 2,
-    rungs: Annotated[
-        str | None,
-        typer.Option(help="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."),
-    ] = None,
-    eta: Annotated[float, typer.Option(help="With --rungs: promote the top 1/eta of a rung by Pareto rank.")] = 3.0,
-) -> None:
+@options_from(RunConfig, {"target_token": TargetToken, "latency_input_size": LatencyInputSize})
+def run(**flags: Any) -> None:
     """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
-    config = _config(**locals())
+    config = _config(**flags)
     from mbsearch.search.loop import run_search
     from mbsearch.search.progress import ConsoleReporter
     from mbsearch.search.workers import run_workers
@@ -367,6 +322,7 @@ def report(
     from mbsearch.report.page import write_report
     from mbsearch.results.baselines import baseline_frame
     from mbsearch.results.finished import open_finished, study_target
+    from mbsearch.study import records
 
     finished = open_finished(study, runs_dir, storage)
     adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
@@ -426,6 +382,7 @@ def verify(
 
     from mbsearch.results.finished import open_finished
     from mbsearch.results.verify import choose, run_verify, study_data, summarize, verify_budget, verify_worker
+    from mbsearch.study import records
 
     finished = open_finished(study, runs_dir, storage)
     device = None
@@ -713,8 +670,9 @@ def adapt(
     from mbsearch.latency.factory import open_target
     from mbsearch.nn.model import build_model
     from mbsearch.spec.arch import load_arch
+    from mbsearch.train.budget import Budget
     from mbsearch.train.data import load_dataset
-    from mbsearch.train.loop import Budget, train
+    from mbsearch.train.loop import train
 
     if (latency_target is None) == (latency_reduction is None):
         raise BadInput("give one of --latency-target MS or --latency-reduction SHARE")

@@ -21,9 +21,10 @@ from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.results.pareto import dominates
 from mbsearch.spec.zoo import reference_arch, reference_names
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.evaluate import evaluate
-from mbsearch.train.loop import Budget, Diverged
+from mbsearch.train.loop import Diverged
 
 COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
 

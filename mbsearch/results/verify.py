@@ -19,9 +19,9 @@ from mbsearch.ranking import kendall_tau
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import VERIFY_TAG, nondominated_layers
 from mbsearch.study import evaluations, records
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_study_data
 from mbsearch.train.evaluate import Evaluation, derived_seed
-from mbsearch.train.loop import Budget
 
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
 VERIFY_BATCH, VERIFY_LR = 128, 0.004

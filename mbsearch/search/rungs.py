@@ -18,9 +18,9 @@ import pandas as pd
 from mbsearch.results.pareto import candidates, pareto_ranking, rung_tag, trials_frame
 from mbsearch.study import evaluations, records
 from mbsearch.study.config import RunConfig, parse_rungs
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.evaluate import derived_seed
-from mbsearch.train.loop import Budget
 
 
 def rung_budget(base: Budget, multiplier: float, available: int) -> Budget:

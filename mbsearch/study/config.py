@@ -12,8 +12,7 @@ import pydantic
 from pydantic import ConfigDict, Field, model_validator
 
 from mbsearch.errors import BadInput
-from mbsearch.train.data import DEFAULT_VAL_SIZE
-from mbsearch.train.loop import Budget
+from mbsearch.train.budget import DEFAULT_PROXY, DEFAULT_VAL_SIZE, Budget
 from mbsearch.urls import check_target_url
 
 Sampler = Literal["tpe", "nsga2", "random"]
@@ -61,47 +60,94 @@ def check_study_name(name: str, what: str = "study name") -> str:
 class RunConfig(pydantic.BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    space: str = "v3"
-    target: str = "cpu"  # cpu, cuda, or http://HOST:PORT of a device running `mbsearch agent`
+    space: str = Field("v3", description="Shipped space (v1, v2, v3) or a path to a YAML file.")
+    target: str = Field(
+        "cpu", description="Where latency is measured: cpu, cuda, or http://HOST:PORT of 'mbsearch agent'."
+    )
     # The agent's token: never stored with the study (not an identity key) and never shown in a repr.
-    target_token: str | None = Field(default=None, repr=False)
-    latency: Literal["measured", "predicted"] = "measured"
-    lut: Path | None = None  # with --latency predicted: the lookup table from `mbsearch profile`
-    latency_input_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # time at the deployment resolution
-    confirm_on: str | None = None  # after the search, re-time the front on this target (predicted searches)
-    runtime: str = "onnxruntime"
-    threads: Annotated[int, Field(ge=1, le=256)] = 1
-    dataset: str = "fashion-mnist"
-    data_dir: Path | None = None
-    input_size: Annotated[int, Field(ge=8, le=1024)] | None = None
-    channels: Literal[1, 3] | None = None  # grey or RGB; 2 or 4 would silently become RGB
+    target_token: str | None = Field(
+        default=None, repr=False, description="Token of the agent of an http:// target (or the env var)."
+    )
+    latency: Literal["measured", "predicted"] = Field(
+        "measured", description="measured (on --target) or predicted (from --lut, no device)."
+    )
+    lut: Path | None = Field(None, description="Lookup table of 'mbsearch profile' (--latency predicted).")
+    latency_input_size: Annotated[int, Field(ge=8, le=1024)] | None = Field(
+        None, description="Time at this input size (the deployment resolution)."
+    )
+    confirm_on: str | None = Field(
+        None, description="After the search, re-time the front on this target (cpu, cuda, http://...)."
+    )
+    runtime: str = Field("onnxruntime", description="onnxruntime (deployed model) or torch (eager).")
+    threads: Annotated[int, Field(ge=1, le=256)] = Field(1, description="Threads for latency timing.")
+    dataset: str = Field("fashion-mnist", description="fashion-mnist, cifar10 or folder.")
+    data_dir: Path | None = Field(None, description="Dataset folder (fashion-mnist has a default).")
+    input_size: Annotated[int, Field(ge=8, le=1024)] | None = Field(
+        None, description="Resize images to this size (default: native)."
+    )
+    # grey or RGB; 2 or 4 would silently become RGB
+    channels: Literal[1, 3] | None = Field(None, description="Image channels for --dataset folder (1 or 3).")
     # The default proxy is the one benchmarks/fidelity.py chose: the cheapest budget with Kendall tau >= 0.7
     # against 1 epoch over 50,000 images, i.e. 1 epoch over 8,000 images (tau 0.73, where the old 4,000-image
     # proxy reached 0.55), scored on 10,000 validation images as in the benchmark. See benchmarks/README.md.
-    val_size: Annotated[int, Field(ge=1)] = DEFAULT_VAL_SIZE
-    epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
-    train_size: Annotated[int, Field(ge=1)] = 8000
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.003
-    train_threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    sampler: Sampler = "tpe"
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # numpy and torch seeds are 32-bit
-    trials: Annotated[int, Field(ge=1, le=1_000_000)] = 30
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    study: str | None = None
-    storage: str | None = None
-    runs_dir: Path = Path("runs")
-    max_latency: Annotated[float, Field(gt=0)] | None = None
-    max_params: Annotated[int, Field(ge=1)] | None = None
-    objective: ObjectiveKind = "pareto"
-    latency_target: Annotated[float, Field(gt=0)] | None = None
-    mnas_w: Annotated[float, Field(ge=-10, le=0, allow_inf_nan=False)] = -0.07
-    workers: Annotated[int, Field(ge=1, le=256)] = 1
-    heartbeat: Annotated[int, Field(ge=1, le=3600)] = 10
-    grace_period: Annotated[int, Field(ge=2, le=86400)] = 30
-    max_retry: Annotated[int, Field(ge=0, le=100)] = 2
-    rungs: str | None = None  # multi-fidelity: budget multipliers such as "1,3,9" (rungs.py)
-    eta: Annotated[float, Field(ge=1.5, le=100, allow_inf_nan=False)] = 3.0
+    val_size: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_VAL_SIZE, description="Images held out of training for validation."
+    )
+    epochs: Annotated[float, Field(gt=0, le=1000)] = Field(
+        DEFAULT_PROXY.epochs, description="Training epochs per candidate (0.5 allowed)."
+    )
+    train_size: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_PROXY.train_size, description="Training images per candidate."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = Field(
+        DEFAULT_PROXY.batch_size, description="Training batch size."
+    )
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        DEFAULT_PROXY.lr, description="Peak learning rate (AdamW, one-cycle cosine)."
+    )
+    train_threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None, description="Threads for training (default: cores / workers)."
+    )
+    sampler: Sampler = Field("tpe", description="tpe, nsga2 or random.")
+    # numpy and torch seeds are 32-bit
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="Seed for the sampler, the split and training."
+    )
+    trials: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        30, description="Complete trials to reach in total (a rerun resumes)."
+    )
+    timeout: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Stop starting trials after this many seconds."
+    )
+    study: str | None = Field(None, description="Study name (default: SPACE-TARGET-DATASET).")
+    storage: str | None = Field(None, description="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")
+    runs_dir: Path = Field(Path("runs"), description="Folder for study outputs.")
+    max_latency: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Constraint: latency at most this many ms."
+    )
+    max_params: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Constraint: at most this many parameters."
+    )
+    objective: ObjectiveKind = Field("pareto", description="pareto (two objectives) or mnas (ACC*(LAT/T)^w).")
+    latency_target: Annotated[float, Field(gt=0)] | None = Field(None, description="T in ms for --objective mnas.")
+    mnas_w: Annotated[float, Field(ge=-10, le=0, allow_inf_nan=False)] = Field(
+        -0.07, description="w for --objective mnas."
+    )
+    workers: Annotated[int, Field(ge=1, le=256)] = Field(
+        1, description="Local worker processes on this study (use PostgreSQL)."
+    )
+    heartbeat: Annotated[int, Field(ge=1, le=3600)] = Field(10, description="Seconds between a worker's heartbeats.")
+    grace_period: Annotated[int, Field(ge=2, le=86400)] = Field(
+        30, description="Seconds without heartbeat before a trial is failed."
+    )
+    max_retry: Annotated[int, Field(ge=0, le=100)] = Field(2, description="Retries of a trial whose worker died.")
+    # multi-fidelity: budget multipliers such as "1,3,9" (rungs.py)
+    rungs: str | None = Field(
+        None, description="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."
+    )
+    eta: Annotated[float, Field(ge=1.5, le=100, allow_inf_nan=False)] = Field(
+        3.0, description="With --rungs: promote the top 1/eta of a rung by Pareto rank."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

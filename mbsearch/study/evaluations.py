@@ -22,9 +22,10 @@ import optuna
 from mbsearch import interrupts
 from mbsearch.spec.arch import Arch
 from mbsearch.study import claims, records
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.evaluate import Evaluation, evaluate
-from mbsearch.train.loop import Budget, Diverged
+from mbsearch.train.loop import Diverged
 
 
 def _key(tag: str, number: int) -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mbsearch.errors import BadInput
+from mbsearch.train.budget import DEFAULT_VAL_SIZE
 
 DATASETS = ("fashion-mnist", "cifar10", "folder")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -27,7 +28,6 @@ _FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 MAX_IDX_BYTES = 1 << 30  # Fashion-MNIST's largest file inflates to 47 MB
-DEFAULT_VAL_SIZE = 10_000  # validation images held out of the training set (the one default; RunConfig reads it)
 # Float32 bytes resized at a time (input and output of one chunk): the whole set in float32 at 224x224 would
 # be ~12 GB, and a fixed 1,000 images was still 1.2 GB at 224 (issue 16), so a chunk is sized in bytes.
 _RESIZE_BYTES = 64 * 1024 * 1024

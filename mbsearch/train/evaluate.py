@@ -16,8 +16,9 @@ import torch
 from mbsearch.device import hostlock
 from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
-from mbsearch.train.loop import Budget, Normalizer, train
+from mbsearch.train.loop import Normalizer, train
 
 
 @dataclass(frozen=True)

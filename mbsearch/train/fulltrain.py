@@ -22,8 +22,9 @@ from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.spec.arch import Arch
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_full_train, load_test_split
-from mbsearch.train.loop import Budget, Diverged, train
+from mbsearch.train.loop import Diverged, train
 
 CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
 OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "metrics.json", "arch.json")

@@ -19,21 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much a candidate is trained."""
-
-    # The default proxy, chosen by benchmarks/fidelity.py (RunConfig repeats it for the CLI).
-    epochs: float = 1.0
-    train_size: int = 8000
-    batch_size: int = 64
-    lr: float = 0.003
-    weight_decay: float = 0.02
-    label_smoothing: float = 0.1
-    augment: bool = False
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,8 @@ torch.set_num_threads(1)
 from mbsearch.device import hostlock
 from mbsearch.train.data import load_dataset
 from mbsearch.nn.model import build_model
-from mbsearch.train.loop import Budget, train
+from mbsearch.train.budget import Budget
+from mbsearch.train.loop import train
 from mbsearch.spec.zoo import reference_arch
 data = load_dataset("fashion-mnist", val_size=256)
 progress = pathlib.Path(sys.argv[1])

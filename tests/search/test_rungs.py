@@ -18,7 +18,7 @@ from mbsearch.results.pareto import (
 from mbsearch.search.loop import run_search
 from mbsearch.search.rungs import promotable, rung_budget
 from mbsearch.study.config import RunConfig, parse_rungs
-from mbsearch.train.loop import Budget
+from mbsearch.train.budget import Budget
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 

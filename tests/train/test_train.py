@@ -6,8 +6,9 @@ from torch import nn
 
 from mbsearch.nn.model import build_model
 from mbsearch.spec.zoo import reference_arch
+from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_dataset
-from mbsearch.train.loop import Budget, Diverged, Normalizer, score, train
+from mbsearch.train.loop import Diverged, Normalizer, score, train
 
 
 @pytest.fixture(scope="module")
