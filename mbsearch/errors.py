@@ -22,3 +22,9 @@ class RuntimeFailure(MbsearchError):
     """Something outside the input went wrong: storage, hardware, a lost worker."""
 
     exit_code = 1
+
+
+class Interrupted(MbsearchError):
+    """Ctrl-C or SIGTERM: completed work is kept; the same command resumes."""
+
+    exit_code = 130

@@ -16,6 +16,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from mbsearch.adapt.config import AdaptConfig
 from mbsearch.cli.options import options_from
 from mbsearch.errors import BadInput, MbsearchError
 from mbsearch.files import describe_validation_error
@@ -116,6 +117,7 @@ TargetToken = Annotated[
     str | None,
     typer.Option(envvar="MBSEARCH_TARGET_TOKEN", help="Token of the agent of an http:// target (or the env var)."),
 ]
+AdaptArch = Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")]
 LatencyInputSize = Annotated[
     int | None, typer.Option(min=8, max=1024, help="Time at this input size (the deployment resolution).")
 ]
@@ -221,25 +223,23 @@ def _cell(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _config(**flags: Any):
-    """Validate the flags of `run` as one RunConfig; a bad value is named by its flag."""
-    import pydantic
-
-    from mbsearch.study.config import RunConfig
-
+def _config(model: type[pydantic.BaseModel], **flags: Any) -> Any:
+    """Validate a command's flags as one settings model; a bad value is named by its flag."""
     try:
-        return RunConfig(**flags)
+        return model(**flags)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
-        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "flags"
-        raise BadInput(f"{flag}: {error['msg'].removeprefix('Value error, ')}") from None
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across flags: its message names them
+            raise BadInput(message) from None
+        raise BadInput(f"--{str(error['loc'][0]).replace('_', '-')}: {message}") from None
 
 
 @app.command()
 @options_from(RunConfig, {"target_token": TargetToken, "latency_input_size": LatencyInputSize})
 def run(**flags: Any) -> None:
     """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
-    config = _config(**flags)
+    config = _config(RunConfig, **flags)
     from mbsearch.search.loop import run_search
     from mbsearch.search.progress import ConsoleReporter
     from mbsearch.search.workers import run_workers
@@ -376,64 +376,42 @@ def verify(
 ) -> None:
     """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
     split, scored on the search's validation split. Stored in the study; rerun to resume."""
-    import multiprocessing
-
-    import torch
-
     from mbsearch.results.finished import open_finished
-    from mbsearch.results.verify import choose, run_verify, study_data, summarize, verify_budget, verify_worker
-    from mbsearch.study import records
+    from mbsearch.results.verify import plan_verify, verify_study
 
     finished = open_finished(study, runs_dir, storage)
-    device = None
-    if target is not None:  # opened first: an unknown or absent target is refused before any training
-        from mbsearch.latency.factory import open_target
+    # opened first: an unknown or absent target is refused before any training
+    device = _open_study_target(finished, target, target_token) if target is not None else None
+    plan = plan_verify(finished, data_dir, epochs, train_size, workers, threads)
+    console.print(plan.describe(top, study, epochs), highlight=False)
 
-        device = open_target(target, finished.settings["runtime"], finished.settings["threads"], target_token)
-    data_dir = data_dir or records.data_dir(finished.study)
-    data = study_data(finished, data_dir)
-    budget = verify_budget(data, epochs, train_size)
-    per_process = threads or max(1, (os.cpu_count() or 1) // workers)
-    console.print(
-        f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {budget.train_size} images "
-        f"(batch {budget.batch_size}, lr {budget.lr}), {workers} process(es) x {per_process} thread(s)",
-        highlight=False,
-    )
-    try:
-        if workers == 1:
-            torch.set_num_threads(per_process)
+    def say(event: str, number: int, accuracy: float | None) -> None:
+        if event == "done":
+            console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
 
-            def say(event: str, number: int, accuracy: float | None) -> None:
-                if event == "done":
-                    console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
-
-            result = run_verify(finished, data, budget, top, seed, on_event=say)
-        else:
-            context = multiprocessing.get_context("spawn")
-            args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
-            processes = [
-                context.Process(target=verify_worker, args=(*args, per_process, index))
-                for index in range(1, workers + 1)
-            ]
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.join()
-            finished = open_finished(study, runs_dir, storage)
-            result = summarize(finished.study, finished.frame, choose(finished.frame, top), budget)
-    except KeyboardInterrupt:
-        from mbsearch.search.loop import Interrupted
-
-        raise Interrupted(
-            "interrupted: finished verifications are kept in the study; rerun the same command to resume"
-        ) from None
+    worker_args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
+    result = verify_study(finished, plan, top, seed, worker_args, on_event=say)
     if device is not None:
-        from mbsearch.results.retime import retime
+        _retime(finished, result.chosen, device, target)
+    _print_verified(result)
 
-        def timed(number: int, searched: float, measured: float) -> None:
-            console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
 
-        retime(finished.study, result.chosen, device, on_done=timed)
+def _open_study_target(finished, target: str, token: str | None):
+    from mbsearch.latency.factory import open_target
+
+    return open_target(target, finished.settings["runtime"], finished.settings["threads"], token)
+
+
+def _retime(finished, numbers: list[int], device, target: str) -> None:
+    from mbsearch.results.retime import retime
+
+    def timed(number: int, searched: float, measured: float) -> None:
+        console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
+
+    retime(finished.study, numbers, device, on_done=timed)
+
+
+def _print_verified(result) -> None:
     missing = [n for n in result.chosen if n not in result.verified]
     tau = "n/a (fewer than 3 verified)" if result.tau is None else f"{result.tau:.3f}"
     console.print(
@@ -629,122 +607,14 @@ def measure(
 
 
 @app.command()
-def adapt(
-    arch: Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")],
-    latency_target: Annotated[float | None, typer.Option(help="Trim until the latency is at most this (ms).")] = None,
-    latency_reduction: Annotated[
-        float | None, typer.Option(help="Or trim by this share of the current latency, e.g. 0.15.")
-    ] = None,
-    weights: Annotated[Path | None, typer.Option(help="Trained weights (model.safetensors from 'train').")] = None,
-    target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
-    target_token: TargetToken = None,
-    threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for latency timing (local targets).")] = 1,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the arch was searched on).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
-    val_size: Annotated[int, typer.Option(min=100, help="Validation images that score proposals.")] = 10000,
-    train_size: Annotated[int, typer.Option(min=64, help="Images of the first training (without --weights).")] = 8000,
-    finetune_images: Annotated[int, typer.Option(min=64, help="Images of each proposal's short fine-tune.")] = 2000,
-    final_epochs: Annotated[float, typer.Option(min=0.01, max=100, help="Epochs of the final fine-tune.")] = 1.0,
-    max_iterations: Annotated[int, typer.Option(min=1, max=1000, help="Stop after this many iterations.")] = 30,
-    first_reduction: Annotated[
-        float, typer.Option(min=0.001, max=0.9, help="Share of the start latency the first iteration removes.")
-    ] = 0.04,
-    decay: Annotated[float, typer.Option(min=0.1, max=1.0, help="Each iteration asks this times the last.")] = 0.9,
-    timing_sessions: Annotated[
-        int, typer.Option(min=1, max=100, help="Sessions whose median is each latency; raise on a noisy device.")
-    ] = 3,
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: ARCH without .json + '-adapted').")] = None,
-) -> None:
+@options_from(AdaptConfig, {"arch": AdaptArch, "target_token": TargetToken})
+def adapt(**flags: Any) -> None:
     """NetAdapt: trim layer widths until a latency target is met (MobileNetV3's second step). Rerun the same
     command to resume from the last finished iteration."""
-    import hashlib
+    from mbsearch.adapt.session import run_adapt
 
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, begin, finish, trimmable
-    from mbsearch.adapt.netadapt import adapt as run_adapt
-    from mbsearch.files import check_output_folder
-    from mbsearch.latency.factory import open_target
-    from mbsearch.nn.model import build_model
-    from mbsearch.spec.arch import load_arch
-    from mbsearch.train.budget import Budget
-    from mbsearch.train.data import load_dataset
-    from mbsearch.train.loop import train
-
-    if (latency_target is None) == (latency_reduction is None):
-        raise BadInput("give one of --latency-target MS or --latency-reduction SHARE")
-    if latency_target is not None and not latency_target > 0:
-        raise BadInput(f"--latency-target must be a positive number of ms, got {latency_target}")
-    if latency_reduction is not None and not 0 < latency_reduction < 1:
-        raise BadInput(f"--latency-reduction must be between 0 and 1 (0.15 = 15% faster), got {latency_reduction}")
-    spec = load_arch(arch)
-    out = out or arch.with_name(arch.stem + "-adapted")
-    check_output_folder("--out", out, OUTPUT_FILES, STATE, {"the --weights file": weights, "the arch file": arch})
-    if not trimmable(spec):
-        raise BadInput(f"{arch}: every width is at its floor of 8 channels; nothing to trim")
-    device = open_target(target, "onnxruntime", threads, target_token)
-    name = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
-    data = load_dataset(name, data_dir, None, spec.input.channels, val_size, seed)
-    torch.set_num_threads(os.cpu_count() or 1)
-    source = {
-        "arch": hashlib.sha256(spec.key().encode()).hexdigest()[:16],
-        "weights": str(weights) if weights else None,
-        "latency_target": latency_target,
-        "latency_reduction": latency_reduction,
-        "device": device.device()["fingerprint"],
-    }
-    model = build_model(spec)
-    if weights is not None:
-        try:
-            model.load_state_dict(load_file(weights))
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0][:200]
-            raise BadInput(
-                f"{weights}: not the weights of {arch} ({reason}); use the model.safetensors 'train' wrote"
-            ) from None
-    settings = Settings(
-        finetune=Budget(epochs=1.0, train_size=min(finetune_images, len(data.train)), batch_size=64, lr=0.001),
-        first_reduction=first_reduction,
-        decay=decay,
-        max_iterations=max_iterations,
-        seed=seed,
-        timing_sessions=timing_sessions,
-    )
-    adapter = Adapter(device, data, settings, out, on_event=lambda line: console.print(line, highlight=False))
-    if weights is None and not (out / STATE).is_file():
-        console.print(f"training {spec.name or arch} first ({train_size} images, 1 epoch)", highlight=False)
-        train(
-            model, data.train, data.val, Budget(train_size=min(train_size, len(data.train))), seed, adapter.normalizer
-        )
-
-    def goal_for(latency: float) -> float:
-        return latency_target if latency_target is not None else latency * (1 - latency_reduction)
-
-    current, model, trajectory, goal = begin(adapter, spec, model, source, goal_for)
-    current, model, trajectory = run_adapt(adapter, current, model, trajectory, goal, source)
-    final = Budget(epochs=final_epochs, train_size=len(data.train), batch_size=128, lr=0.002)
-    provenance = {
-        "adapted_from": str(arch),
-        "source_name": spec.name,
-        "source_provenance": spec.provenance,
-        "latency_target_ms": goal,
-        "target": device.name,
-        "device": device.device()["fingerprint"],
-        "dataset": name,
-    }
-    adapted = finish(adapter, current, model, trajectory, final, provenance)
-    metrics = adapted.metrics or {}
-    met = "met" if metrics["latency_ms"] <= goal else "NOT met"
-    console.print(
-        f"{trajectory[0].latency_ms:.3f} ms -> {metrics['latency_ms']:.3f} ms (goal {goal:.3f} ms, {met}) in "
-        f"{trajectory[-1].iteration} iteration(s); validation accuracy {trajectory[0].accuracy:.4f} -> "
-        f"{metrics['val_accuracy']:.4f}; {trajectory[0].params:,} -> {metrics['params']:,} params; "
-        f"adapted.json, model.safetensors, model.onnx, trajectory.csv/html in {out}",
-        highlight=False,
-    )
+    outcome = run_adapt(_config(AdaptConfig, **flags), on_event=lambda line: console.print(line, highlight=False))
+    console.print(outcome.summary(), highlight=False)
 
 
 @app.command()

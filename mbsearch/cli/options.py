@@ -42,7 +42,7 @@ def options_from(
             annotation = (
                 overrides.get(name) or Annotated[cli_type(field.annotation), typer.Option(help=field.description)]
             )
-            default = field.get_default(call_default_factory=True)
+            default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
             parameters.append(
                 inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
             )

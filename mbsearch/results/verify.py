@@ -8,13 +8,17 @@ an interrupted verify resumes, and several processes or machines share the work 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import optuna
+import torch
 
 from mbsearch import interrupts
-from mbsearch.errors import BadInput
+from mbsearch.errors import BadInput, Interrupted
 from mbsearch.ranking import kendall_tau
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import VERIFY_TAG, nondominated_layers
@@ -59,6 +63,71 @@ def study_data(finished: FinishedStudy, data_dir) -> Dataset:
 def verification_seed(finished: FinishedStudy, seed: int | None = None) -> int:
     """The seed verification trains with: derived from `seed`, or from the study's seed, apart from it."""
     return derived_seed(int(finished.settings.get("seed", 0)) if seed is None else seed, VERIFY_TAG)
+
+
+@dataclass(frozen=True)
+class VerifyPlan:
+    """What a verification will do, said before it starts."""
+
+    data: Dataset
+    budget: Budget
+    workers: int
+    threads: int  # training threads per process
+
+    def describe(self, top: int, study: str, epochs: float) -> str:
+        return (
+            f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {self.budget.train_size} images "
+            f"(batch {self.budget.batch_size}, lr {self.budget.lr}), {self.workers} process(es) x "
+            f"{self.threads} thread(s)"
+        )
+
+
+def plan_verify(
+    finished: FinishedStudy,
+    data_dir: Path | None,
+    epochs: float,
+    train_size: int | None,
+    workers: int,
+    threads: int | None,
+) -> VerifyPlan:
+    """Load the search's data and fix the budget and threads (a process each; cores shared among them)."""
+    data = study_data(finished, data_dir or records.data_dir(finished.study))
+    per_process = threads or max(1, (os.cpu_count() or 1) // workers)
+    return VerifyPlan(data, verify_budget(data, epochs, train_size), workers, per_process)
+
+
+def verify_study(
+    finished: FinishedStudy,
+    plan: VerifyPlan,
+    top: int,
+    seed: int | None,
+    worker_args: tuple,
+    on_event: Callable[[str, int, float | None], None] | None = None,
+) -> VerifyResult:
+    """Verify in this process, or in `plan.workers` spawned processes sharing the work through claims (as
+    `run --workers` does). Ctrl-C keeps what finished and says how to resume. The thread count is restored."""
+    previous_threads = torch.get_num_threads()
+    try:
+        if plan.workers == 1:
+            torch.set_num_threads(plan.threads)
+            return run_verify(finished, plan.data, plan.budget, top, seed, on_event=on_event)
+        context = multiprocessing.get_context("spawn")
+        processes = [
+            context.Process(target=verify_worker, args=(*worker_args, plan.threads, index))
+            for index in range(1, plan.workers + 1)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        study = finished.study
+        return summarize(study, finished.frame, choose(finished.frame, top), plan.budget)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted: finished verifications are kept in the study; rerun the same command to resume"
+        ) from None
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def run_verify(

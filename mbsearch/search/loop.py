@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from mbsearch import interrupts
-from mbsearch.errors import BadInput, MbsearchError, RuntimeFailure
+from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import LatencyCache, Target
@@ -37,12 +37,6 @@ from mbsearch.study.storage import default_url, open_storage, redact
 from mbsearch.train.data import Dataset, load_dataset
 
 MAX_CONSECUTIVE_FAILURES = 5
-
-
-class Interrupted(MbsearchError):
-    """Ctrl-C or SIGTERM: completed trials are kept; the same command resumes."""
-
-    exit_code = 130
 
 
 class Reporter(Protocol):

@@ -15,8 +15,8 @@ import time
 
 from rich.console import Console
 
-from mbsearch.errors import MbsearchError, RuntimeFailure
-from mbsearch.search.loop import Interrupted, SearchResult, create_study, prepare, write_outputs
+from mbsearch.errors import Interrupted, MbsearchError, RuntimeFailure
+from mbsearch.search.loop import SearchResult, create_study, prepare, write_outputs
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import default_url
 
