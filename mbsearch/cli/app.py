@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,37 +186,20 @@ def show(
     if as_json:
         sys.stdout.write(json.dumps(totals) + "\n")
         return
-    table = Table(
-        "layer",
-        "type",
-        "k",
-        "exp",
-        "se",
-        "act",
-        "out",
-        "stride",
-        "res",
-        "params",
-        "MACs",
-        title=f"{_printable(totals['name'] or arch)} ({totals['input']}, {totals['num_classes']} classes)",
-    )
+    console.print(_summary_table(rows, totals, f"{_printable(totals['name'] or arch)}"))
+
+
+def _summary_table(rows, totals: dict, name: str) -> Table:
+    """`show`'s table: one row per layer, then the totals."""
+    title = f"{name} ({totals['input']}, {totals['num_classes']} classes)"
+    columns = ("layer", "type", "k", "exp", "se", "act", "out", "stride", "res", "params", "MACs")
+    table = Table(*columns, title=title)
     for row in rows:
-        table.add_row(
-            row.layer,
-            row.type,
-            _cell(row.kernel),
-            _cell(row.expand),
-            _cell(row.se),
-            row.act,
-            str(row.out),
-            str(row.stride),
-            str(row.resolution),
-            f"{row.params:,}",
-            f"{row.macs:,}",
-        )
+        cells = (row.layer, row.type, _cell(row.kernel), _cell(row.expand), _cell(row.se), row.act)
+        table.add_row(*cells, str(row.out), str(row.stride), str(row.resolution), f"{row.params:,}", f"{row.macs:,}")
     table.add_section()
     table.add_row("total", "", "", "", "", "", "", "", "", f"{totals['params']:,}", f"{totals['macs']:,}")
-    console.print(table)
+    return table
 
 
 def _cell(value: object) -> str:
@@ -320,30 +305,21 @@ def report(
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
     from mbsearch.adapt.adapted import adapted_frame
     from mbsearch.report.page import write_report
-    from mbsearch.results.baselines import baseline_frame
+    from mbsearch.results.baselines import study_baselines
     from mbsearch.results.finished import open_finished, study_target
     from mbsearch.study import records
 
     finished = open_finished(study, runs_dir, storage)
     adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
-    target = study_target(finished, target_token) if baselines else None
-    verify_budget = records.verify_budget(finished.study)
-    verified_any = finished.frame["verified_accuracy"].notna().any()
     frame = verified_frame = None
     if baselines:
-        folder = data_dir or records.data_dir(finished.study)
 
         def progress(name: str, _: bool) -> None:
             console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
 
-        frame = baseline_frame(finished.settings, runs_dir, folder, on_progress=progress, target=target)
-        if verify_budget and verified_any:
-            # The baselines at the verification budget and seed rule, so that dominance is judged on equal terms.
-            keys = ("epochs", "train_size", "batch_size", "lr")
-            verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
-            verified_settings["train_seed"] = verify_budget.get("seed")
-            verified_frame = baseline_frame(verified_settings, runs_dir, folder, on_progress=progress, target=target)
-    path = write_report(finished, frame, verify_budget, verified_frame, adapted_points)
+        target = study_target(finished, target_token)
+        frame, verified_frame = study_baselines(finished, runs_dir, data_dir, target, on_progress=progress)
+    path = write_report(finished, frame, records.verify_budget(finished.study), verified_frame, adapted_points)
     console.print(f"wrote {path}", highlight=False)
 
 
@@ -435,44 +411,20 @@ def export(
     storage: Storage = None,
 ) -> None:
     """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
-    from mbsearch.files import check_outputs
-    from mbsearch.nn.onnx_export import write_onnx
-    from mbsearch.results.export import chosen_arch, pick_row
-    from mbsearch.results.finished import open_finished
-    from mbsearch.spec.arch import write_arch
-    from mbsearch.spec.blockstrings import timm_arch_def
+    from mbsearch.results.export import export_study
 
-    if max_latency is not None and max_latency <= 0:
-        raise BadInput(f"--max-latency must be positive, got {max_latency}")
-    protected = {"the study's database": runs_dir / study / "study.db"}
-    if storage and storage.startswith("sqlite:///"):
-        protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
-    check_outputs(
-        {"--output": output, "--onnx": onnx},
-        protected,
-        kinds={"--output": "json:mbsearch.spec.arch/", "--onnx": "onnx"},
-    )
-    finished = open_finished(study, runs_dir, storage)
-    if finished.decision.empty:
-        raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
-    arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
-    arch_def = timm_arch_def(arch) if timm else None  # refuse before writing anything, never a wrong string
-    write_arch(arch, output)
-    metrics = arch.metrics or {}
-    basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
-        finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"
-    )
-    console.print(f"picked by {basis}", highlight=False)
+    exported = export_study(study, runs_dir, storage, pick, output, onnx, max_latency, timm)
+    metrics, trial = exported.arch.metrics or {}, exported.arch.provenance["trial"]
+    console.print(f"picked by {exported.basis}", highlight=False)
     console.print(
-        f"trial {arch.provenance['trial']}: val acc {metrics['val_accuracy']:.4f}, latency "
-        f"{metrics['latency_ms']:.3f} ms, {metrics['params']:,} params -> {output}",
+        f"trial {trial}: val acc {metrics['val_accuracy']:.4f}, latency {metrics['latency_ms']:.3f} ms, "
+        f"{metrics['params']:,} params -> {output}",
         highlight=False,
     )
     if onnx is not None:
-        write_onnx(arch, onnx)
         console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)
-    if arch_def is not None:
-        sys.stdout.write(json.dumps(arch_def, indent=1) + "\n")
+    if exported.timm_arch_def is not None:
+        sys.stdout.write(json.dumps(exported.timm_arch_def, indent=1) + "\n")
 
 
 @app.command()
@@ -532,29 +484,28 @@ def train_command(
     threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
 ) -> None:
     """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
-    import os
+    from mbsearch.train.fulltrain import train_arch_file
 
-    import torch
+    with _training_progress(f"training {arch.name}") as on_step:
+        _, result = train_arch_file(arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step)
+    if result.resumed_from_epoch:
+        console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
+    console.print(
+        f"test accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs ({result.params:,} params); "
+        f"weights, ONNX and metrics in {result.out_dir}",
+        highlight=False,
+    )
+
+
+@contextmanager
+def _training_progress(description: str) -> Iterator[Callable[[int, int, float, float], None]]:
+    """A progress bar with smoothed loss and accuracy; yields the per-step callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mbsearch.files import check_output_folder
-    from mbsearch.spec.arch import load_arch
-    from mbsearch.train.fulltrain import CHECKPOINT, OUTPUT_FILES, train_full
-
-    spec = load_arch(arch)
-    dataset = dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
-    out = out or arch.with_name(arch.stem + "-trained")
-    check_output_folder("--out", out, OUTPUT_FILES, CHECKPOINT, {"the arch file": arch})
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(f"training {spec.name or arch.name}", total=None, loss=0.0, acc=0.0)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    scores = TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}")
+    with Progress(*columns, scores, TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task(description, total=None, loss=0.0, acc=0.0)
         smoothed = {"loss": 0.0, "acc": 0.0}
 
         def on_step(step: int, total: int, loss: float, accuracy: float) -> None:
@@ -562,14 +513,7 @@ def train_command(
                 smoothed[key] = value if step == 1 else 0.98 * smoothed[key] + 0.02 * value
             progress.update(task, completed=step, total=total, **smoothed)
 
-        result = train_full(spec, out, epochs, dataset, data_dir, batch_size, lr, seed, on_step)
-    if result.resumed_from_epoch:
-        console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
-    console.print(
-        f"test accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs ({result.params:,} params); "
-        f"weights, ONNX and metrics in {out}",
-        highlight=False,
-    )
+        yield on_step
 
 
 @app.command()
@@ -632,52 +576,17 @@ def profile(
 ) -> None:
     """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
     Interrupted, the same command resumes from OUTPUT.partial."""
-    import torch
+    from mbsearch.latency.profiling import profile_to_file
 
-    from mbsearch.files import check_outputs
-    from mbsearch.latency.factory import open_target
-    from mbsearch.latency.lut import profile as build_table
-    from mbsearch.latency.lut import space_parts
-    from mbsearch.spec.space import load_space
+    def say(line: str) -> None:
+        console.print(line, highlight=False)
 
-    partial = output.with_name(output.name + ".partial")
-    space_file = Path(space) if space.endswith((".yaml", ".yml")) or "/" in space else None
-    check_outputs(
-        {"--output": output, "--output's resume file": partial},
-        inputs={"the --space file": space_file},
-        kinds={"--output": "json:mbsearch.latency.lut/", "--output's resume file": "json:"},
+    table = profile_to_file(
+        space, target, target_token, threads, input_size, channels, classes, calibrate, seed, output, on_event=say
     )
-    search_space = load_space(space)
-    device = open_target(target, "onnxruntime", threads, target_token)
-    torch.set_num_threads(1)
-    info = device.device()
-    count = len(space_parts(search_space, input_size, channels, classes))
-    console.print(
-        f"profiling {count} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
-        f"{device.name} (device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s), "
-        f"{info['threads']} thread(s)), then {calibrate} calibration network(s)",
-        highlight=False,
-    )
-    shown = {"part": 0, "calibration network": 0}
-
-    def progress(what: str, done: int, total: int) -> None:
-        if done == total or done - shown[what] >= max(1, total // 10):
-            shown[what] = done
-            console.print(f"{what}s: {done}/{total}", highlight=False)
-
-    table = build_table(search_space, device, input_size, channels, classes, calibrate, seed, partial, progress)
-    table.save(output)
-    partial.unlink(missing_ok=True)
-    summary = table.data.calibration
-    if summary:
-        console.print(
-            f"per-network overhead {table.data.network_overhead_ms:+.3f} ms; median |error| on the "
-            f"{summary['networks']} calibration networks: sum {summary.get('median_abs_error_sum', float('nan')):.1%}, "
-            f"corrected {summary.get('median_abs_error_corrected', float('nan')):.1%}; predicts with the "
-            f"{table.data.use} (benchmarks/latency.py measures held-out error)",
-            highlight=False,
-        )
-    console.print(f"wrote {output}", highlight=False)
+    if (line := table.calibration_line()) is not None:
+        say(line)
+    say(f"wrote {output}")
 
 
 @app.command()
@@ -694,7 +603,7 @@ def agent(
     max_seconds: Annotated[float, typer.Option(min=1, max=86400, help="Longest timing of one request.")] = 120,
 ) -> None:
     """Serve latency measurements on this device (run it on the target: a Pi, a Jetson, a server, a phone).
-    Needs onnxruntime, numpy, bottle, typer and rich, not torch."""
+    Needs onnxruntime, numpy, bottle, typer, rich and pydantic, not torch."""
     import onnxruntime
 
     from mbsearch.device.agent import AgentConfig, new_token, serve

@@ -188,6 +188,18 @@ class LookupTable:
         except pydantic.ValidationError as exc:
             raise BadInput(describe_validation_error(exc, str(path))) from None
 
+    def calibration_line(self) -> str | None:
+        """The calibration's overhead and errors in one line (None when not calibrated)."""
+        summary = self.data.calibration
+        if not summary:
+            return None
+        return (
+            f"per-network overhead {self.data.network_overhead_ms:+.3f} ms; median |error| on the "
+            f"{summary['networks']} calibration networks: sum {summary.get('median_abs_error_sum', float('nan')):.1%}, "
+            f"corrected {summary.get('median_abs_error_corrected', float('nan')):.1%}; predicts with the "
+            f"{self.data.use} (benchmarks/latency.py measures held-out error)"
+        )
+
     def save(self, path: Path) -> None:
         write_atomic(path, self.data.model_dump_json(indent=1) + "\n")
 

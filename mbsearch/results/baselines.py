@@ -19,8 +19,10 @@ from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import LatencyCache, Target, measure_cached
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
+from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates
 from mbsearch.spec.zoo import reference_arch, reference_names
+from mbsearch.study import records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.evaluate import evaluate
@@ -145,3 +147,23 @@ def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["name", "dominated", "accuracy_gain", "speedup"])
+
+
+def study_baselines(
+    finished: FinishedStudy,
+    runs_dir: Path,
+    data_dir: Path | None = None,
+    target: Target | None = None,
+    on_progress: Callable[[str, bool], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The baselines trained with the search's proxy recipe, and, where trials were verified, again with the
+    verification's budget and seed rule, so that each front is judged against baselines on equal terms."""
+    folder = data_dir or records.data_dir(finished.study)
+    proxy = baseline_frame(finished.settings, runs_dir, folder, on_progress=on_progress, target=target)
+    verify_budget = records.verify_budget(finished.study)
+    if not verify_budget or not finished.frame["verified_accuracy"].notna().any():
+        return proxy, None
+    keys = ("epochs", "train_size", "batch_size", "lr")
+    verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
+    verified_settings["train_seed"] = verify_budget.get("seed")
+    return proxy, baseline_frame(verified_settings, runs_dir, folder, on_progress=on_progress, target=target)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pandas as pd
 
 from mbsearch.errors import BadInput
-from mbsearch.results.finished import FinishedStudy
+from mbsearch.files import check_outputs
+from mbsearch.nn.onnx_export import write_onnx
+from mbsearch.results.finished import FinishedStudy, open_finished
 from mbsearch.results.pareto import knee
-from mbsearch.spec.arch import Arch
+from mbsearch.spec.arch import Arch, write_arch
+from mbsearch.spec.blockstrings import timm_arch_def
 from mbsearch.study import records
 
 PICKS = ("knee", "max-accuracy", "min-latency")
@@ -57,3 +63,47 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
         metrics["decision_accuracy"] = float(row["val_accuracy"])
         metrics["decision_basis"] = finished.basis
     return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class Exported:
+    arch: Arch
+    basis: str  # what the pick was judged on, in words
+    timm_arch_def: list | None  # timm's arch_def of the arch, when asked for
+
+
+def export_study(
+    study: str,
+    runs_dir: Path,
+    storage: str | None,
+    pick: str,
+    output: Path,
+    onnx: Path | None = None,
+    max_latency: float | None = None,
+    timm: bool = False,
+) -> Exported:
+    """`mbsearch export`: pick a trial of the decision front, write its arch JSON (and ONNX). Every output is
+    checked before anything is read or written: never a study's database, an input or another command's file."""
+    if max_latency is not None and max_latency <= 0:
+        raise BadInput(f"--max-latency must be positive, got {max_latency}")
+    protected = {"the study's database": runs_dir / study / "study.db"}
+    if storage and storage.startswith("sqlite:///"):
+        protected["the --storage database"] = Path(storage.removeprefix("sqlite:///"))
+    check_outputs(
+        {"--output": output, "--onnx": onnx},
+        protected,
+        kinds={"--output": "json:mbsearch.spec.arch/", "--onnx": "onnx"},
+    )
+    finished = open_finished(study, runs_dir, storage)
+    if finished.decision.empty:
+        raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
+    arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
+    arch_def = timm_arch_def(arch) if timm else None  # refused before writing anything, never a wrong string
+    write_arch(arch, output)
+    if onnx is not None:
+        write_onnx(arch, onnx)
+    metrics = arch.metrics or {}
+    basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
+        finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"
+    )
+    return Exported(arch, basis, arch_def)

@@ -7,6 +7,7 @@ last checkpoint, and writes the weights as safetensors plus an ONNX file.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,11 +18,11 @@ from safetensors.torch import save_file
 
 from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
-from mbsearch.files import write_atomic
+from mbsearch.files import check_output_folder, write_atomic
 from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
-from mbsearch.spec.arch import Arch
+from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_full_train, load_test_split
 from mbsearch.train.loop import Diverged, train
@@ -86,6 +87,32 @@ def train_full(
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # nothing half-done: no empty --out folder after a failure before epoch 1
         raise
+
+
+def train_arch_file(
+    arch_file: Path,
+    out_dir: Path | None,
+    epochs: float,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    batch_size: int = 128,
+    lr: float = 0.006,
+    seed: int = 0,
+    threads: int | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> tuple[Arch, FullTrainResult]:
+    """`mbsearch train`: the arch of a file on its own dataset (unless told), into `out_dir` (default: beside
+    it), with every output checked first. The thread count is restored."""
+    arch = load_arch(arch_file)
+    dataset = dataset or (arch.provenance or {}).get("dataset", "fashion-mnist")
+    out_dir = out_dir or arch_file.with_name(arch_file.stem + "-trained")
+    check_output_folder("--out", out_dir, OUTPUT_FILES, CHECKPOINT, {"the arch file": arch_file})
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        return arch, train_full(arch, out_dir, epochs, dataset, data_dir, batch_size, lr, seed, on_step)
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def _train_into(

@@ -44,10 +44,12 @@ def private_lock_dir(lock_dir, monkeypatch):
 
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory) -> Path:
-    """A folder that, first on PYTHONPATH, makes `import torch` fail: the agent must not need torch."""
+    """A folder that, first on PYTHONPATH, makes `import torch` fail: the agent must not need torch, nor any
+    other package outside its install line (README: onnxruntime numpy bottle typer rich pydantic)."""
     folder = tmp_path_factory.mktemp("no-torch")
-    (folder / "torch").mkdir()
-    (folder / "torch" / "__init__.py").write_text("raise ImportError('torch is not on this device')\n")
+    for package in ("torch", "optuna", "pandas", "plotly", "fvcore", "onnx", "safetensors"):
+        (folder / package).mkdir()
+        (folder / package / "__init__.py").write_text(f"raise ImportError('{package} is not on this device')\n")
     return folder
 
 
