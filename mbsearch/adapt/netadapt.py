@@ -148,27 +148,23 @@ def _spaces(arch: Arch) -> dict[str, tuple[str | None, ...]]:
     group_of = {i: g for g, group in enumerate(residual_groups(arch)) for i in group}
     spaces: dict[str, tuple[str | None, ...]] = {}
     in_space = "stem"
-    for index, (block, plan) in enumerate(zip(arch.blocks, plans[1:-1], strict=True)):
-        prefix = f"features.{index + 1}."
+    for index, plan in enumerate(plans[1:-1]):
         out_space = f"out{group_of[index]}"
-        expands = plan.mid_chs != plan.in_chs
-        mid_space = f"mid{index}" if expands else in_space
-        if block.type == "ir" and expands:
-            spaces[prefix + "conv_pw.0.weight"] = (mid_space, in_space, None, None)
-            _bn(spaces, prefix + "conv_pw.1", mid_space)
-        spaces[prefix + "conv_dw.0.weight"] = (mid_space, None, None, None)
-        _bn(spaces, prefix + "conv_dw.1", mid_space)
-        sq_space = f"sq{index}"
-        spaces[prefix + "se.fc1.weight"] = (sq_space, mid_space, None, None)
-        spaces[prefix + "se.fc1.bias"] = (sq_space,)
-        spaces[prefix + "se.fc2.weight"] = (mid_space, sq_space, None, None)
-        spaces[prefix + "se.fc2.bias"] = (mid_space,)
-        project = "conv_pwl" if block.type == "ir" else "conv_pw"
-        spaces[prefix + f"{project}.0.weight"] = (out_space, mid_space, None, None)
-        _bn(spaces, prefix + f"{project}.1", out_space)
+        mid_space = f"mid{index}" if plan.mid_chs != plan.in_chs else in_space
+        if plan.expand_conv is not None:
+            spaces[f"{plan.expand_conv}.0.weight"] = (mid_space, in_space, None, None)
+            _bn(spaces, f"{plan.expand_conv}.1", mid_space)
+        spaces[f"{plan.depthwise_conv}.0.weight"] = (mid_space, None, None, None)
+        _bn(spaces, f"{plan.depthwise_conv}.1", mid_space)
+        sq_space, se = f"sq{index}", plan.squeeze_excite
+        spaces[f"{se}.fc1.weight"] = (sq_space, mid_space, None, None)
+        spaces[f"{se}.fc1.bias"] = (sq_space,)
+        spaces[f"{se}.fc2.weight"] = (mid_space, sq_space, None, None)
+        spaces[f"{se}.fc2.bias"] = (mid_space,)
+        spaces[f"{plan.project_conv}.0.weight"] = (out_space, mid_space, None, None)
+        _bn(spaces, f"{plan.project_conv}.1", out_space)
         in_space = out_space
-    head = f"features.{len(arch.blocks) + 1}."
-    spaces[head + "0.weight"] = (None, in_space, None, None)
+    spaces[f"{plans[-1].head_conv}.weight"] = (None, in_space, None, None)
     return spaces
 
 
@@ -188,16 +184,12 @@ def transfer(old: nn.Module, old_arch: Arch, new_arch: Arch, proposal: Proposal)
     keep: dict[str, torch.Tensor] = {}
     if proposal.kind == "mid":
         index = proposal.blocks[0]
-        weight = state[f"features.{index + 1}.conv_pw.0.weight"]
+        weight = state[f"{plan_layers(old_arch)[index + 1].expand_conv}.0.weight"]
         keep[f"mid{index}"] = _top(weight.flatten(1).norm(dim=1), proposal.width)
     else:
         group = residual_groups(old_arch).index(proposal.blocks)
-        norms = sum(
-            state[f"features.{i + 1}.{'conv_pwl' if old_arch.blocks[i].type == 'ir' else 'conv_pw'}.0.weight"]
-            .flatten(1)
-            .norm(dim=1)
-            for i in proposal.blocks
-        )
+        plans = plan_layers(old_arch)
+        norms = sum(state[f"{plans[i + 1].project_conv}.0.weight"].flatten(1).norm(dim=1) for i in proposal.blocks)
         keep[f"out{group}"] = _top(norms, proposal.width)
     model = build_model(new_arch)
     new_state = model.state_dict()

@@ -531,12 +531,11 @@ def measure(
     from dataclasses import asdict
 
     from mbsearch.latency.factory import open_target
-    from mbsearch.latency.targets import measure_on
-    from mbsearch.nn.model import build_model
+    from mbsearch.latency.profiler import latency_of
 
     device = open_target(target, runtime, threads, target_token)
     spec = _load_arch_or_reference(arch, None, None, None).at_resolution(latency_input_size)
-    stats = measure_on(device, build_model(spec), spec, runs=runs)
+    stats = latency_of(spec, device, runs=runs)
     info = device.device()
     if as_json:
         sys.stdout.write(json.dumps(asdict(stats) | {"device": info}) + "\n")

@@ -28,9 +28,10 @@ from torch import nn
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
-from mbsearch.latency.targets import Prepared, Target, input_shape, measure_on
+from mbsearch.latency.profiler import latency_of
+from mbsearch.latency.targets import Prepared, Target, input_shape
 from mbsearch.nn.blocks import ConvBNAct
-from mbsearch.nn.model import build_block, build_classifier, build_model
+from mbsearch.nn.model import build_block, build_classifier
 from mbsearch.nn.onnx_export import export_module
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
@@ -309,7 +310,7 @@ def profile(
     calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
     measured = []
     for index, arch in enumerate(calibration, start=1):
-        measured.append(measure_on(target, build_model(arch), arch).median_ms)
+        measured.append(latency_of(arch, target).median_ms)
         if on_progress:
             on_progress("calibration network", index, len(calibration))
     return calibrated(table, calibration, measured)

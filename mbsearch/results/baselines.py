@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import LatencyCache, Target, measure_cached
-from mbsearch.nn.cost import count_macs, count_params
-from mbsearch.nn.model import build_model
+from mbsearch.latency.profiler import profile_candidate
+from mbsearch.latency.targets import LatencyCache, Target
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates
 from mbsearch.spec.zoo import reference_arch, reference_names
@@ -98,12 +96,11 @@ def baseline_frame(
                 # The trials' seed rule: the proxy seed, or a verification's own (`train_seed`); the study's
                 # seed still fixes the validation split (load_study_data).
                 train_seed = settings.get("train_seed", settings.get("seed", 0))
-                torch.manual_seed(train_seed)
-                model = build_model(arch)
-                stats, _ = measure_cached(model, arch, latency_cache, target)
+                profile = profile_candidate(arch, target, train_seed, latency_cache)
+                stats, _ = profile.latency.result()
                 try:
                     trained = arch.at_resolution(data.size)
-                    accuracy = evaluate(trained, data, budget, train_seed, model=model).accuracy
+                    accuracy = evaluate(trained, data, budget, train_seed, model=profile.model).accuracy
                 except Diverged:
                     accuracy = float("nan")
                 cache[_cache_key(settings, name, device)] = {
@@ -111,8 +108,8 @@ def baseline_frame(
                     "val_accuracy": accuracy,
                     "latency_ms": stats.median_ms,
                     "latency_iqr_ms": stats.iqr_ms,
-                    "params": count_params(model),
-                    "macs": count_macs(model, arch)[0],
+                    "params": profile.params,
+                    "macs": profile.macs,
                 }
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import optuna
-import torch
 
-from mbsearch.latency.targets import Target, measure_on
-from mbsearch.nn.model import build_model
+from mbsearch.latency.profiler import latency_of
+from mbsearch.latency.targets import Target
 from mbsearch.study import records
 
 
@@ -38,8 +37,7 @@ def retime(
             continue  # a rerun resumes: what was timed on this device stays
         trial = study.trials[number]
         arch = records.trial_arch(trial)
-        torch.manual_seed(0)
-        stats = measure_on(target, build_model(arch), arch)
+        stats = latency_of(arch, target)
         record = {
             "latency_ms": stats.median_ms,
             "iqr_ms": stats.iqr_ms,

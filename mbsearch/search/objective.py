@@ -18,9 +18,8 @@ import torch
 
 from mbsearch import interrupts
 from mbsearch.errors import RuntimeFailure
-from mbsearch.latency.targets import LatencyCache, Target, start_latency
-from mbsearch.nn.cost import count_macs, count_params
-from mbsearch.nn.model import build_model
+from mbsearch.latency.profiler import profile_candidate
+from mbsearch.latency.targets import LatencyCache, Target
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.blockstrings import block_strings
 from mbsearch.spec.sample import sample_arch
@@ -106,13 +105,8 @@ class Objective:
         overlap = config.max_latency is None and self.target.overlaps_training
         # Building, timing and training may be interrupted at once by Ctrl-C; storage writes never are.
         with interrupts.interruptible():
-            torch.manual_seed(config.seed)  # the same initial weights for the same architecture
-            model = build_model(arch)
-            lap("build")
-            params = count_params(model)
-            macs, _ = count_macs(model, arch)  # of the deployed network, at the timed resolution
-            lap("cost")
-            pending = start_latency(model, arch, self.cache, self.target, timings, background=overlap)
+            profile = profile_candidate(arch, self.target, config.seed, self.cache, timings, background=overlap)
+        model, params, macs, pending = profile.model, profile.params, profile.macs, profile.latency
         if not overlap:
             with interrupts.interruptible():
                 stats, cached = pending.result()

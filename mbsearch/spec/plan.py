@@ -25,6 +25,32 @@ class LayerPlan:
     out_size: int
     has_skip: bool = False  # the residual shortcut (rules.has_shortcut): planned here, read by every user
 
+    # Module names inside the built block (timm's: conv_pw, conv_dw, se, conv_pwl); each convolution is
+    # ConvBNAct, so its weight is `<module>.0.weight` and its BatchNorm `<module>.1`.
+    @property
+    def expand_conv(self) -> str | None:
+        """The 1x1 expansion of an inverted residual whose middle is wider than its input, else None."""
+        return f"{self.name}.conv_pw" if self.kind == "ir" and self.mid_chs != self.in_chs else None
+
+    @property
+    def depthwise_conv(self) -> str:
+        return f"{self.name}.conv_dw"
+
+    @property
+    def squeeze_excite(self) -> str:
+        return f"{self.name}.se"
+
+    @property
+    def project_conv(self) -> str:
+        """The 1x1 projection to the block's output: the linear bottleneck of an inverted residual, the
+        pointwise conv of a depthwise-separable layer."""
+        return f"{self.name}.conv_pwl" if self.kind == "ir" else f"{self.name}.conv_pw"
+
+    @property
+    def head_conv(self) -> str:
+        """The 1x1 head convolution's module (plain ConvBNAct: features.N.0)."""
+        return f"{self.name}.0"
+
 
 def plan_layers(arch: Arch) -> list[LayerPlan]:
     """Channels and resolutions layer by layer, in `features` order."""

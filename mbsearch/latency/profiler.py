@@ -1,0 +1,62 @@
+"""The cheap half of the candidate pipeline, in the manner of NNI's Profiler: build the network from its
+seed, count its parameters and MACs, take its latency on a target (cached per device). The expensive half is
+`train.evaluate.evaluate` (training); constraints filter between the two (search/objective.py).
+
+Every consumer goes through here: the search's objective, the baselines, re-timing, the lookup table's
+calibration and `mbsearch measure`; so a network is built, costed and timed one way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mbsearch.device.timing import LatencyStats
+from mbsearch.latency.targets import LatencyCache, PendingLatency, Target, measure_on, start_latency
+from mbsearch.nn.cost import count_macs, count_params
+from mbsearch.nn.model import build_model
+from mbsearch.spec.arch import Arch
+
+
+@dataclass(frozen=True)
+class CandidateProfile:
+    model: nn.Module  # built from the seed and untrained: the evaluation trains this very model
+    params: int
+    macs: int  # of the network as timed (its deployment resolution)
+    latency: PendingLatency  # `.result()` -> (stats, from the cache)
+
+
+def build_seeded(arch: Arch, seed: int) -> nn.Module:
+    """The network with the initial weights of `seed`: the same architecture and seed, the same weights."""
+    torch.manual_seed(seed)
+    return build_model(arch)
+
+
+def profile_candidate(
+    arch: Arch,
+    target: Target,
+    seed: int,
+    cache: LatencyCache | None = None,
+    timings: dict[str, float] | None = None,
+    background: bool = False,
+) -> CandidateProfile:
+    """Build, cost and start timing `arch` (the deployed network). With `background`, a target on another
+    machine times while the caller trains; `timings` receives the seconds of each step."""
+    started = time.perf_counter()
+    model = build_seeded(arch, seed)
+    built = time.perf_counter()
+    params = count_params(model)
+    macs, _ = count_macs(model, arch)
+    if timings is not None:
+        timings["build"] = round(built - started, 4)
+        timings["cost"] = round(time.perf_counter() - built, 4)
+    return CandidateProfile(model, params, macs, start_latency(model, arch, cache, target, timings, background))
+
+
+def latency_of(arch: Arch, target: Target, runs: int | None = None) -> LatencyStats:
+    """The latency of `arch` on `target`, measured now (no cache): weights do not change timing, so seed 0."""
+    model = build_seeded(arch, 0)
+    return measure_on(target, model, arch) if runs is None else measure_on(target, model, arch, runs=runs)
