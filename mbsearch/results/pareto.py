@@ -114,10 +114,11 @@ def decision_front(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return pareto_front(frame), "proxy"
 
 
-def dominates(accuracy_a: float, latency_a: float, accuracy_b: float, latency_b: float) -> bool:
+def dominates(accuracy_a, latency_a, accuracy_b, latency_b):
     """Pareto dominance, the one rule every front uses: A is at least as accurate and at most as slow as B,
-    and strictly better in one."""
-    return accuracy_a >= accuracy_b and latency_a <= latency_b and (accuracy_a > accuracy_b or latency_a < latency_b)
+    and strictly better in one. Numbers give a bool; numpy arrays broadcast to a mask."""
+    at_least_as_good = (accuracy_a >= accuracy_b) & (latency_a <= latency_b)
+    return at_least_as_good & ((accuracy_a > accuracy_b) | (latency_a < latency_b))
 
 
 def dominates_at_shared_rung(a: pd.Series, b: pd.Series) -> bool:
@@ -183,12 +184,10 @@ def pareto_ranking(frame: pd.DataFrame) -> list[int]:
 
 
 def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
-    """True where no other point has accuracy >= and latency <= with one strictly better."""
+    """True where no other point dominates."""
     mask = np.ones(len(accuracy), dtype=bool)
     for i in range(len(accuracy)):
-        better_or_equal = (accuracy >= accuracy[i]) & (latency <= latency[i])
-        strictly = (accuracy > accuracy[i]) | (latency < latency[i])
-        mask[i] = not np.any(better_or_equal & strictly)
+        mask[i] = not np.any(dominates(accuracy, latency, accuracy[i], latency[i]))
     return mask
 
 
