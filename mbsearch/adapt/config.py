@@ -46,6 +46,9 @@ class AdaptConfig(pydantic.BaseModel):
     timing_sessions: Annotated[int, Field(ge=1, le=100)] = Field(
         3, description="Sessions whose median is each latency; raise on a noisy device."
     )
+    device: str = Field(
+        "auto", description="Where to train: auto (a GPU when one is visible), cpu, cuda, cuda:N or mps."
+    )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="Seed.")
     out: Path | None = Field(None, description="Output folder (default: ARCH without .json + '-adapted').")
 

@@ -27,7 +27,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
 from mbsearch.files import write_atomic
 from mbsearch.latency.targets import Prepared, Target
@@ -37,6 +36,7 @@ from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.loop import Normalizer, score, train
 
 STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps them
@@ -87,6 +87,7 @@ class Settings:
     max_iterations: int = 30
     seed: int = 0
     timing_sessions: int = STEADY_SESSIONS
+    training: TrainingDevice = CPU  # where proposals are fine-tuned
 
 
 def residual_groups(arch: Arch) -> list[tuple[int, ...]]:
@@ -259,7 +260,7 @@ class Adapter:
             budget,
             self.settings.seed,
             self.normalizer,
-            step_lock=hostlock.training,
+            device=self.settings.training,
         )
         return result.accuracy
 

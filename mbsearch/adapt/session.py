@@ -23,6 +23,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
+from mbsearch.train.device import resolve_device
 from mbsearch.train.loop import train
 
 
@@ -54,6 +55,7 @@ def run_adapt(config: AdaptConfig, on_event: Callable[[str], None]) -> AdaptOutc
     check_output_folder("--out", out, OUTPUT_FILES, STATE, inputs)
     if not trimmable(spec):
         raise BadInput(f"{config.arch}: every width is at its floor of 8 channels; nothing to trim")
+    training = resolve_device(config.device)  # refused before the target is contacted or data loaded
     device = open_target(config.target, "onnxruntime", config.threads, config.target_token)
     dataset = config.dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
     data = load_dataset(dataset, config.data_dir, None, spec.input.channels, config.val_size, config.seed)
@@ -63,13 +65,19 @@ def run_adapt(config: AdaptConfig, on_event: Callable[[str], None]) -> AdaptOutc
         model = _start_model(config, spec)
         finetune = Budget(epochs=1.0, train_size=min(config.finetune_images, len(data.train)), batch_size=64, lr=0.001)
         settings = Settings(
-            finetune, config.first_reduction, config.decay, config.max_iterations, config.seed, config.timing_sessions
+            finetune,
+            config.first_reduction,
+            config.decay,
+            config.max_iterations,
+            config.seed,
+            config.timing_sessions,
+            training,
         )
         adapter = Adapter(device, data, settings, out, on_event=on_event)
         if config.weights is None and not (out / STATE).is_file():
             on_event(f"training {spec.name or config.arch} first ({config.train_size} images, 1 epoch)")
             first = Budget(train_size=min(config.train_size, len(data.train)))
-            train(model, data.train, data.val, first, config.seed, adapter.normalizer)
+            train(model, data.train, data.val, first, config.seed, adapter.normalizer, device=training)
         source = _source(config, spec, device.device()["fingerprint"])
         current, model, trajectory, goal = begin(adapter, spec, model, source, config.goal_for)
         current, model, trajectory = adapt(adapter, current, model, trajectory, goal, source)

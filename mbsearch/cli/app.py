@@ -120,6 +120,9 @@ TargetToken = Annotated[
     typer.Option(envvar="MBSEARCH_TARGET_TOKEN", help="Token of the agent of an http:// target (or the env var)."),
 ]
 AdaptArch = Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")]
+TrainDevice = Annotated[
+    str, typer.Option(help="Where to train: auto (a GPU when one is visible), cpu, cuda, cuda:N or mps.")
+]
 LatencyInputSize = Annotated[
     int | None, typer.Option(min=8, max=1024, help="Time at this input size (the deployment resolution).")
 ]
@@ -301,6 +304,7 @@ def report(
         list[Path] | None,
         typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
     ] = None,
+    device: TrainDevice = "auto",
 ) -> None:
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
     from mbsearch.adapt.adapted import adapted_frame
@@ -308,7 +312,9 @@ def report(
     from mbsearch.results.baselines import study_baselines
     from mbsearch.results.finished import open_finished, study_target
     from mbsearch.study import records
+    from mbsearch.train.device import resolve_device
 
+    training = resolve_device(device)  # refused before anything is read
     finished = open_finished(study, runs_dir, storage)
     adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
     frame = verified_frame = None
@@ -318,7 +324,7 @@ def report(
             console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
 
         target = study_target(finished, target_token)
-        frame, verified_frame = study_baselines(finished, runs_dir, data_dir, target, on_progress=progress)
+        frame, verified_frame = study_baselines(finished, runs_dir, data_dir, target, progress, training)
     path = write_report(finished, frame, records.verify_budget(finished.study), verified_frame, adapted_points)
     console.print(f"wrote {path}", highlight=False)
 
@@ -349,6 +355,7 @@ def verify(
         str | None, typer.Option(help="Also re-time the verified trials on this target (cpu, cuda, http://...).")
     ] = None,
     target_token: TargetToken = None,
+    device: TrainDevice = "auto",
 ) -> None:
     """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
     split, scored on the search's validation split. Stored in the study; rerun to resume."""
@@ -357,8 +364,8 @@ def verify(
 
     finished = open_finished(study, runs_dir, storage)
     # opened first: an unknown or absent target is refused before any training
-    device = _open_study_target(finished, target, target_token) if target is not None else None
-    plan = plan_verify(finished, data_dir, epochs, train_size, workers, threads)
+    retime_on = _open_study_target(finished, target, target_token) if target is not None else None
+    plan = plan_verify(finished, data_dir, epochs, train_size, workers, threads, device)
     console.print(plan.describe(top, study, epochs), highlight=False)
 
     def say(event: str, number: int, accuracy: float | None) -> None:
@@ -367,8 +374,8 @@ def verify(
 
     worker_args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
     result = verify_study(finished, plan, top, seed, worker_args, on_event=say)
-    if device is not None:
-        _retime(finished, result.chosen, device, target)
+    if retime_on is not None:
+        _retime(finished, result.chosen, retime_on, target)
     _print_verified(result)
 
 
@@ -482,12 +489,15 @@ def train_command(
     lr: Annotated[float, typer.Option(min=1e-8, help="Peak learning rate.")] = 0.006,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
+    device: TrainDevice = "auto",
 ) -> None:
     """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
     from mbsearch.train.fulltrain import train_arch_file
 
     with _training_progress(f"training {arch.name}") as on_step:
-        _, result = train_arch_file(arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step)
+        _, result = train_arch_file(
+            arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device
+        )
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
     console.print(
@@ -499,21 +509,28 @@ def train_command(
 
 @contextmanager
 def _training_progress(description: str) -> Iterator[Callable[[int, int, float, float], None]]:
-    """A progress bar with smoothed loss and accuracy; yields the per-step callback."""
+    """A progress bar with smoothed loss and accuracy, shown from the first step (a refusal before training
+    prints no bar); yields the per-step callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     scores = TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}")
-    with Progress(*columns, scores, TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task(description, total=None, loss=0.0, acc=0.0)
-        smoothed = {"loss": 0.0, "acc": 0.0}
+    progress = Progress(*columns, scores, TimeRemainingColumn(), console=console)
+    smoothed = {"loss": 0.0, "acc": 0.0}
 
-        def on_step(step: int, total: int, loss: float, accuracy: float) -> None:
-            for key, value in (("loss", loss), ("acc", accuracy)):
-                smoothed[key] = value if step == 1 else 0.98 * smoothed[key] + 0.02 * value
-            progress.update(task, completed=step, total=total, **smoothed)
+    def on_step(step: int, total: int, loss: float, accuracy: float) -> None:
+        if not progress.task_ids:
+            progress.start()
+            progress.add_task(description, total=total, loss=0.0, acc=0.0)
+        for key, value in (("loss", loss), ("acc", accuracy)):
+            smoothed[key] = value if step == 1 else 0.98 * smoothed[key] + 0.02 * value
+        progress.update(progress.task_ids[0], completed=step, total=total, **smoothed)
 
+    try:
         yield on_step
+    finally:
+        if progress.task_ids:
+            progress.stop()
 
 
 @app.command()

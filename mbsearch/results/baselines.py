@@ -23,6 +23,7 @@ from mbsearch.spec.zoo import reference_arch, reference_names
 from mbsearch.study import records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
 from mbsearch.train.loop import Diverged
 
@@ -67,6 +68,7 @@ def baseline_frame(
     names: list[str] | None = None,
     on_progress: Callable[[str, bool], None] | None = None,
     target: Target | None = None,
+    training: TrainingDevice = CPU,
 ) -> pd.DataFrame:
     """One row per reference model, timed on `target` (default: the study's own local target); computed
     once per device, then read from the cache."""
@@ -100,7 +102,9 @@ def baseline_frame(
                 stats, _ = profile.latency.result()
                 try:
                     trained = arch.at_resolution(data.size)
-                    accuracy = evaluate(trained, data, budget, train_seed, model=profile.model).accuracy
+                    accuracy = evaluate(
+                        trained, data, budget, train_seed, model=profile.model, device=training
+                    ).accuracy
                 except Diverged:
                     accuracy = float("nan")
                 cache[_cache_key(settings, name, device)] = {
@@ -152,15 +156,20 @@ def study_baselines(
     data_dir: Path | None = None,
     target: Target | None = None,
     on_progress: Callable[[str, bool], None] | None = None,
+    training: TrainingDevice = CPU,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The baselines trained with the search's proxy recipe, and, where trials were verified, again with the
     verification's budget and seed rule, so that each front is judged against baselines on equal terms."""
     folder = data_dir or records.data_dir(finished.study)
-    proxy = baseline_frame(finished.settings, runs_dir, folder, on_progress=on_progress, target=target)
+    proxy = baseline_frame(
+        finished.settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
+    )
     verify_budget = records.verify_budget(finished.study)
     if not verify_budget or not finished.frame["verified_accuracy"].notna().any():
         return proxy, None
     keys = ("epochs", "train_size", "batch_size", "lr")
     verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
     verified_settings["train_seed"] = verify_budget.get("seed")
-    return proxy, baseline_frame(verified_settings, runs_dir, folder, on_progress=on_progress, target=target)
+    return proxy, baseline_frame(
+        verified_settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
+    )

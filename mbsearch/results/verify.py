@@ -25,6 +25,7 @@ from mbsearch.results.pareto import VERIFY_TAG, nondominated_layers
 from mbsearch.study import evaluations, records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_study_data
+from mbsearch.train.device import CPU, TrainingDevice, gpu_count, resolve_device, worker_device
 from mbsearch.train.evaluate import Evaluation, derived_seed
 
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
@@ -73,12 +74,14 @@ class VerifyPlan:
     budget: Budget
     workers: int
     threads: int  # training threads per process
+    device: str  # as asked (auto, cpu, cuda, cuda:N, mps): each worker resolves its own
 
     def describe(self, top: int, study: str, epochs: float) -> str:
         return (
             f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {self.budget.train_size} images "
             f"(batch {self.budget.batch_size}, lr {self.budget.lr}), {self.workers} process(es) x "
-            f"{self.threads} thread(s)"
+            f"{self.threads} thread(s), training on {resolve_device(worker_device(self.device, 1)).describe()}"
+            + (" (one GPU per worker in turn)" if self.workers > 1 and gpu_count() > 1 else "")
         )
 
 
@@ -89,11 +92,13 @@ def plan_verify(
     train_size: int | None,
     workers: int,
     threads: int | None,
+    device: str = "auto",
 ) -> VerifyPlan:
     """Load the search's data and fix the budget and threads (a process each; cores shared among them)."""
     data = study_data(finished, data_dir or records.data_dir(finished.study))
     per_process = threads or max(1, (os.cpu_count() or 1) // workers)
-    return VerifyPlan(data, verify_budget(data, epochs, train_size), workers, per_process)
+    resolve_device(device)  # a device this machine lacks is refused before any training
+    return VerifyPlan(data, verify_budget(data, epochs, train_size), workers, per_process, device)
 
 
 def verify_study(
@@ -110,10 +115,11 @@ def verify_study(
     try:
         if plan.workers == 1:
             torch.set_num_threads(plan.threads)
-            return run_verify(finished, plan.data, plan.budget, top, seed, on_event=on_event)
+            training = resolve_device(plan.device)
+            return run_verify(finished, plan.data, plan.budget, top, seed, on_event=on_event, device=training)
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=verify_worker, args=(*worker_args, plan.threads, index))
+            context.Process(target=verify_worker, args=(*worker_args, plan.device, plan.threads, index))
             for index in range(1, plan.workers + 1)
         ]
         for process in processes:
@@ -138,6 +144,7 @@ def run_verify(
     seed: int | None = None,
     grace_seconds: float = 600,
     on_event: Callable[[str, int, float | None], None] | None = None,
+    device: TrainingDevice = CPU,
 ) -> VerifyResult:
     """Verify the chosen trials not verified yet at this budget; return every verified accuracy. The
     training seed is derived from `seed` (default: the study's), never the proxy's own seed."""
@@ -164,7 +171,7 @@ def run_verify(
                 continue
             start = (lambda n=number: on_event("start", n, None)) if on_event else None
             result = evaluations.evaluate_claimed(
-                study, VERIFY_TAG, number, finished.arch(number), data, budget, seed, grace_seconds, start
+                study, VERIFY_TAG, number, finished.arch(number), data, budget, seed, grace_seconds, start, device
             )
             if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)
@@ -198,18 +205,17 @@ def verify_worker(
     train_size: int | None,
     top: int,
     seed: int | None,
+    device: str,
     threads: int,
     worker: int,
 ) -> None:
     """One process of `verify --workers N` (spawned): the same loop, sharing the work through claims."""
     import sys
-    from pathlib import Path
-
-    import torch
 
     from mbsearch.results.finished import open_finished
 
     torch.set_num_threads(threads)
+    training = resolve_device(worker_device(device, worker))
     finished = open_finished(name, Path(runs_dir), storage)
     data = study_data(finished, Path(data_dir) if data_dir else None)
 
@@ -218,6 +224,6 @@ def verify_worker(
             print(f"[w{worker}] trial {number}: verified accuracy {accuracy:.4f}", flush=True)
 
     try:
-        run_verify(finished, data, verify_budget(data, epochs, train_size), top, seed, on_event=say)
+        run_verify(finished, data, verify_budget(data, epochs, train_size), top, seed, on_event=say, device=training)
     except KeyboardInterrupt:
         sys.exit(130)

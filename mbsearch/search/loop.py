@@ -35,6 +35,7 @@ from mbsearch.study import records
 from mbsearch.study.config import IDENTITY_KEYS, RunConfig
 from mbsearch.study.storage import default_url, open_storage, redact
 from mbsearch.train.data import Dataset, load_dataset
+from mbsearch.train.device import resolve_device
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -97,6 +98,7 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
             f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
             f"after the validation split; lower it or --val-size"
         )
+    resolve_device(config.device)  # a GPU this machine lacks is refused before anything is written
     check_space_fits(space, data.size, data.channels, data.num_classes)
     if config.latency_input_size is not None:
         check_space_fits(space, config.latency_input_size, data.channels, data.num_classes, "--latency-input-size")
@@ -185,6 +187,8 @@ def environment(config: RunConfig) -> dict:
         "cores": os.cpu_count(),
         "train_threads": config.train_threads or max(1, (os.cpu_count() or 1) // config.workers),
         "latency_threads": config.threads,
+        "train_device": resolve_device(config.device).describe(),
+        "cuda": torch.version.cuda,
     }
 
 
@@ -220,8 +224,9 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
-    objective = Objective(config, space, data, cache, target)
-    promoter = Promoter(config, data) if config.rungs else None
+    training = resolve_device(config.device)
+    objective = Objective(config, space, data, cache, target, training)
+    promoter = Promoter(config, data, training) if config.rungs else None
     if reporter:
         reporter.start(study, config, complete_and_running(study)[0])
     try:

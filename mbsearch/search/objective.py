@@ -28,6 +28,7 @@ from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
 from mbsearch.train.loop import Diverged, Normalizer
 
@@ -60,6 +61,7 @@ class Objective:
     data: Dataset
     cache: LatencyCache | None
     target: Target
+    training: TrainingDevice = CPU  # where candidates train
     normalizer: Normalizer = field(init=False)
     artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
@@ -138,7 +140,9 @@ class Objective:
         started = time.perf_counter()
         try:
             with interrupts.interruptible():
-                result = evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model)
+                result = evaluate(
+                    arch, self.data, self.config.budget, self.config.seed, self.normalizer, model, self.training
+                )
         except Diverged as exc:
             trial.set_user_attr(records.FAIL_REASON, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None

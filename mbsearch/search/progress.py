@@ -10,6 +10,7 @@ from mbsearch.results.pareto import dominates
 from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import redact
+from mbsearch.train.device import resolve_device
 
 
 class RunningFront:
@@ -74,6 +75,7 @@ class ConsoleReporter:
         self.console.print(
             f"{self.worker}{verb} study {config.study_name} ({complete}/{config.trials} complete) "
             f"space={config.space_name} target={_target(config)} threads={config.threads} "
+            f"training on {resolve_device(config.device).describe()} "
             f"dataset={config.dataset} budget={config.epochs:g} epoch(s) x {config.train_size} images "
             f"storage={storage}",
             highlight=False,

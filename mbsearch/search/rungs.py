@@ -20,6 +20,7 @@ from mbsearch.study import evaluations, records
 from mbsearch.study.config import RunConfig, parse_rungs
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import derived_seed
 
 
@@ -66,9 +67,10 @@ class Promotion:
 class Promoter:
     """Runs the next due promotion of a study, if any: claim it, train at the rung budget, store it."""
 
-    def __init__(self, config: RunConfig, data: Dataset) -> None:
+    def __init__(self, config: RunConfig, data: Dataset, training: TrainingDevice = CPU) -> None:
         self.config = config
         self.data = data
+        self.training = training
         self.multipliers = parse_rungs(config.rungs or "1")
         self.eta = config.eta
 
@@ -84,7 +86,7 @@ class Promoter:
             budget = self.budget(rung)
             result = evaluations.evaluate_claimed(
                 study, rung_tag(rung), number, arch, self.data, budget, derived_seed(self.config.seed, rung_tag(rung)),
-                grace_seconds=self.config.grace_period * 20,
+                grace_seconds=self.config.grace_period * 20, device=self.training,
             )  # fmt: skip
             if result is None:
                 continue  # done already, or another worker holds it

@@ -19,6 +19,7 @@ from mbsearch.errors import Interrupted, MbsearchError, RuntimeFailure
 from mbsearch.search.loop import SearchResult, create_study, prepare, write_outputs
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import default_url
+from mbsearch.train.device import worker_device
 
 
 def _worker_main(config_json: str, worker_id: int) -> None:
@@ -67,13 +68,18 @@ def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
             process.terminate()
 
 
+def worker_config(config: RunConfig, worker_id: int) -> RunConfig:
+    """A worker's settings: its own GPU where the machine has several (train/device.py)."""
+    return config.model_copy(update={"device": worker_device(config.device, worker_id)})
+
+
 def run_workers(config: RunConfig, console: Console) -> SearchResult:
     """Start `config.workers` worker processes on the study's storage and wait for them."""
     prepare(config)  # bad input is reported once, here, before any process starts or anything is written
     study = create_study(config, config.storage or default_url(config.study_dir), worker_id=0)
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
     processes = [
-        context.Process(target=_worker_main, args=(config.model_dump_json(), worker_id), daemon=False)
+        context.Process(target=_worker_main, args=(worker_config(config, worker_id).model_dump_json(), worker_id))
         for worker_id in range(1, config.workers + 1)
     ]
     console.print(f"starting {config.workers} workers on study {config.study_name}", highlight=False)

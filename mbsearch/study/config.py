@@ -17,6 +17,7 @@ from mbsearch.urls import check_target_url
 
 Sampler = Literal["tpe", "nsga2", "random"]
 ObjectiveKind = Literal["pareto", "mnas"]
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")  # which of them this machine has: train/device.py
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # Settings that decide what a trial's numbers mean (the seed fixes the validation split). A resumed
@@ -105,6 +106,9 @@ class RunConfig(pydantic.BaseModel):
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
         DEFAULT_PROXY.lr, description="Peak learning rate (AdamW, one-cycle cosine)."
     )
+    device: str = Field(
+        "auto", description="Where candidates train: auto (a GPU when one is visible), cpu, cuda, cuda:N or mps."
+    )
     train_threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
         None, description="Threads for training (default: cores / workers)."
     )
@@ -164,6 +168,8 @@ class RunConfig(pydantic.BaseModel):
                 raise ValueError("--rungs promotes by Pareto rank: use it with --objective pareto")
         if (self.latency == "predicted") != (self.lut is not None):
             raise ValueError("--latency predicted and --lut FILE go together (the table from 'mbsearch profile')")
+        if not _DEVICE.fullmatch(self.device.strip().lower()):
+            raise ValueError(f"--device {self.device!r}: choose auto, cpu, cuda, cuda:N or mps")
         if self.grace_period <= self.heartbeat:
             raise ValueError("--grace-period must be longer than --heartbeat")
         return self

@@ -24,6 +24,7 @@ from mbsearch.spec.arch import Arch
 from mbsearch.study import claims, records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Evaluation, evaluate
 from mbsearch.train.loop import Diverged
 
@@ -92,6 +93,7 @@ def evaluate_claimed(
     seed: int,
     grace_seconds: float,
     on_start: Callable[[], None] | None = None,
+    device: TrainingDevice = CPU,
 ) -> Evaluation | str | None:
     """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged, stored so it is
     not retried forever), or None when it is done or held by another worker. An interruption gives the
@@ -102,7 +104,7 @@ def evaluate_claimed(
         on_start()
     try:
         with claims.heartbeat(study, tag, number, grace_seconds), interrupts.interruptible():
-            result = evaluate(arch, data, budget, seed)
+            result = evaluate(arch, data, budget, seed, device=device)
     except Diverged as exc:
         store_failure(study, tag, number, f"diverged: {exc}")
         release(study, tag, number)

@@ -47,6 +47,16 @@ class Split:
     def head(self, count: int) -> Split:
         return Split(self.images[:count], self.labels[:count])
 
+    def to(self, device: torch.device) -> Split:
+        """The split on `device`, still uint8 (4x smaller than float): copied once, from pinned memory on CUDA
+        so the copy runs asynchronously. The CPU split is returned as is."""
+        if device.type == "cpu":
+            return self
+        images, labels = self.images, self.labels
+        if device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return Split(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+
 
 @dataclass(frozen=True)
 class Dataset:

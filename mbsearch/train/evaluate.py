@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from mbsearch.device import hostlock
 from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.loop import Normalizer, train
 
 
@@ -53,16 +53,17 @@ def evaluate(
     seed: int = 0,
     normalizer: Normalizer | None = None,
     model: torch.nn.Module | None = None,
+    device: TrainingDevice = CPU,
 ) -> Evaluation:
     """Build (seeded initial weights) and train `arch` on the train split, score on the validation split.
 
-    Every training step holds the host lock shared, so latency timing on this host never overlaps it
-    and waits at most one step. Raises
+    On the CPU every training step holds the host lock shared, so latency timing on this host never
+    overlaps it and waits at most one step; on a GPU (`device`) nothing is held. Raises
     train.Diverged on a non-finite loss. `model` reuses a network already built from `arch` with the
     same seed (the search builds it first to count and time it).
     """
     if model is None:
         torch.manual_seed(seed)  # the same initial weights for the same architecture and seed
         model = build_model(arch)
-    result = train(model, data.train, data.val, budget, seed, normalizer, step_lock=hostlock.training)
+    result = train(model, data.train, data.val, budget, seed, normalizer, device=device)
     return Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
 from mbsearch.files import check_output_folder, write_atomic
 from mbsearch.nn.cost import count_params
@@ -25,6 +24,7 @@ from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_full_train, load_test_split
+from mbsearch.train.device import CPU, TrainingDevice, resolve_device
 from mbsearch.train.loop import Diverged, train
 
 CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
@@ -61,6 +61,7 @@ def train_full(
     lr: float = 0.006,
     seed: int = 0,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    device: TrainingDevice = CPU,
 ) -> FullTrainResult:
     """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present."""
     train_split, test_split = _data(arch, dataset, data_dir)
@@ -73,7 +74,7 @@ def train_full(
     if checkpoint_path.is_file():
         # Our own file, and still loaded as data only: weights_only refuses anything but tensors and plain values.
         try:
-            saved = torch.load(checkpoint_path, weights_only=True)
+            saved = torch.load(checkpoint_path, weights_only=True, map_location="cpu")  # wherever it trained
         except Exception:  # a foreign or damaged file: refused, whatever torch raises for it
             saved = None
         if not isinstance(saved, dict) or saved.get("identity") != json.dumps(identity, sort_keys=True):
@@ -82,7 +83,7 @@ def train_full(
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_into(arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step)
+        return _train_into(arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step, device)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # nothing half-done: no empty --out folder after a failure before epoch 1
@@ -100,9 +101,11 @@ def train_arch_file(
     seed: int = 0,
     threads: int | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    device: str = "auto",
 ) -> tuple[Arch, FullTrainResult]:
     """`mbsearch train`: the arch of a file on its own dataset (unless told), into `out_dir` (default: beside
     it), with every output checked first. The thread count is restored."""
+    training_device = resolve_device(device)  # a device this machine lacks is refused before any work
     arch = load_arch(arch_file)
     dataset = dataset or (arch.provenance or {}).get("dataset", "fashion-mnist")
     out_dir = out_dir or arch_file.with_name(arch_file.stem + "-trained")
@@ -110,7 +113,9 @@ def train_arch_file(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
-        return arch, train_full(arch, out_dir, epochs, dataset, data_dir, batch_size, lr, seed, on_step)
+        return arch, train_full(
+            arch, out_dir, epochs, dataset, data_dir, batch_size, lr, seed, on_step, training_device
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -125,6 +130,7 @@ def _train_into(
     identity: dict[str, Any],
     resume: dict[str, Any] | None,
     on_step: Callable[[int, int, float, float], None] | None,
+    device: TrainingDevice,
 ) -> FullTrainResult:
     checkpoint_path = out_dir / CHECKPOINT
     batch_size = budget.batch_size
@@ -139,7 +145,7 @@ def _train_into(
     torch.manual_seed(seed)
     model = build_model(arch)
     try:
-        # The host lock is held per step: a search on this host times latency between two steps.
+        # On the CPU the host lock is held per step: a search on this host times latency between two steps.
         result = train(
             model,
             train_split,
@@ -149,7 +155,7 @@ def _train_into(
             on_step=on_step,
             on_epoch=save_checkpoint,
             resume=resume,
-            step_lock=hostlock.training,
+            device=device,
         )
     except Diverged as exc:
         raise BadInput(f"training diverged ({exc}); lower --lr") from None
