@@ -16,6 +16,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def image_cache(tmp_path_factory):
+    """Folder datasets decode into a cache of the session's own, never the repository's runs/."""
+    os.environ["MBSEARCH_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture
 def runner():
     from typer.testing import CliRunner

@@ -91,7 +91,14 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
     if cache_path.exists() and not cache_path.is_file():
         raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")
     data = load_dataset(
-        config.dataset, config.data_dir, config.input_size, config.channels, config.val_size, config.seed
+        config.dataset,
+        config.data_dir,
+        config.input_size,
+        config.channels,
+        config.val_size,
+        config.seed,
+        bool(config.skip_bad_images),
+        config.runs_dir / "image-cache",  # shared by every command and worker on the host
     )
     if config.train_size > len(data.train):
         raise BadInput(

@@ -44,6 +44,7 @@ IDENTITY_KEYS = (
     "rungs",
     "latency",
     "latency_input_size",
+    "skip_bad_images",
 )
 
 
@@ -83,6 +84,10 @@ class RunConfig(pydantic.BaseModel):
     threads: Annotated[int, Field(ge=1, le=256)] = Field(1, description="Threads for latency timing.")
     dataset: str = Field("fashion-mnist", description="fashion-mnist, cifar10 or folder.")
     data_dir: Path | None = Field(None, description="Dataset folder (fashion-mnist has a default).")
+    # None (not given) rather than False, so that studies made before the flag existed resume unchanged
+    skip_bad_images: bool | None = Field(
+        None, description="--dataset folder: skip unreadable images (counted) instead of refusing the folder."
+    )
     input_size: Annotated[int, Field(ge=8, le=1024)] | None = Field(
         None, description="Resize images to this size (default: native)."
     )

@@ -10,6 +10,7 @@ import gzip
 import io
 import pickle
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from mbsearch.errors import BadInput
 from mbsearch.train.budget import DEFAULT_VAL_SIZE
+from mbsearch.train.image_cache import CachedImages, load_folder, print_progress
 
 DATASETS = ("fashion-mnist", "cifar10", "folder")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -31,7 +33,6 @@ MAX_IDX_BYTES = 1 << 30  # Fashion-MNIST's largest file inflates to 47 MB
 # Float32 bytes resized at a time (input and output of one chunk): the whole set in float32 at 224x224 would
 # be ~12 GB, and a fixed 1,000 images was still 1.2 GB at 224 (issue 16), so a chunk is sized in bytes.
 _RESIZE_BYTES = 64 * 1024 * 1024
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -160,39 +161,26 @@ def _read_cifar(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _read_folder(root: Path, split: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """ImageFolder layout: root/<class>/<image>. A root with train/ and test/ sub-folders uses those."""
-    from PIL import Image, UnidentifiedImageError
-
+def _folder_root(root: Path, split: str) -> Path:
+    """root/<class>/ (one split), or root/train|val|test/<class>/ (the splits as given)."""
     if (root / "train").is_dir():
-        root = root / split
-    elif split == "test":
+        if split == "test" and not (root / "test").is_dir():
+            raise BadInput(f"{root}: no test/ folder; full training needs root/train/<class>/ and root/test/<class>/")
+        return root / split
+    if split == "test":
         raise BadInput(f"{root}: no test/ folder; full training needs root/train/<class>/ and root/test/<class>/")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if len(classes) < 2:
-        raise BadInput(f"{root}: found {len(classes)} class folder(s), need at least 2 (one sub-folder per class)")
-    images, labels = [], []
-    mode = "L" if channels == 1 else "RGB"
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        for file in files:
-            if not file.is_file():  # a FIFO or a device would block or never end
-                raise BadInput(f"{file}: not a regular file; remove it from the dataset folder")
-            try:
-                with Image.open(file) as image:
-                    image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-                    array = np.asarray(image, dtype=np.uint8)
-            except Image.DecompressionBombError:
-                raise BadInput(
-                    f"{file}: declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); remove it"
-                ) from None
-            except (OSError, UnidentifiedImageError):
-                raise BadInput(f"{file}: not a readable image; remove it or fix the file") from None
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-            labels.append(label)
-    if not images:
-        raise BadInput(f"{root}: no images found (looked for {', '.join(sorted(_IMAGE_SUFFIXES))})")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return root
+
+
+def _read_folder(
+    root: Path, split: str, size: int, channels: int, skip_bad: bool = False, cache_dir: Path | None = None
+) -> CachedImages:
+    """A split of a folder dataset, decoded once into the on-disk cache (image_cache.py) and mapped."""
+    folder = _folder_root(root, split)
+    cached = load_folder(folder, size, channels, cache_dir, skip_bad=skip_bad, on_progress=print_progress())
+    if cached.skipped:
+        print(f"mbsearch: skipped {cached.skipped} unreadable image(s) in {root} (--skip-bad-images)", file=sys.stderr)
+    return cached
 
 
 def _read(name: str, root: Path, split: str, size: int | None, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +192,8 @@ def _read(name: str, root: Path, split: str, size: int | None, channels: int | N
         return _read_fashion(root, split)
     if name == "cifar10":
         return _read_cifar(root, split)
-    return _read_folder(root, split, size or 32, channels or 3)
+    cached = _read_folder(root, split, size or 32, channels or 3)
+    return cached.images, cached.labels
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray, size: int) -> Split:
@@ -239,9 +228,14 @@ def load_dataset(
     channels: int | None = None,
     val_size: int = DEFAULT_VAL_SIZE,
     seed: int = 0,
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
 ) -> Dataset:
-    """Train and validation splits: a fixed, seeded validation split carved from the training set."""
+    """Train and validation splits: a fixed, seeded validation split carved from the training set (a folder
+    with a val/ split uses that instead)."""
     root = _resolve_root(name, data_dir)
+    if name == "folder" and root.is_dir():
+        return _folder_dataset(root, input_size or 32, channels or 3, val_size, seed, skip_bad, cache_dir)
     images, labels = _read(name, root, "train", input_size, channels)
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -263,6 +257,33 @@ def load_dataset(
     )
 
 
+def _folder_dataset(
+    root: Path, size: int, channels: int, val_size: int, seed: int, skip_bad: bool, cache_dir: Path | None
+) -> Dataset:
+    """A folder dataset, mapped from the image cache: the validation split is val/ where the folder has one,
+    else seeded and carved from the training images, laid out once on disk in split order so that both
+    splits are slices of one mapped file (never a copy in memory, whatever the dataset's size)."""
+    train = _read_folder(root, "train", size, channels, skip_bad, cache_dir)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        val = _read_folder(root, "val", size, channels, skip_bad, cache_dir)
+        if val.classes != train.classes:
+            raise BadInput(f"{root}: val/ and train/ hold different class folders; give both the same classes")
+        train_split = Split(torch.from_numpy(train.images), torch.from_numpy(train.labels))
+        val_split = Split(torch.from_numpy(val.images), torch.from_numpy(val.labels))
+    else:
+        count = len(train.labels)
+        if not 0 < val_size < count:
+            raise BadInput(f"--val-size {val_size} must be between 1 and {count - 1} (the training set size - 1)")
+        order = np.random.default_rng(seed).permutation(count)
+        images = torch.from_numpy(train.in_split_order(order, f"{seed}"))
+        labels = torch.from_numpy(train.labels[order])
+        val_split = Split(images[:val_size], labels[:val_size])
+        train_split = Split(images[val_size:], labels[val_size:])
+    if len(np.unique(train.labels)) < 2:
+        raise BadInput(f"{root}: the training data holds a single class; a classifier needs at least 2")
+    return Dataset("folder", train_split, val_split, len(train.classes), channels, size)
+
+
 def load_study_data(settings: dict, data_dir: Path | None) -> Dataset:
     """The dataset and validation split a study used, from its stored settings (the seed fixes the split)."""
     return load_dataset(
@@ -272,6 +293,7 @@ def load_study_data(settings: dict, data_dir: Path | None) -> Dataset:
         settings.get("channels"),
         settings["val_size"],
         settings.get("seed", 0),
+        bool(settings.get("skip_bad_images")),
     )
 
 

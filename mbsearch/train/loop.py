@@ -45,11 +45,20 @@ class Normalizer:
     std: torch.Tensor
 
     @classmethod
-    def fit(cls, images: torch.Tensor) -> Normalizer:
-        sample = images[:10000].float() / 255
-        mean = sample.mean(dim=(0, 2, 3), keepdim=True)
-        std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-        return cls(mean[0], std[0])
+    def fit(cls, images: torch.Tensor, sample: int = 10000, chunk: int = 1000) -> Normalizer:
+        """From the first `sample` images, a chunk at a time in float64: at 224x224 a float copy of the whole
+        sample would take 6 GB."""
+        count = min(sample, len(images))
+        total = torch.zeros(images.shape[1], dtype=torch.float64)
+        squares = torch.zeros(images.shape[1], dtype=torch.float64)
+        for start in range(0, count, chunk):
+            part = images[start : min(count, start + chunk)].to(torch.float64) / 255
+            total += part.sum(dim=(0, 2, 3))
+            squares += (part * part).sum(dim=(0, 2, 3))
+        n = count * images.shape[2] * images.shape[3]
+        mean = total / n
+        std = ((squares - n * mean * mean) / max(1, n - 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+        return cls(mean.float()[:, None, None], std.float()[:, None, None])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         mean, std = self.mean.to(batch.device), self.std.to(batch.device)  # no-ops once on the batch's device
