@@ -47,14 +47,15 @@ class CachedImages:
         path = self.folder / f"order-{tag}.u8"
         if not path.is_file():
             partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+            image_bytes = int(np.prod(self.images.shape[1:]))
             try:
-                out = np.memmap(partial, dtype=np.uint8, mode="w+", shape=self.images.shape)
-                for start in range(0, len(order), 4 * CHUNK):
-                    out[start : start + 4 * CHUNK] = self.images[np.sort(order[start : start + 4 * CHUNK])][
-                        np.argsort(np.argsort(order[start : start + 4 * CHUNK]))
-                    ]
-                out.flush()
-                del out
+                # Read with pread and write sequentially: neither file is mapped while it is made, so memory
+                # stays one chunk whatever the dataset's size.
+                with open(self.folder / IMAGES_FILE, "rb") as source, open(partial, "wb") as target:
+                    for start in range(0, len(order), 4 * CHUNK):
+                        rows = order[start : start + 4 * CHUNK]
+                        chunk = b"".join(os.pread(source.fileno(), image_bytes, int(row) * image_bytes) for row in rows)
+                        target.write(chunk)
                 partial.rename(path)
             except OSError as exc:
                 partial.unlink(missing_ok=True)
@@ -132,26 +133,23 @@ def _build(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        shape = (len(files), channels, size, size)
-        out = np.memmap(partial / IMAGES_FILE, dtype=np.uint8, mode="w+", shape=shape)
         labels = np.empty(len(files), dtype=np.int64)
         kept = skipped = done = 0
-        for chunk_images, chunk_labels, bad in _decoded(files, size, channels, workers):
-            if bad and not skip_bad:
-                raise BadInput(f"{bad[0][0]}: {bad[0][1]}")
-            skipped += len(bad)
-            out[kept : kept + len(chunk_images)] = chunk_images
-            labels[kept : kept + len(chunk_images)] = chunk_labels
-            kept += len(chunk_images)
-            done += len(chunk_images) + len(bad)
-            if on_progress:
-                on_progress(done, len(files))
+        # Plain sequential writes, not a writable mapping: written pages then never count in this process's
+        # memory (a mapping kept every written page resident: 4 GB for 70,000 images at 96x96).
+        with open(partial / IMAGES_FILE, "wb") as handle:
+            for chunk_images, chunk_labels, bad in _decoded(files, size, channels, workers):
+                if bad and not skip_bad:
+                    raise BadInput(f"{bad[0][0]}: {bad[0][1]}")
+                skipped += len(bad)
+                handle.write(np.ascontiguousarray(chunk_images).tobytes())
+                labels[kept : kept + len(chunk_images)] = chunk_labels
+                kept += len(chunk_images)
+                done += len(chunk_images) + len(bad)
+                if on_progress:
+                    on_progress(done, len(files))
         if kept == 0:
             raise BadInput(f"{files[0][0].parent.parent}: none of its {len(files)} images could be read")
-        out.flush()
-        del out
-        if kept < len(files):  # skipped images: the file keeps the first `kept` rows
-            os.truncate(partial / IMAGES_FILE, kept * channels * size * size)
         np.save(partial / LABELS_FILE, labels[:kept])
         meta = {"count": kept, "skipped": skipped, "size": size, "channels": channels, "version": DECODER_VERSION}
         (partial / META_FILE).write_text(json.dumps(meta))  # last: its presence says the cache is whole
