@@ -28,7 +28,7 @@ from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
-from mbsearch.train.device import CPU, TrainingDevice
+from mbsearch.train.device import CPU, TrainingDevice, release_gpu_memory
 from mbsearch.train.evaluate import evaluate
 from mbsearch.train.loop import Diverged, Normalizer
 
@@ -72,11 +72,18 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             return self._run(trial)
+        except torch.OutOfMemoryError as exc:
+            out_of_memory = f"out of GPU memory on {self.training.describe()}: {str(exc).splitlines()[0][:200]}"
         except (RuntimeFailure, RuntimeError) as exc:
             # Optuna records a failed trial without its reason: keep it, for the log, the report and resume.
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             trial.set_user_attr(records.FAIL_REASON, reason[:500])
             raise
+        # Too large for the GPU: the trial fails with the reason and the search goes on at the next candidate.
+        # The memory is given back here, once the exception (and the tensors its frames held) is gone.
+        release_gpu_memory()
+        trial.set_user_attr(records.FAIL_REASON, out_of_memory)
+        raise RuntimeFailure(out_of_memory)
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config

@@ -118,3 +118,12 @@ def worker_device(name: str, worker_id: int) -> str:
     if name.strip().lower() in ("auto", "cuda") and count > 1:
         return f"cuda:{(worker_id - 1) % count}"
     return name
+
+
+def release_gpu_memory() -> None:
+    """Give a failed candidate's GPU memory back (its tensors are garbage once the trial is over)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -68,9 +68,18 @@ class Normalizer:
         return Normalizer(self.mean.to(device), self.std.to(device))
 
 
+RESIZED_CROP_FROM = 64  # from this input size on, full training uses Inception's random-resized crop
+RESIZED_CROP_SCALE = (0.25, 1.0)  # share of the image area a crop covers (timm's default for small models)
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
+
+
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shift by up to 2 pixels (pad + crop, one offset per batch) and per-image horizontal flips, on
-    the batch's own device (the random draws are the CPU generator's, so a seed means the same on any device)."""
+    """Full training's augmentation, on whole batches on the batch's own device (random draws come from the
+    seeded CPU generator, so a seed means the same on any device). At 64 pixels and more: random-resized
+    crop and horizontal flip, per image (the standard ImageNet recipe). Below: a random shift of up to
+    2 pixels (pad + crop, one offset per batch) and flips, as CIFAR-style MobileNets train."""
+    if batch.shape[-1] >= RESIZED_CROP_FROM:
+        return _random_resized_crop(batch, generator)
     size = batch.shape[-1]
     padded = F.pad(batch, (2, 2, 2, 2))
     dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
@@ -84,6 +93,25 @@ def _device_of(model: nn.Module) -> torch.device:
     """Where the model's weights are (the CPU for a model without any)."""
     tensor = next(iter(model.parameters()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _random_resized_crop(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per image: a crop of random area and aspect ratio at a random place, resized back (bilinear) to the
+    input size, flipped half the time; one affine sampling grid for the whole batch."""
+    count = batch.shape[0]
+    area = torch.empty(count).uniform_(*RESIZED_CROP_SCALE, generator=generator)
+    log_ratio = torch.empty(count).uniform_(*[math.log(r) for r in RESIZED_CROP_RATIO], generator=generator)
+    ratio = log_ratio.exp()
+    width = (area * ratio).sqrt().clamp(max=1.0)  # as shares of the image side
+    height = (area / ratio).sqrt().clamp(max=1.0)
+    centre_x = (torch.rand(count, generator=generator) * 2 - 1) * (1 - width)
+    centre_y = (torch.rand(count, generator=generator) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = width * flip, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
+    grid = F.affine_grid(theta.to(batch.device, batch.dtype), list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def recalibrate_batchnorm(

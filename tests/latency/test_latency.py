@@ -134,8 +134,8 @@ def test_queued_timer_blocks_new_training() -> None:
 _LONG_TRAINING = """
 import sys, pathlib, torch
 torch.set_num_threads(1)
-from mbsearch.device import hostlock
 from mbsearch.train.data import load_dataset
+from mbsearch.train.device import CPU  # on the CPU every step holds the host's training lock
 from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
 from mbsearch.train.loop import train
@@ -145,8 +145,7 @@ progress = pathlib.Path(sys.argv[1])
 def on_step(step, total, loss, accuracy):
     progress.write_text(str(step))
 model = build_model(reference_arch("mobilenet_v3_small_050", 28, 1, 10))
-train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), on_step=on_step,
-      step_lock=hostlock.training)
+train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), on_step=on_step, device=CPU)
 """
 
 

@@ -56,3 +56,20 @@ def test_evaluate_counts_correct_predictions() -> None:
 
     normalizer = Normalizer(torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
     assert score(AlwaysOne(), Split(images, labels), normalizer) == 0.75
+
+
+def test_full_training_at_96_pixels_uses_random_resized_crops_seeded_per_image() -> None:
+    from mbsearch.train.loop import _augment
+
+    ramp = torch.linspace(0, 1, 96).repeat(96, 1)  # brighter to the right
+    batch = ramp.expand(64, 3, 96, 96).contiguous()
+    first = _augment(batch, torch.Generator().manual_seed(0))
+    again = _augment(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)  # the seed decides every crop
+    assert first.shape == batch.shape
+    assert float(first.min()) >= 0 and float(first.max()) <= 1  # crops of the image, nothing invented
+    left_minus_right = first[..., :8].mean(dim=(1, 2, 3)) - first[..., -8:].mean(dim=(1, 2, 3))
+    flipped = int((left_minus_right > 0).sum())
+    assert 10 < flipped < 54  # about half the images flipped, each on its own
+    spans = first.amax(dim=(1, 2, 3)) - first.amin(dim=(1, 2, 3))
+    assert float(spans.min()) < 0.9  # some crops cover a part of the width only (zoomed in)
