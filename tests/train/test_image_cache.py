@@ -94,3 +94,34 @@ def test_train_val_test_layout_uses_the_given_validation_folder(jpeg_folder, tmp
             (root / split / folder.name).symlink_to(folder, target_is_directory=True)
     data = load_dataset("folder", root, input_size=32, channels=3, val_size=5)
     assert len(data.val) == len(data.train) == 3 * PER_CLASS  # val/ as given, not carved from train/
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from mbsearch.errors import MbsearchError
+from mbsearch.train.image_cache import load_folder
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    load_folder(Path(sys.argv[1]), 32, 3, Path(sys.argv[2]), workers=1)
+except MbsearchError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_failed_cache_write_is_one_line_and_leaves_nothing_to_trust(jpeg_folder, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(jpeg_folder), str(cache)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.startswith("RuntimeFailure: cannot write the image cache") and "free some disk space" in out.stdout
+    )
+    assert len(out.stdout.strip().splitlines()) == 1
+    assert not cache.exists()  # no partial folder, no empty cache a later run would trust
+    assert load_folder(jpeg_folder, 32, 3, cache, workers=1).images.shape[0] == 3 * PER_CLASS  # then it works
