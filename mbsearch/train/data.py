@@ -163,13 +163,10 @@ def _read_cifar(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _folder_root(root: Path, split: str) -> Path:
     """root/<class>/ (one split), or root/train|val|test/<class>/ (the splits as given)."""
-    if (root / "train").is_dir():
-        if split == "test" and not (root / "test").is_dir():
-            raise BadInput(f"{root}: no test/ folder; full training needs root/train/<class>/ and root/test/<class>/")
-        return root / split
-    if split == "test":
+    has_splits = (root / "train").is_dir()
+    if split == "test" and not (has_splits and (root / "test").is_dir()):
         raise BadInput(f"{root}: no test/ folder; full training needs root/train/<class>/ and root/test/<class>/")
-    return root
+    return root / split if has_splits else root
 
 
 def _read_folder(

@@ -59,10 +59,7 @@ class CachedImages:
                 partial.rename(path)
             except OSError as exc:
                 partial.unlink(missing_ok=True)
-                raise RuntimeFailure(
-                    f"cannot write the image cache in {self.folder}: {exc.strerror or exc}; free some disk space "
-                    "or set MBSEARCH_IMAGE_CACHE to another folder"
-                ) from None
+                raise _write_failure(self.folder, exc) from None
         return np.memmap(path, dtype=np.uint8, mode="c", shape=self.images.shape)
 
 
@@ -159,14 +156,19 @@ def _build(
             if not (folder / META_FILE).is_file():  # another process finished the same cache first: fine
                 raise
     except OSError as exc:
-        raise RuntimeFailure(
-            f"cannot write the image cache in {folder.parent}: {exc.strerror or exc}; free some disk space or "
-            "set MBSEARCH_IMAGE_CACHE to another folder"
-        ) from None
+        raise _write_failure(folder.parent, exc) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         if created_parent and not (folder / META_FILE).is_file():
             shutil.rmtree(folder.parent, ignore_errors=True)  # a refused folder leaves no empty cache behind
+
+
+def _write_failure(folder: Path, exc: OSError) -> RuntimeFailure:
+    """A full disk (or any failed write) while making the cache, as one line with the way out."""
+    return RuntimeFailure(
+        f"cannot write the image cache in {folder}: {exc.strerror or exc}; free some disk space or "
+        "set MBSEARCH_IMAGE_CACHE to another folder"
+    )
 
 
 def _decoded(

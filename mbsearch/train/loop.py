@@ -279,4 +279,4 @@ def _checked(unchecked: torch.Tensor, loss: torch.Tensor, step: int, total_steps
         where = f"at step {step + 1}" if every == 1 else f"within steps {max(1, step + 2 - every)}-{step + 1}"
         raise Diverged(f"loss became {bad} {where} of {total_steps}")
     unchecked.zero_()
-    return float(loss.item())
+    return total if every == 1 else float(loss.item())  # with a check every step the sum is that step's loss
