@@ -43,7 +43,7 @@ from mbsearch.spec.rules import scale_channels
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import SearchSpace, load_space
 from mbsearch.spec.zoo import reference_arch
-from mbsearch.train.budget import Budget
+from mbsearch.train.budget import DEFAULT_PROXY, Budget
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.evaluate import derived_seed, evaluate
 from mbsearch.train.loop import Diverged
@@ -59,7 +59,7 @@ OLD_FILES = (HERE / "fidelity_reference.json", HERE / "fidelity_proxies.json")
 # agreement with itself across seeds is measured on the whole panel instead of simulated.
 REFERENCE_SEEDS = (derived_seed(0, "reference"), derived_seed(1, "reference"))
 FRONT_MEMBERS = 12  # the second panel: near-equal networks from a real search's front region
-FRONT_LATENCY_BAND = 0.15  # +-15% of the knee's latency
+FRONT_LATENCY_BAND = 0.20  # +-20% of the knee latency (pooled studies: the median knee)
 BOOTSTRAP = 2000
 MIN_INTERVAL_MEMBERS = 8  # below this a bootstrap interval of tau is meaningless; the table says so
 VAL_SIZE = 10_000
@@ -79,6 +79,7 @@ PROXIES: dict[str, Budget] = {
     "e2-n4k-b64": Budget(epochs=2, train_size=4000, batch_size=64, lr=0.003),
 }
 
+DEFAULT_BUDGET = next(name for name, budget in PROXIES.items() if budget == DEFAULT_PROXY)
 NOISE_BUDGETS = ("e1-n4k-b64", "e1-n16k-b128-lr6", "e1-n8k-b64")
 
 
@@ -152,25 +153,32 @@ def _train_one(arch: Arch, data: Dataset, budget: Budget, seed: int) -> dict:
     }
 
 
-def front_panel(study_dir: Path) -> dict[str, Arch]:
-    """The second panel: up to FRONT_MEMBERS distinct architectures of a finished search whose latency is
-    within FRONT_LATENCY_BAND of its knee's: near-equal networks, where a search must rank well."""
+def front_panel(study_dirs: list[Path]) -> dict[str, Arch]:
+    """The second panel: up to FRONT_MEMBERS distinct architectures of finished searches whose latency is
+    within FRONT_LATENCY_BAND of their knees' (the median knee latency when several studies of one space
+    and device are pooled): near-equal networks, where a search must rank well."""
     from mbsearch.results.finished import open_finished
     from mbsearch.results.pareto import knee
 
-    finished = open_finished(study_dir.name, study_dir.parent, None)
-    front = finished.decision
-    target = float(front.iloc[knee(front)]["latency_ms"])
-    pool = finished.frame[finished.frame["state"] == "COMPLETE"].copy()
-    pool = pool[(pool["latency_ms"] - target).abs() <= FRONT_LATENCY_BAND * target]
-    pool = pool.assign(gap=(pool["latency_ms"] - target).abs()).sort_values("gap")
+    pool, knees = [], []
+    for study_dir in study_dirs:
+        finished = open_finished(study_dir.name, study_dir.parent, None)
+        front = finished.decision
+        knees.append(float(front.iloc[knee(front)]["latency_ms"]))
+        complete = finished.frame[finished.frame["state"] == "COMPLETE"]
+        pool += [(float(row.latency_ms), finished.arch(int(row.number))) for row in complete.itertuples()]
+    target = statistics.median(knees)
+    near = [
+        (abs(latency - target), arch) for latency, arch in pool if abs(latency - target) <= FRONT_LATENCY_BAND * target
+    ]
+    near.sort(key=lambda item: item[0])
     members: dict[str, Arch] = {}
     seen: set[str] = set()
-    for number in pool["number"]:
-        arch = finished.arch(int(number))
+    for _, arch in near:
         if arch.key() not in seen and len(members) < FRONT_MEMBERS:
             seen.add(arch.key())
-            members[f"front-t{int(number)}"] = arch.with_info(name=f"front-t{int(number)}")
+            name = f"front-{len(members)}"
+            members[name] = arch.with_info(name=name)
     return members
 
 
@@ -180,13 +188,12 @@ def jobs(members: list[str]) -> list[tuple[Path, str, str, Budget, int]]:
     ceiling = members[:CEILING_MEMBERS]
     out = [(REFERENCE_FILE, f"{n}|ref=0", n, REFERENCE_BUDGET, REFERENCE_SEEDS[0]) for n in members]
     out += [(REFERENCE_FILE, f"{n}|ref=1", n, REFERENCE_BUDGET, REFERENCE_SEEDS[1]) for n in members]
-    # Budget by budget (in PROXIES order, which is the priority), seed 0 on the panel, then the seeds.
-    # Seed noise is measured on the budgets in NOISE_BUDGETS only: the 2-core machine could not afford
-    # three seeds of every budget in one session.
-    for b, budget in PROXIES.items():
-        out += [(PROXY_FILE, f"{b}|{n}|seed=0", n, budget, 0) for n in members]
-        if b in NOISE_BUDGETS:
-            out += [(PROXY_FILE, f"{b}|{n}|seed={seed}", n, budget, seed) for seed in (1, 2) for n in ceiling]
+    # Seed 0 of every budget on the panel first (the default budget first, the costliest last), then the
+    # proxy's own seed noise on NOISE_BUDGETS: a session that stops early still has every budget's row.
+    for b in sorted(PROXIES, key=lambda b: (b != DEFAULT_BUDGET, PROXIES[b].epochs * PROXIES[b].train_size)):
+        out += [(PROXY_FILE, f"{b}|{n}|seed=0", n, PROXIES[b], 0) for n in members]
+    for b in NOISE_BUDGETS:
+        out += [(PROXY_FILE, f"{b}|{n}|seed={seed}", n, PROXIES[b], seed) for seed in (1, 2) for n in ceiling]
     return out
 
 
@@ -194,7 +201,7 @@ def run_jobs(args: argparse.Namespace) -> None:
     """Train whatever is missing. Several processes may run this at once (one per core): each claims a
     job in the results file before training it, and a claim whose process has died is taken over."""
     data = _data()
-    members = panel() | (front_panel(Path(args.front_study)) if args.front_study else {})
+    members = panel() | (front_panel([Path(p) for p in args.front_study]) if args.front_study else {})
     todo = jobs(list(members))
     if args.prefer == "proxies":
         todo = [j for j in todo if j[0] == PROXY_FILE] + [j for j in todo if j[0] != PROXY_FILE]
@@ -291,6 +298,20 @@ def bootstrap_tau(x: list[float], y: list[float], repeats: int = BOOTSTRAP) -> t
     return taus[int(0.025 * len(taus))], taus[int(0.975 * len(taus)) - 1]
 
 
+def bootstrap_difference(a: list[float], b: list[float], y: list[float], repeats: int = BOOTSTRAP) -> tuple:
+    """A 95% percentile interval for tau(a, y) - tau(b, y), both on the same resampled members (paired):
+    whether one budget ranks better than another, beyond what the choice of members explains."""
+    rng = random.Random(1)
+    differences = []
+    for _ in range(repeats):
+        picks = [rng.randrange(len(y)) for _ in y]
+        if len({y[i] for i in picks}) > 1 and len({a[i] for i in picks}) > 1 and len({b[i] for i in picks}) > 1:
+            ys = [y[i] for i in picks]
+            differences.append(kendall_tau([a[i] for i in picks], ys) - kendall_tau([b[i] for i in picks], ys))
+    differences.sort()
+    return differences[int(0.025 * len(differences))], differences[int(0.975 * len(differences)) - 1]
+
+
 def disjoint_rows(reference: dict, proxies: dict, front: bool) -> tuple[dict, list[dict]]:
     """The recipe of 2026-12-01, for one panel (random samples, or the front region): the reference's
     agreement with itself across its two seeds, and each proxy budget (seed 0) against the reference's
@@ -319,9 +340,31 @@ def disjoint_rows(reference: dict, proxies: dict, front: bool) -> tuple[dict, li
         if len(common) < 3:
             continue
         x, y = [seed0[n] for n in common], [first[n] for n in common]
+        seconds = [
+            run["seconds"]
+            for key, run in proxies["runs"].items()
+            if key.startswith(f"{budget}|") and key.endswith("seed=0") and run.get("seconds")
+            if mine(key.split("|")[1])
+        ]
         rows.append(
-            {"budget": budget, "members": len(common), "tau": kendall_tau(x, y), "interval": bootstrap_tau(x, y)}
+            {
+                "budget": budget,
+                "members": len(common),
+                "tau": kendall_tau(x, y),
+                "interval": bootstrap_tau(x, y),
+                "seconds": statistics.mean(seconds) if seconds else float("nan"),
+                "by_member": dict(zip(common, x, strict=True)),
+            }
         )
+    # Each budget against the default, on the members both trained: the paired difference of their tau.
+    default = next((r for r in rows if r["budget"] == DEFAULT_BUDGET), None)
+    for row in rows:
+        if default is None or row is default:
+            continue
+        shared = [n for n in row["by_member"] if n in default["by_member"]]
+        if len(shared) >= MIN_INTERVAL_MEMBERS:
+            mine_, theirs = ([r["by_member"][n] for n in shared] for r in (row, default))
+            row["vs_default"] = bootstrap_difference(mine_, theirs, [first[n] for n in shared])
     return self_agreement, rows
 
 
@@ -355,10 +398,24 @@ def print_disjoint_table() -> None:
             continue
         ceiling = _with_interval(agreement["tau"], agreement["interval"])
         print(f"\n{title}: reference vs itself (two seeds, {agreement['members']} members): τ {ceiling}")
-        print("| proxy budget | members | Kendall τ vs reference [95% bootstrap] |")
-        print("|---|---:|---|")
+        print(
+            f"| proxy budget | members | s / candidate | Kendall τ vs reference [95% bootstrap] "
+            f"| τ − τ({DEFAULT_BUDGET}) [95% paired bootstrap] |"
+        )
+        print("|---|---:|---:|---|---|")
         for row in rows:
-            print(f"| {row['budget']} | {row['members']} | {_with_interval(row['tau'], row['interval'])} |")
+            difference = row.get("vs_default")
+            versus = (
+                "(the default)"
+                if row["budget"] == DEFAULT_BUDGET
+                else "n/a"
+                if difference is None
+                else f"[{difference[0]:+.3f}, {difference[1]:+.3f}]"
+            )
+            print(
+                f"| {row['budget']} | {row['members']} | {row['seconds']:.1f} | "
+                f"{_with_interval(row['tau'], row['interval'])} | {versus} |"
+            )
 
 
 def _with_interval(tau: float | None, interval: tuple[float, float] | None) -> str:
@@ -415,7 +472,12 @@ def main() -> None:
     parser.add_argument("--prefer", choices=["reference", "proxies"], default="reference", help="which jobs first")
     parser.add_argument("--threads", type=int, default=1, help="training threads (default 1)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="seconds per candidate allowed (table)")
-    parser.add_argument("--front-study", help="runs/STUDY of a finished search: adds its front region as a panel")
+    parser.add_argument(
+        "--front-study",
+        action="append",
+        help="runs/STUDY of a finished search (repeat to pool several of one space and device): adds its front "
+        "region as a second panel",
+    )
     parser.add_argument("--old", action="store_true", help="table: the 2026-11-23 results (shared seeds, old ds)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panel samples through in-memory studies

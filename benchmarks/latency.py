@@ -1,16 +1,25 @@
-"""Latency instruments: repeatability, agent overhead, and the lookup table's prediction error.
+"""Latency instruments (issue 20): timing repeatability by recipe, and the per-block predictor's error on
+held-out networks against a ground truth with its own noise floor.
 
-Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--calibrate 30] [--sizes 28,224]
+Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20] [--calibrate 30]
+                                   [--adaptive 60] [--sample 400] [--sizes 28,224]
                                    [--target http://HOST:PORT --target-token T]   (measure your own device)
-Writes benchmarks/latency_results.json and prints the tables for benchmarks/README.md.
+       python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
+Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
 
-- repeatability: `--archs` sampled v3 networks timed twice, in two separate passes (fresh ONNX Runtime sessions),
-  on this CPU with 1 thread: Kendall tau of the two rankings and the median |difference| in percent.
-- agent overhead: the same networks timed locally and through `mbsearch agent` on 127.0.0.1 (pinned to the
-  other core): seconds per candidate on each path, and the agent's latencies against the local ones.
-- lookup table: `mbsearch profile` of v3 (every part timed alone, then `--calibrate` networks timed whole),
-  then `--held-out` other sampled networks timed whole and predicted: share within 5% and 10%, Kendall tau,
-  for the plain sum (+ per-network overhead) and for the linear correction.
+- repeatability: `--archs` sampled v3 networks timed in two passes by each recipe. `pooled` is the recipe
+  of searches before issue 20 (one network at a time: one session, 50 runs, median, re-measured while
+  IQR/median > 10%); `rounds` is the interleaved recipe (targets.ROUNDS_RECIPE: 7 turns in which every
+  network gets a fresh session and keeps its fastest of 10 runs; the median over turns). Per recipe:
+  median and max |difference| between the passes, and Kendall tau; with the CPU steal time seen meanwhile.
+- predictor: `mbsearch profile` of v3 (every stem and head and `--sample` blocks timed in context,
+  `--adaptive` more at other widths,
+  `--calibrate` networks timed whole for the network-level correction), then `--held-out` sampled networks
+  (seeds apart from the calibration's) plus `--netadapt` networks shaped by NetAdapt's own shrink steps
+  (explicit `mid` and output widths no table holds), each timed whole twice with the rounds recipe. The
+  first pass is the ground truth; the second against the first is the noise floor. Per input size: the
+  share within ±5% and ±10%, RMSPE and Kendall tau, of the predictor and of the floor; the profiling cost
+  in minutes and timings; how often the truth lay within 2 predicted sds.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -27,134 +37,162 @@ from pathlib import Path
 
 import torch
 
-from mbsearch.device.agent import start_local_agent
+from mbsearch.adapt.netadapt import STEP, shrunk, widths, with_explicit_mids
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.lut import calibrated, calibration_archs, prediction_error, profile
-from mbsearch.latency.remote import RemoteTarget
-from mbsearch.latency.targets import LocalTarget, Target, measure_on
+from mbsearch.latency.lut import prediction_error, profile, whole_network_latencies
+from mbsearch.latency.targets import ROUNDS_RECIPE, Target, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
+from mbsearch.spec.arch import Arch
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import load_space
 
-RESULTS = Path(__file__).with_name("latency_results.json")
+RESULTS = Path(__file__).with_name("latency_v2_results.json")
+OLD_RESULTS = Path(__file__).with_name("latency_results.json")  # the predictor before issue 20 (2026-11)
 HELD_OUT_SEED = 5_000  # apart from the calibration networks' seeds (lut.CALIBRATION_SEED)
-
-
+NETADAPT_SEED = 7_000
 SPACE = "v3"
 
 
-def archs(count: int, size: int, first_seed: int = 0):
+def archs(count: int, size: int, first_seed: int = 0) -> list[Arch]:
     space = load_space(SPACE)
     return [random_arch(space, first_seed + index, size, 1, 10) for index in range(count)]
 
 
-def timed(target, networks, statistic: str = "median_ms") -> tuple[list[float], float]:
-    """Latency of each network (median by default), and wall seconds per network (export + timing)."""
-    started = time.perf_counter()
-    stats = [measure_on(target, build_model(arch), arch) for arch in networks]
-    return [getattr(s, statistic) for s in stats], (time.perf_counter() - started) / len(networks)
+def netadapt_shaped(count: int, size: int) -> list[Arch]:
+    """Sampled networks trimmed by 3 to 6 of NetAdapt's own shrink steps (adapt.netadapt.shrunk): the widths
+    `mbsearch adapt` produces, which lie between and below the space's."""
+    rng = random.Random(NETADAPT_SEED)
+    out = []
+    for arch in archs(count, size, NETADAPT_SEED):
+        arch = with_explicit_mids(arch)
+        for _ in range(rng.randint(3, 6)):
+            options = [(k, b, w) for k, b, w in widths(arch) if w - STEP >= 8]
+            if not options:
+                break
+            kind, blocks, width = rng.choice(options)
+            narrower = max(8, width - STEP * rng.randint(1, 3))
+            arch = shrunk(arch, kind, blocks, narrower) or arch
+        out.append(arch)
+    return out
 
 
-def repeatability(networks, local: Target) -> dict:
-    """Two passes; the median is what mbsearch records, the minimum is shown beside it for comparison."""
-    passes = [[measure_on(local, build_model(arch), arch) for arch in networks] for _ in range(2)]
-    result: dict = {"networks": len(networks)}
-    for statistic in ("median_ms", "min_ms"):
-        first, second = ([getattr(s, statistic) for s in one] for one in passes)
-        deltas = [abs(a - b) / a * 100 for a, b in zip(first, second, strict=True)]
-        result[statistic] = {
-            "kendall_tau": kendall_tau(first, second),
-            "median_abs_delta_pct": statistics.median(deltas),
-            "max_abs_delta_pct": max(deltas),
-            "range_ms": [min(first), max(first)],
+def steal_jiffies() -> tuple[int, int]:
+    """(steal, total) CPU jiffies since boot: the hypervisor's share taken from this VM."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def _pass(recipe: str, networks: list[Arch], target: Target) -> tuple[list[float], float]:
+    before = steal_jiffies()
+    if recipe == "pooled":
+        values = [measure_on(target, build_model(arch), arch).median_ms for arch in networks]
+    else:
+        values = whole_network_latencies(target, networks)
+    after = steal_jiffies()
+    return values, (after[0] - before[0]) / max(after[1] - before[1], 1) * 100
+
+
+def agreement(first: list[float], second: list[float]) -> dict:
+    deltas = [abs(a - b) / a * 100 for a, b in zip(first, second, strict=True)]
+    return {
+        "kendall_tau": kendall_tau(first, second),
+        "median_abs_delta_pct": statistics.median(deltas),
+        "max_abs_delta_pct": max(deltas),
+        "range_ms": [min(first), max(first)],
+    }
+
+
+def repeatability(networks: list[Arch], target: Target) -> dict:
+    result: dict = {"networks": len(networks), "rounds_recipe": ROUNDS_RECIPE}
+    for recipe in ("pooled", "rounds"):
+        started = time.perf_counter()
+        (first, steal_a), (second, steal_b) = (_pass(recipe, networks, target) for _ in range(2))
+        result[recipe] = agreement(first, second) | {
+            "steal_pct": [round(steal_a, 2), round(steal_b, 2)],
+            "seconds_per_network_per_pass": (time.perf_counter() - started) / 2 / len(networks),
         }
     return result
 
 
-def agent_overhead(networks) -> dict:
-    local = LocalTarget("cpu", "onnxruntime", 1)
-    agent = start_local_agent(threads=1, cpus="1")
-    try:
-        remote = RemoteTarget(agent.url, agent.token)
-        local_ms, local_s = timed(local, networks)
-        remote_ms, remote_s = timed(remote, networks)
-    finally:
-        agent.stop()
-    deltas = [abs(a - b) / a * 100 for a, b in zip(local_ms, remote_ms, strict=True)]
-    return {
-        "networks": len(networks),
-        "local_seconds_per_candidate": local_s,
-        "agent_seconds_per_candidate": remote_s,
-        "overhead_seconds_per_candidate": remote_s - local_s,
-        "kendall_tau_local_vs_agent": kendall_tau(local_ms, remote_ms),
-        "median_abs_delta_pct_local_vs_agent": statistics.median(deltas),
-    }
-
-
-def lut_error(size: int, calibrate: int, held_out: int, local: Target) -> dict:
+def predictor(
+    size: int, calibrate: int, held_out: int, netadapt: int, adaptive: int, sample: int, target: Target
+) -> dict:
     space = load_space(SPACE)
     started = time.perf_counter()
-    table = profile(space, local, size, 1, 10, calibrate=0)
-    profile_seconds = time.perf_counter() - started
-    calibration = calibration_archs(space, calibrate, size, 1, 10)  # as `mbsearch profile` draws them
-    calibration_ms, _ = timed(local, calibration)
-    table = calibrated(table, calibration, calibration_ms)
-    networks = archs(held_out, size, HELD_OUT_SEED)
-    measured, per_network = timed(local, networks)
-    plain = [table.plain_sum(arch) + table.data.network_overhead_ms for arch in networks]
-    corrected = [table.predict(arch, "corrected") for arch in networks]
-    return {
+    table = profile(space, target, size, 1, 10, calibrate=calibrate, adaptive=adaptive, sample=sample)
+    minutes = (time.perf_counter() - started) / 60
+    groups = {"sampled": archs(held_out, size, HELD_OUT_SEED), "netadapt": netadapt_shaped(netadapt, size)}
+    networks = groups["sampled"] + groups["netadapt"]
+    truth = whole_network_latencies(target, networks)
+    again = whole_network_latencies(target, networks)
+    predictions = [table.prediction(arch) for arch in networks]
+    result: dict = {
         "input_size": size,
-        "parts": len(table.data.entries),
-        "profile_seconds": profile_seconds,
-        "calibration_networks": calibrate,
-        "network_overhead_ms": table.data.network_overhead_ms,
-        "correction": table.data.correction,
+        "profiling": table.data.profiling | {"minutes": minutes},
         "uses": table.data.use,
-        "held_out_seconds_per_network": per_network,
-        "measured_range_ms": [min(measured), max(measured)],
-        "sum": prediction_error(plain, measured),
-        "corrected": prediction_error(corrected, measured),
+        "calibration": table.data.calibration,
+        "sources": {s: sum(p.source == s for p in predictions) for s in ("table", "interpolated", "extrapolated")},
+        "within_2sd": statistics.mean(abs(p.ms - t) <= 2 * p.sd_ms for p, t in zip(predictions, truth, strict=True)),
+        "measured_range_ms": [min(truth), max(truth)],
     }
+    start = 0
+    for name, group in (("all", networks), *groups.items()):
+        index = range(len(networks)) if name == "all" else range(start, start + len(group))
+        if name != "all":
+            start += len(group)
+        picked_truth = [truth[i] for i in index]
+        result[name] = {
+            "predictor": prediction_error([predictions[i].ms for i in index], picked_truth),
+            "noise_floor": prediction_error([again[i] for i in index], picked_truth),
+        }
+    return result
 
 
 def markdown(results: dict) -> str:
     """The tables of benchmarks/README.md, from a results file."""
     lines = [
-        "| input | statistic | Kendall tau | median abs diff | max abs diff | range ms |",
-        "|---|---|---|---|---|---|",
+        "| input | recipe | Kendall τ | median abs diff | max abs diff | steal % | s / network / pass |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for size, by_statistic in results["repeatability"].items():
-        for statistic in ("median_ms", "min_ms"):
-            r = by_statistic[statistic]
+    for size, by_recipe in results["repeatability"].items():
+        for recipe in ("pooled", "rounds"):
+            r = by_recipe[recipe]
             lines.append(
-                f"| {size}x{size} | {statistic[:-3]} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "
-                f"{r['max_abs_delta_pct']:.1f}% | {r['range_ms'][0]:.2f}-{r['range_ms'][1]:.2f} |"
+                f"| {size}x{size} | {recipe} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "
+                f"{r['max_abs_delta_pct']:.1f}% | {'/'.join(f'{s:.1f}' for s in r['steal_pct'])} | "
+                f"{r['seconds_per_network_per_pass']:.2f} |"
             )
-    agent = results.get("agent") or {}
     lines += [
         "",
-        "Agent overhead: not measured (a remote --target run)."
-        if not agent
-        else f"Agent on 127.0.0.1 (1 core): {agent['local_seconds_per_candidate']:.3f} s per candidate locally, "
-        f"{agent['agent_seconds_per_candidate']:.3f} s through the agent (overhead "
-        f"{agent['overhead_seconds_per_candidate']:+.3f} s); agent against local latencies: tau "
-        f"{agent['kendall_tau_local_vs_agent']:.3f}, "
-        f"median abs diff {agent['median_abs_delta_pct_local_vs_agent']:.1f}%.",
-        "",
-        "| input | parts | profile s | predictor | within 5% | within 10% | median abs error | Kendall tau |",
-        "|---|---|---|---|---|---|---|---|",
+        "| input | networks | predictor | within 5% | within 10% | RMSPE | Kendall τ |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for lut in results["lut"]:
-        for name in ("sum", "corrected"):
-            e = lut[name]
+    if OLD_RESULTS.is_file():
+        for old in json.loads(OLD_RESULTS.read_text()).get("lut", []):
+            e = old[old.get("uses", "sum")]
             lines.append(
-                f"| {lut['input_size']}x{lut['input_size']} | {lut['parts']} | {lut['profile_seconds']:.0f} | {name} | "
-                f"{e['within_5pct']:.0%} | {e['within_10pct']:.0%} | {e['median_abs_error']:.1%} | "
+                f"| {old['input_size']}x{old['input_size']} | {e['networks']} sampled | before issue 20 (parts alone, "
+                f"stored {OLD_RESULTS.name}) | {e['within_5pct']:.0%} | {e['within_10pct']:.0%} | n/a | "
                 f"{e['kendall_tau']:.3f} |"
             )
+    for lut in results["predictor"]:
+        size = lut["input_size"]
+        for group in ("all", "sampled", "netadapt"):
+            for name in ("predictor", "noise_floor"):
+                e = lut[group][name]
+                label = "in context + regressors" if name == "predictor" else "noise floor (pass 2 vs pass 1)"
+                lines.append(
+                    f"| {size}x{size} | {e['networks']} {group} | {label} | {e['within_5pct']:.0%} | "
+                    f"{e['within_10pct']:.0%} | {e['rmspe']:.1%} | {e['kendall_tau']:.3f} |"
+                )
+        cost = lut["profiling"]
+        lines.append(
+            f"\n{size}x{size}: profiling {cost['minutes']:.1f} min, {cost['timings']} timings ({cost['parts']} parts, "
+            f"{cost['adaptive']} adaptive, {cost['networks']} calibration networks); predicts with the {lut['uses']}; "
+            f"sources {lut['sources']}; truth within 2 predicted sds for {lut['within_2sd']:.0%}.\n"
+        )
     return "\n".join(lines)
 
 
@@ -162,9 +200,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--archs", type=int, default=30)
     parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--netadapt", type=int, default=20)
     parser.add_argument("--calibrate", type=int, default=30)
+    parser.add_argument("--adaptive", type=int, default=60)
+    parser.add_argument("--sample", type=int, default=400, help="blocks timed per table (0: every part)")
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
+    parser.add_argument("--skip-repeatability", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--target", default="cpu", help="the device measured: cpu, or http://HOST:PORT of 'mbsearch agent' on it"
@@ -178,8 +220,9 @@ def main() -> None:
     global SPACE
     SPACE = args.space
     torch.set_num_threads(1)
-    os.sched_setaffinity(0, {0})  # local timing on core 0; the agent gets core 1
+    os.sched_setaffinity(0, {0})  # local timing on core 0
     device = open_target(args.target, "onnxruntime", 1, args.target_token)
+    sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as lock_dir:
         os.environ["MBSEARCH_LOCK_DIR"] = lock_dir  # nothing else on this machine holds our timing lock
         results = {
@@ -187,14 +230,18 @@ def main() -> None:
             "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
             "target": args.target,
             "device": device.device(),
-            "repeatability": {size: repeatability(archs(args.archs, size), device) for size in (28, 224)},
-            # the agent-overhead comparison needs both paths on this machine: local CPU runs only
-            "agent": agent_overhead(archs(args.archs, 28)) if args.target == "cpu" else None,
-            "lut": [lut_error(int(size), args.calibrate, args.held_out, device) for size in args.sizes.split(",")],
+            "space": SPACE,
+            "repeatability": {}
+            if args.skip_repeatability
+            else {size: repeatability(archs(args.archs, size), device) for size in sizes},
+            "predictor": [],
         }
-    results["space"] = SPACE
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps(results, indent=1))
+        for size in sizes:  # written after each size: a long run keeps what it measured
+            results["predictor"].append(
+                predictor(size, args.calibrate, args.held_out, args.netadapt, args.adaptive, args.sample, device)
+            )
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def main() -> None:
     record = {
         "date": datetime.date.today().isoformat(),
         "minutes": args.minutes,
+        "seed": args.seed,
         "top": args.top,
         "verify": {"epochs": args.verify_epochs, "train_size": args.verify_train_size},
         "results": results,

@@ -588,6 +588,12 @@ def profile(
     classes: Classes = 10,
     calibrate: Annotated[int, typer.Option(min=0, max=10_000, help="Whole networks timed to fit the overhead.")] = 30,
     seed: Annotated[int, typer.Option(min=0, max=2**31, help="Seed of the calibration networks.")] = 0,
+    adaptive: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Parts at other widths, timed where the regressor errs most.")
+    ] = 0,
+    sample: Annotated[
+        int, typer.Option(min=0, max=1_000_000, help="Time this many blocks of the space (0: all); the rest predicted.")
+    ] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Lookup table file to write.")] = Path("lut.json"),
 ) -> None:
     """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
@@ -598,7 +604,19 @@ def profile(
         console.print(line, highlight=False)
 
     table = profile_to_file(
-        space, target, target_token, threads, input_size, channels, classes, calibrate, seed, output, on_event=say
+        space,
+        target,
+        target_token,
+        threads,
+        input_size,
+        channels,
+        classes,
+        calibrate,
+        seed,
+        output,
+        say,
+        adaptive,
+        sample,
     )
     if (line := table.calibration_line()) is not None:
         say(line)

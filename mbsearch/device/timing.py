@@ -37,6 +37,10 @@ class LatencyStats:
     target: str
     runtime: str
     threads: int
+    # A predicted latency (lookup table) carries its uncertainty and where it came from; a measured one
+    # has sd 0 and source "measured" (its spread is the IQR above).
+    sd_ms: float = 0.0
+    source: str = "measured"
 
     @property
     def relative_iqr(self) -> float:

@@ -1,104 +1,248 @@
-"""Per-block latency lookup tables: `mbsearch profile` builds one, `run --latency predicted --lut` uses it.
+"""Per-block latency prediction in nn-Meter's manner: `mbsearch profile` builds a table, `run --latency
+predicted --lut` predicts with it.
 
-A network is cut into parts: the stem, each block (its config, input channels and resolution) and the head
-(1x1 conv, pool, classifier). `profile` times every distinct part a space can produce, once, alone, on the
-target, and stores the time minus the cost of an empty session run. A network is predicted as the sum of
-its parts, plus one run's cost, plus a per-network overhead measured on calibration networks timed whole
-(nn-Meter's kernel-sum idea). Where the plain sum falls short, a linear correction on the sum and the
-block count, fitted on the same calibration networks, is stored too; `use` says which predicts.
+A network is cut into parts: the stem, each block (its config, input channels and resolution) and the head.
+`profile` times each part *in context*: inside a small host network (a depthwise 1x1 conv before it, a global
+average pool after it), against the same host without the part, the two interleaved in fresh sessions. The
+difference is the part's cost in the layout the whole network runs in: ONNX Runtime's NCHWc reorders are
+paid by the host in both, a residual `Add` is fused as in the whole network, and the part's output feature
+map stays inside the runtime (the host returns a pooled vector). A network is predicted as the cost of its
+input alone (the image through a global pool) plus its parts.
 
-The file is versioned JSON keyed by the device fingerprint of the target it was measured on.
+Every part of a space is timed once; `--adaptive` more parts, at widths between and beyond the space's,
+are timed where a first fit errs most (nn-Meter's adaptive sampling). Per part kind (stem, ir, dsa, dsr,
+head) a regressor from scikit-learn is fitted on configuration features (input size, in/mid/out channels,
+kernel, stride, SE, activation, MACs, params, activation sizes): a non-negative linear model of the cost
+(MACs and activation bytes) times a random forest's correction, so a width never profiled (NetAdapt's
+`mid` widths) is interpolated, with an uncertainty from the forest's spread and its out-of-bag error. A
+network-level linear correction is fitted on whole-network timings and judged on networks it was not
+fitted on (k-fold). Every prediction says whether it is a table hit, interpolated, or outside the range
+the regressor was trained on.
+
+The file is versioned JSON keyed by the device fingerprint, the timing recipe and the exporter; a table
+from another recipe or exporter is refused with one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
+import re
+import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
+import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
-from mbsearch.latency.profiler import latency_of
-from mbsearch.latency.targets import Prepared, Target, input_shape
-from mbsearch.nn.blocks import ConvBNAct
-from mbsearch.nn.model import build_block, build_classifier
-from mbsearch.nn.onnx_export import export_module
+from mbsearch.latency.profiler import build_seeded
+from mbsearch.latency.targets import (
+    ROUNDS_RECIPE,
+    Prepared,
+    Target,
+    exported,
+    input_shape,
+    latencies_by_rounds,
+    time_rounds,
+)
+from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
+from mbsearch.nn.onnx_export import export_module, exporter_identity
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
+from mbsearch.spec.rules import has_shortcut, output_size, se_channels
 from mbsearch.spec.sample import arch_from_decisions, random_arch
 from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
-FORMAT = "mbsearch.latency.lut/1"
-# Parts are small: fewer runs than a whole network, still re-measured while noisy.
-PART_RECIPE = {"warmup": 5, "runs": 30, "attempts": 2, "sessions": 1}
+FORMAT = "mbsearch.latency.lut/2"
+# How a part is timed: `rounds` turns of the part in its host and the host alone, each a fresh session with
+# `warmup` runs then `runs` timed ones; a turn's cost is the difference of the two fastest runs, and the
+# part's the median over its turns (the pairing cancels the device's drift between turns).
+PART_RECIPE: dict[str, Any] = {"name": "in-context-rounds", "rounds": 5, "warmup": 3, "runs": 10}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
+FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
+PART_FLOOR_MS = 1e-3  # a part's difference below the timer's resolution is kept as this much, never <= 0
+TIMED_EXPORTER = "torchscript"  # nn.onnx_export's fast path: what searches time and users ship
+FOREST_MIN_SAMPLES = 8  # below this many samples of a kind, its linear model alone predicts
 
 
 # A part's block type in table keys: `ds` was keyed "ds" while it had a shortcut (arch format /1), so
 # MobileNetV1's layer without one is keyed "dsa" (timm's name) and an old table's "ds" entries never match.
 _PART_TYPES = {"ir": "ir", "ds": "dsa", "dsr": "dsr"}
+_KEY = {
+    "stem": re.compile(r"stem\|(?P<inc>\d+)x(?P<size>\d+)\|o(?P<out>\d+)\|k(?P<k>\d+)\|s(?P<s>\d+)\|(?P<act>\w+)$"),
+    "block": re.compile(
+        r"block\|(?P<inc>\d+)x(?P<size>\d+)\|(?P<type>ir|dsa|dsr)\|k(?P<k>\d+)\|s(?P<s>\d+)\|m(?P<mid>\d+)"
+        r"\|o(?P<out>\d+)\|se(?P<se>[0-9.e-]+)\|(?P<act>\w+)$"
+    ),
+    "head": re.compile(
+        r"head\|(?P<inc>\d+)x(?P<size>\d+)\|c(?P<conv>\d+)\|h(?P<hidden>\d+)\|(?P<act>\w+)\|n(?P<n>\d+)$"
+    ),
+}
 
 
 @dataclass(frozen=True)
-class Part:
-    """One piece of a network, timed alone: a key, the input it takes and how to build it."""
+class PartConfig:
+    """A part's configuration, parsed from its table key: what the regressor reads and the builder builds."""
 
     key: str
-    shape: tuple[int, int, int, int]
-    build: Callable[[], nn.Module]
+    kind: str  # stem | ir | dsa | dsr | head
+    in_chs: int
+    size: int
+    mid: int
+    out: int
+    kernel: int
+    stride: int
+    se: float
+    act: str
+    hidden: int = 0
+    classes: int = 0
 
+    @classmethod
+    def parse(cls, key: str) -> PartConfig:
+        head = key.split("|", 1)[0]
+        match = _KEY[head].match(key) if head in _KEY else None
+        if match is None:
+            raise BadInput(f"lookup table key {key!r} is not a part key; rebuild the table with 'mbsearch profile'")
+        g = match.groupdict()
+        common = {"key": key, "in_chs": int(g["inc"]), "size": int(g["size"]), "act": g["act"]}
+        if head == "stem":
+            out = int(g["out"])
+            return cls(kind="stem", mid=out, out=out, kernel=int(g["k"]), stride=int(g["s"]), se=0.0, **common)
+        if head == "head":
+            conv = int(g["conv"])
+            return cls(
+                kind="head", mid=conv, out=conv, kernel=1, stride=1, se=0.0, hidden=int(g["hidden"]),
+                classes=int(g["n"]), **common,
+            )  # fmt: skip
+        return cls(
+            kind=g["type"], mid=int(g["mid"]), out=int(g["out"]), kernel=int(g["k"]), stride=int(g["s"]),
+            se=float(g["se"]), **common,
+        )  # fmt: skip
 
-def arch_parts(arch: Arch) -> list[Part]:
-    """Stem, blocks and head of `arch`, with the keys a lookup table stores them under."""
-    plans = plan_layers(arch)
-    stem = arch.stem
-    size = arch.input.size
-    parts = [
-        Part(
-            f"stem|{arch.input.channels}x{size}|o{stem.out}|k{stem.kernel}|s{stem.stride}|{stem.act}",
-            (1, arch.input.channels, size, size),
-            lambda: ConvBNAct(arch.input.channels, stem.out, stem.kernel, stem.stride, act=stem.act),
-        )
-    ]
-    size = plans[0].out_size
-    for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
+    @property
+    def out_size(self) -> int:
+        return output_size(self.size, self.stride)
+
+    def with_widths(self, in_chs: int, mid: int, out: int) -> PartConfig:
+        """The same part at other channel counts (adaptive sampling), with its key."""
+        if self.kind in ("stem", "head"):
+            return self  # their widths follow the space's few width multipliers; blocks vary most
+        mid = in_chs if self.kind != "ir" else max(mid, 1)
         key = (
+            f"block|{in_chs}x{self.size}|{self.kind}|k{self.kernel}|s{self.stride}|m{mid}|o{out}|se{self.se:g}"
+            f"|{self.act}"
+        )
+        return replace(self, key=key, in_chs=in_chs, mid=mid, out=out)
+
+    def macs(self) -> tuple[float, float]:
+        """(dense MACs, depthwise MACs): the compute the linear cost model weighs."""
+        inner, outer = self.size**2, self.out_size**2
+        if self.kind == "stem":
+            return float(self.in_chs * self.out * self.kernel**2 * outer), 0.0
+        if self.kind == "head":
+            hidden = self.hidden or self.out
+            return float(self.in_chs * self.out * inner + self.out * hidden + hidden * self.classes), 0.0
+        dense = self.mid * self.out * outer
+        if self.kind == "ir" and self.mid != self.in_chs:
+            dense += self.in_chs * self.mid * inner
+        if self.se:
+            dense += 2 * self.mid * se_channels(self.mid, self.se)
+        return float(dense), float(self.mid * self.kernel**2 * outer)
+
+    def activation_elements(self) -> float:
+        """Feature-map elements read and written: the memory the part moves."""
+        if self.kind in ("stem", "head"):
+            return float(self.in_chs * self.size**2 + self.out * self.out_size**2)
+        mid_maps = self.mid * (self.size**2 + self.out_size**2) if self.kind == "ir" else self.mid * self.out_size**2
+        return float(self.in_chs * self.size**2 + mid_maps + self.out * self.out_size**2)
+
+    def params(self) -> float:
+        dense, depthwise = self.macs()
+        return dense / max(self.out_size**2, 1) + depthwise / max(self.out_size**2, 1)
+
+    def linear_features(self) -> list[float]:
+        dense, depthwise = self.macs()
+        return [dense, depthwise, self.activation_elements(), 1.0]
+
+    def forest_features(self) -> list[float]:
+        dense, depthwise = self.macs()
+        return [
+            math.log(self.in_chs), math.log(self.mid), math.log(self.out), float(self.size), float(self.kernel),
+            float(self.stride), self.se, float(self.act == "hswish"), float(self.act == "relu6"),
+            float(self.in_chs % 8 == 0), float(self.mid % 8 == 0), float(self.out % 8 == 0),
+            math.log1p(dense), math.log1p(depthwise), math.log1p(self.activation_elements()),
+            math.log1p(self.params()), float(self.shortcut),
+        ]  # fmt: skip
+
+    @property
+    def shortcut(self) -> bool:
+        """The residual Add (rules.has_shortcut): fused into the projection conv by the runtime."""
+        return self.kind in _ARCH_TYPES and has_shortcut(_ARCH_TYPES[self.kind], self.stride, self.in_chs, self.out)
+
+    def categories(self) -> tuple:
+        """What a regressor cannot interpolate between: a kernel, stride, SE or activation it never saw."""
+        return (self.kernel, self.stride, self.se > 0, self.act)
+
+    def build(self) -> nn.Module:
+        if self.kind == "stem":
+            return ConvBNAct(self.in_chs, self.out, self.kernel, self.stride, act=self.act)
+        if self.kind == "head":
+            classifier: list[nn.Module] = (
+                [nn.Linear(self.out, self.hidden), make_activation(self.act), nn.Linear(self.hidden, self.classes)]
+                if self.hidden
+                else [nn.Linear(self.out, self.classes)]
+            )  # dropout is the identity in an exported (eval) graph
+            return nn.Sequential(
+                ConvBNAct(self.in_chs, self.out, 1, act=self.act), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *classifier
+            )
+        if self.kind == "ir":
+            return InvertedResidual(
+                self.in_chs, self.mid, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut
+            )
+        return DepthwiseSeparable(self.in_chs, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut)
+
+
+_ARCH_TYPES = {"ir": "ir", "dsa": "ds", "dsr": "dsr"}
+
+
+def arch_part_keys(arch: Arch) -> list[str]:
+    """The keys of the stem, blocks and head of `arch`, as a table stores them."""
+    plans = plan_layers(arch)
+    stem, head, last = arch.stem, arch.head, plans[-1]
+    size = plans[0].out_size
+    keys = [f"stem|{arch.input.channels}x{arch.input.size}|o{stem.out}|k{stem.kernel}|s{stem.stride}|{stem.act}"]
+    for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
+        keys.append(
             f"block|{plan.in_chs}x{size}|{_PART_TYPES[block.type]}|k{block.kernel}|s{block.stride}|m{plan.mid_chs}"
             f"|o{block.out}|se{block.se:g}|{block.act}"
         )
-        parts.append(Part(key, (1, plan.in_chs, size, size), lambda b=block, p=plan: build_block(b, p)))
         size = plan.out_size
-    head, last = arch.head, plans[-1]
-    parts.append(
-        Part(
-            f"head|{last.in_chs}x{size}|c{head.conv}|h{head.hidden}|{head.act}|n{arch.num_classes}",
-            (1, last.in_chs, size, size),
-            lambda: nn.Sequential(
-                ConvBNAct(last.in_chs, head.conv, 1, act=head.act),
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(1),
-                build_classifier(arch),
-            ),
-        )
-    )
-    return parts
+    keys.append(f"head|{last.in_chs}x{size}|c{head.conv}|h{head.hidden}|{head.act}|n{arch.num_classes}")
+    return keys
 
 
-def space_parts(space: SearchSpace, input_size: int, channels: int, num_classes: int) -> dict[str, Part]:
+def arch_parts(arch: Arch) -> list[PartConfig]:
+    """Stem, blocks and head of `arch`, parsed."""
+    return [PartConfig.parse(key) for key in arch_part_keys(arch)]
+
+
+def space_parts(space: SearchSpace, input_size: int, channels: int, num_classes: int) -> dict[str, PartConfig]:
     """Every distinct part the space can produce at this input: for each width and each stage, each choice
     combination as the stage's first block and as a repeated one. The layouts come from the sampler's own
     code (arch_from_decisions), so the keys are exactly those of sampled networks."""
-    parts: dict[str, Part] = {}
+    parts: dict[str, PartConfig] = {}
     defaults = [{key: getattr(space.stage_choices(i), key)[0] for key in CHOICE_KEYS} for i in range(len(space.stages))]
     for width in space.width:
         for index in range(len(space.stages)):
@@ -107,8 +251,9 @@ def space_parts(space: SearchSpace, input_size: int, channels: int, num_classes:
                 decisions = [dict(d) for d in defaults]
                 decisions[index] = combo | {"depth": max(choices.depth)}
                 arch = arch_from_decisions(space, width, decisions, input_size, channels, num_classes)
-                for part in arch_parts(arch):
-                    parts.setdefault(part.key, part)
+                for key in arch_part_keys(arch):
+                    if key not in parts:
+                        parts[key] = PartConfig.parse(key)
     return parts
 
 
@@ -123,11 +268,48 @@ def _combinations(choices: Any) -> list[dict[str, Any]]:
     return combos
 
 
-def time_part(target: Target, part: Part) -> LatencyStats:
-    module = part.build().eval()
-    exported = export_module(module, part.shape)
-    return target.time(Prepared(exported.data, part.shape, None, **PART_RECIPE))
+# ---------------------------------------------------------------------------------------------- timing
 
+
+class _Host(nn.Module):
+    """The context a part is timed in: a depthwise 1x1 conv before it (so its input arrives in the layout
+    the runtime chose for the network, NCHWc on x86), a global average pool after it (so its output stays
+    inside the runtime). Without a part, the host alone: the difference is the part's cost in context."""
+
+    def __init__(self, channels: int, part: nn.Module | None, pooled: bool) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
+        self.part = part if part is not None else nn.Identity()
+        self.post = nn.Identity() if pooled else nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.part(self.pre(x)))
+
+
+def _prepared(module: nn.Module, shape: tuple[int, ...]) -> Prepared:
+    return Prepared(export_module(module.eval(), shape).data, shape, None)
+
+
+def _input_only(shape: tuple[int, ...]) -> Prepared:
+    """The image through a global pool: what any network of this input costs before its first layer."""
+    return _prepared(nn.AdaptiveAvgPool2d(1), shape)
+
+
+def time_part_in_context(target: Target, part: PartConfig, recipe: dict[str, Any] = PART_RECIPE) -> float:
+    """The part's cost in ms inside its host (see _Host): the median over interleaved turns of the
+    difference between the host with the part and without it (the stem: against the bare input)."""
+    shape = (1, part.in_chs, part.size, part.size)
+    module = part.build()
+    if part.kind == "stem":
+        with_part, without = _prepared(nn.Sequential(module, nn.AdaptiveAvgPool2d(1)), shape), _input_only(shape)
+    else:
+        with_part = _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape)
+        without = _prepared(_Host(part.in_chs, None, pooled=False), shape)
+    turns = time_rounds(target, [with_part, without], recipe["rounds"], recipe["warmup"], recipe["runs"])
+    return max(statistics.median(a - b for a, b in zip(*turns, strict=True)), PART_FLOOR_MS)
+
+
+# ------------------------------------------------------------------------------------------- the file
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -140,26 +322,92 @@ class _TableInput(pydantic.BaseModel):
 
 
 class LutFile(pydantic.BaseModel):
-    """What a lookup table file holds (`mbsearch.latency.lut/1`)."""
+    """What a lookup table file holds (`mbsearch.latency.lut/2`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["mbsearch.latency.lut/1"] = FORMAT
+    format: Literal["mbsearch.latency.lut/2"] = FORMAT
     space: str
     input: _TableInput
     num_classes: Annotated[int, Field(ge=2, le=100_000)]
     target: str
     device: dict[str, Any]  # the device fingerprint's fields, as the target reported them
     created: str
-    recipe: dict[str, int]
-    # an empty session run: subtracted from every part, added once per network
-    run_overhead_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    network_overhead_ms: _Finite = 0.0  # median of (measured - sum of parts) on the calibration networks
-    correction: Annotated[list[_Finite], Field(min_length=3, max_length=3)] | None = None  # a*sum + b*blocks + c
+    recipe: dict[str, Any]  # how parts were timed (PART_RECIPE)
+    network_recipe: dict[str, Any]  # how whole networks were timed (ROUNDS_RECIPE)
+    exporter: dict[str, Any]  # the exporter, its torch version and the opset of the timed graphs
+    # the input alone through a pool: every network's cost before its first layer
+    input_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    correction: Annotated[list[_Finite], Field(min_length=2, max_length=2)] | None = None  # a*sum + b
     use: Literal["sum", "corrected"] = "sum"
+    residual_sd: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # held-out relative error's sd
     calibration: dict[str, Any] = {}
-    # every part's time is a measured latency: finite and positive (a negative or NaN one would reach a front)
+    profiling: dict[str, Any] = {}  # what building the table cost: parts, timings, minutes
+    # every part's in-context cost: finite and positive (a negative or NaN one would reach a front)
     entries: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
+    adaptive: list[str] = []  # the entries added by adaptive sampling (widths outside the space's)
+
+
+# ---------------------------------------------------------------------------------------- the regressor
+
+
+class KindModel:
+    """One part kind's regressor: a non-negative linear cost model (dense MACs, depthwise MACs, activation
+    elements, a constant) times a random forest's correction fitted on the log ratio. The forest's spread
+    across trees and its out-of-bag error give each prediction a relative uncertainty."""
+
+    def __init__(self, configs: list[PartConfig], times: list[float]) -> None:
+        from sklearn.ensemble import RandomForestRegressor
+        from sklearn.linear_model import LinearRegression
+
+        self.count = len(configs)
+        linear = np.array([c.linear_features() for c in configs])
+        y = np.array(times)
+        self.linear = LinearRegression(positive=True, fit_intercept=False).fit(linear, y)
+        base = self._base(linear)
+        ratio = np.log(y / base)
+        self.forest = None
+        if self.count >= FOREST_MIN_SAMPLES:
+            self.forest = RandomForestRegressor(
+                n_estimators=100, min_samples_leaf=2, oob_score=True, random_state=0, n_jobs=1
+            ).fit(np.array([c.forest_features() for c in configs]), ratio)
+            self.noise = float(np.sqrt(np.mean((self.forest.oob_prediction_ - ratio) ** 2)))
+        else:
+            self.noise = float(np.std(ratio)) if self.count > 1 else 0.5
+        # The range it was trained on: a part outside it is an extrapolation, and says so.
+        self.low = np.min([_range_features(c) for c in configs], axis=0)
+        self.high = np.max([_range_features(c) for c in configs], axis=0)
+        self.seen = {c.categories() for c in configs}
+
+    def _base(self, linear: np.ndarray) -> np.ndarray:
+        floor = PART_FLOOR_MS
+        return np.maximum(self.linear.predict(linear), floor)
+
+    def predict(self, configs: list[PartConfig]) -> tuple[np.ndarray, np.ndarray]:
+        """(ms, relative sd) for each config."""
+        base = self._base(np.array([c.linear_features() for c in configs]))
+        if self.forest is None:
+            return base, np.full(len(configs), self.noise)
+        features = np.array([c.forest_features() for c in configs])
+        per_tree = np.stack([tree.predict(features) for tree in self.forest.estimators_])
+        spread = per_tree.std(axis=0)
+        return base * np.exp(per_tree.mean(axis=0)), np.sqrt(spread**2 + self.noise**2)
+
+    def inside(self, config: PartConfig) -> bool:
+        values = np.array(_range_features(config))
+        return bool(np.all(values >= self.low) and np.all(values <= self.high) and config.categories() in self.seen)
+
+
+def _range_features(config: PartConfig) -> list[float]:
+    return [config.in_chs, config.mid, config.out, config.size]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ms: float
+    sd_ms: float
+    source: Literal["table", "interpolated", "extrapolated"]
+    outside: tuple[str, ...] = ()  # the parts outside the regressor's training range
 
 
 class LookupTable:
@@ -182,23 +430,45 @@ class LookupTable:
         raw = parse_json(read_text(path, "lookup table"), str(path))
         if isinstance(raw, dict) and raw.get("format") not in (None, FORMAT):
             raise BadInput(
-                f"{path}: format {raw.get('format')!r} is not {FORMAT!r}; rebuild it with 'mbsearch profile'"
+                f"{path}: format {raw.get('format')!r} is not {FORMAT!r} (another timing recipe); rebuild it with "
+                "'mbsearch profile'"
             )
         try:
-            return cls(LutFile.model_validate(raw), path)
+            table = cls(LutFile.model_validate(raw), path)
         except pydantic.ValidationError as exc:
             raise BadInput(describe_validation_error(exc, str(path))) from None
+        table.check_recipe()
+        for key in table.data.entries:
+            PartConfig.parse(key)
+        return table
+
+    def check_recipe(self) -> None:
+        """Refuse a table timed by another recipe or on another exporter's graphs: its entries would not
+        add up to the latency this version measures."""
+        data = self.data
+        if data.recipe != PART_RECIPE or data.network_recipe != ROUNDS_RECIPE:
+            raise BadInput(
+                f"{self.name} was timed with recipe {data.recipe.get('name')!r} {data.recipe} (this version: "
+                f"{PART_RECIPE}); rebuild it with 'mbsearch profile'"
+            )
+        wanted = exporter_identity(TIMED_EXPORTER)
+        if data.exporter != wanted:
+            raise BadInput(
+                f"{self.name} timed graphs of exporter {data.exporter} (this version exports {wanted}); rebuild it "
+                "with 'mbsearch profile'"
+            )
 
     def calibration_line(self) -> str | None:
-        """The calibration's overhead and errors in one line (None when not calibrated)."""
+        """The calibration's held-out errors in one line (None when not calibrated)."""
         summary = self.data.calibration
         if not summary:
             return None
+        held_out = summary.get("held_out", {})
         return (
-            f"per-network overhead {self.data.network_overhead_ms:+.3f} ms; median |error| on the "
-            f"{summary['networks']} calibration networks: sum {summary.get('median_abs_error_sum', float('nan')):.1%}, "
-            f"corrected {summary.get('median_abs_error_corrected', float('nan')):.1%}; predicts with the "
-            f"{self.data.use} (benchmarks/latency.py measures held-out error)"
+            f"held-out error over {summary['networks']} calibration networks ({FOLDS}-fold): median "
+            f"{held_out.get('median_abs_error', float('nan')):.1%}, within ±10% "
+            f"{held_out.get('within_10pct', float('nan')):.0%}; predicts with the {self.data.use} "
+            "(benchmarks/latency.py measures it on networks the table never saw)"
         )
 
     def save(self, path: Path) -> None:
@@ -207,15 +477,27 @@ class LookupTable:
     def device(self) -> dict[str, Any]:
         return self._device
 
+    @cached_property
+    def models(self) -> dict[str, KindModel]:
+        """One regressor per part kind, fitted on the entries when first needed (deterministic: seeded)."""
+        by_kind: dict[str, tuple[list[PartConfig], list[float]]] = {}
+        for key, ms in self.data.entries.items():
+            config = PartConfig.parse(key)
+            configs, times = by_kind.setdefault(config.kind, ([], []))
+            configs.append(config)
+            times.append(ms)
+        return {kind: KindModel(configs, times) for kind, (configs, times) in by_kind.items()}
+
     def check_covers(self, space: SearchSpace, input_size: int, channels: int, num_classes: int) -> None:
-        """Refuse, before a search starts, a table made for another space or input, or one that lacks a part
-        the space can produce (found now, not after trainings)."""
+        """Refuse, before a search starts, a table made for another space or input, or one with no entry of a
+        part kind the space can produce (a kind it never timed cannot be predicted; a width can)."""
         self.check_fits(space.name, input_size, channels, num_classes)
-        missing = [key for key in space_parts(space, input_size, channels, num_classes) if key not in self.data.entries]
+        kinds = {part.kind for part in space_parts(space, input_size, channels, num_classes).values()}
+        missing = sorted(kinds - set(self.models))
         if missing:
             raise BadInput(
-                f"--lut {self.name} lacks {len(missing)} part(s) of space {space.name} (e.g. {missing[0]}); "
-                "rebuild it with 'mbsearch profile' for this space"
+                f"--lut {self.name} has no timed part of kind {', '.join(missing)}, which space {space.name} "
+                "produces; rebuild it with 'mbsearch profile' for this space"
             )
 
     def check_fits(self, space_name: str, input_size: int, channels: int, num_classes: int) -> None:
@@ -233,36 +515,68 @@ class LookupTable:
                 "(use --latency-input-size for the deployment resolution)"
             )
 
-    def plain_sum(self, arch: Arch) -> float:
-        """One empty run plus each part's time beyond it."""
-        total = self.data.run_overhead_ms
-        for part in arch_parts(arch):
-            if part.key not in self.data.entries:
+    def parts(self, arch: Arch) -> tuple[np.ndarray, np.ndarray, str, tuple[str, ...]]:
+        """Each part's ms and sd (ms), the prediction's source, and the parts outside the training range."""
+        configs = arch_parts(arch)
+        ms, sd = np.zeros(len(configs)), np.zeros(len(configs))
+        outside: list[str] = []
+        interpolated = False
+        for kind in {c.kind for c in configs}:
+            if kind not in self.models:
                 raise RuntimeFailure(
-                    f"{part.key} is not in the lookup table {self.name} (made for space {self.data.space}); "
-                    "rebuild it with 'mbsearch profile' for this space"
+                    f"the lookup table {self.name} has no timed part of kind {kind} (made for space "
+                    f"{self.data.space}); rebuild it with 'mbsearch profile' for this space"
                 )
-            total += self.data.entries[part.key] - self.data.run_overhead_ms
-        return total
+            model = self.models[kind]
+            index = [i for i, c in enumerate(configs) if c.kind == kind]
+            predicted, relative = model.predict([configs[i] for i in index])
+            for i, value, rel in zip(index, predicted, relative, strict=True):
+                hit = self.data.entries.get(configs[i].key)
+                if hit is not None:
+                    ms[i], sd[i] = hit, hit * model.noise  # measured: only its own noise
+                    continue
+                ms[i], sd[i] = value, value * rel
+                interpolated = True
+                if not model.inside(configs[i]):
+                    outside.append(configs[i].key)
+        source = "extrapolated" if outside else "interpolated" if interpolated else "table"
+        return ms, sd, source, tuple(outside)
+
+    def plain_sum(self, arch: Arch) -> float:
+        """The input's cost plus each part's in-context cost."""
+        return self.data.input_ms + float(self.parts(arch)[0].sum())
+
+    def prediction(self, arch: Arch, how: str | None = None) -> Prediction:
+        """Predicted latency (ms) with its uncertainty and its source."""
+        ms, sd, source, outside = self.parts(arch)
+        plain = self.data.input_ms + float(ms.sum())
+        scale = 1.0
+        if (how or self.data.use) == "corrected" and self.data.correction:
+            a, b = self.data.correction
+            predicted, scale = a * plain + b, a
+        else:
+            predicted = plain
+        # No network runs faster than its input alone: a fitted correction must not predict less.
+        predicted = max(predicted, self.data.input_ms)
+        # Part errors (independent) plus the network-level error the held-out calibration measured.
+        spread = math.sqrt(float((scale * sd) @ (scale * sd)) + (self.data.residual_sd * predicted) ** 2)
+        return Prediction(predicted, spread, source, outside)
 
     def predict(self, arch: Arch, how: str | None = None) -> float:
-        """Predicted latency in ms: the sum plus the per-network overhead, or the fitted correction."""
-        plain = self.plain_sum(arch)
-        if (how or self.data.use) == "corrected" and self.data.correction:
-            a, b, c = self.data.correction
-            predicted = a * plain + b * len(arch.blocks) + c
-        else:
-            predicted = plain + self.data.network_overhead_ms
-        # No network runs faster than an empty run: a fitted overhead or correction must not predict less
-        return max(predicted, self.data.run_overhead_ms)
+        return self.prediction(arch, how).ms
 
     def prepare(self, model: nn.Module, arch: Arch, timings: dict[str, float] | None = None) -> Prepared:
         return Prepared(None, input_shape(arch), arch)
 
     def time(self, prepared: Prepared) -> LatencyStats:
         assert prepared.arch is not None
-        predicted = self.predict(prepared.arch)
-        return LatencyStats(predicted, 0.0, predicted, predicted, 0, 0, "predicted", "lut", self.threads)
+        p = self.prediction(prepared.arch)
+        return LatencyStats(
+            p.ms, 0.0, p.ms, p.ms, 0, 0, "predicted", "lut", self.threads, sd_ms=p.sd_ms, source=f"predicted:{p.source}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ profiling
 
 
 def profile(
@@ -275,45 +589,129 @@ def profile(
     seed: int = 0,
     partial: Path | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    adaptive: int = 0,
+    sample: int = 0,
 ) -> LookupTable:
-    """Time every part of the space on `target`, then calibrate on `calibrate` whole networks.
+    """Time every part of the space in context on `target` (or, with `sample`, every stem and head and a
+    seeded sample of that many blocks: the regressors predict the rest, as nn-Meter's do), then `adaptive`
+    more parts where a first fit errs most, then calibrate on `calibrate` whole networks (timed by the
+    interleaved recipe).
 
     `partial` keeps the entries timed so far (written every 25 parts), so an interrupted profile resumes."""
-    parts = space_parts(space, input_size, channels, num_classes)
+    parts = sampled_parts(space_parts(space, input_size, channels, num_classes), sample, seed)
     device = target.device()
-    header = {"space": space.name, "input": f"{channels}x{input_size}", "device": device["fingerprint"]}
+    header = {
+        "space": space.name,
+        "input": f"{channels}x{input_size}",
+        "device": device["fingerprint"],
+        "recipe": PART_RECIPE,
+    }
     entries: dict[str, float] = _read_partial(partial, header)
-    overhead_part = Part("empty-run", (1, 1, 8, 8), nn.ReLU)
-    run_overhead = entries.get(overhead_part.key) or time_part(target, overhead_part).median_ms
-    entries[overhead_part.key] = run_overhead
+    timings = 0
+
+    def time_all(todo: list[PartConfig], what: str, total: int, offset: int) -> None:
+        nonlocal timings
+        for done, part in enumerate(todo, start=1):
+            entries[part.key] = time_part_in_context(target, part)
+            timings += 2 * PART_RECIPE["rounds"]
+            if on_progress:
+                on_progress(what, offset + done, total)
+            if partial is not None and (done % 25 == 0 or done == len(todo)):
+                write_atomic(partial, json.dumps({"header": header, "entries": entries}))
+
+    input_key = "input-only"
+    if input_key not in entries:
+        shape = (1, channels, input_size, input_size)
+        entries[input_key] = latencies_by_rounds(target, [_input_only(shape)])[0]
     todo = [part for key, part in parts.items() if key not in entries]
-    for done, part in enumerate(todo, start=1):
-        entries[part.key] = time_part(target, part).median_ms
-        if on_progress:
-            on_progress("part", len(parts) - len(todo) + done, len(parts))
-        if partial is not None and (done % 25 == 0 or done == len(todo)):
-            write_atomic(partial, json.dumps({"header": header, "entries": entries}))
-    entries.pop(overhead_part.key)
-    table = LookupTable(
+    time_all(todo, "part", len(parts), len(parts) - len(todo))
+    input_ms = entries.pop(input_key)
+    added = [key for key in entries if key not in parts]
+    if adaptive > len(added):
+        table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added)
+        extra = adaptive_samples(table, adaptive - len(added), seed)
+        time_all(extra, "adaptive part", adaptive, len(added))
+        added += [part.key for part in extra]
+    table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added)
+    calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
+    measured = whole_network_latencies(target, calibration)
+    if on_progress and calibration:
+        on_progress("calibration network", len(calibration), len(calibration))
+    timings += len(calibration) * ROUNDS_RECIPE["rounds"]
+    table = calibrated(table, calibration, measured)
+    profiling = {"parts": len(entries), "adaptive": len(added), "timings": timings, "networks": len(calibration)}
+    return LookupTable(table.data.model_copy(update={"profiling": profiling}), table.path)
+
+
+def sampled_parts(parts: dict[str, PartConfig], sample: int, seed: int = 0) -> dict[str, PartConfig]:
+    """Every stem and head, and a seeded sample of `sample` blocks (all of them when `sample` is 0)."""
+    blocks = sorted(key for key, part in parts.items() if part.kind not in ("stem", "head"))
+    if not sample or sample >= len(blocks):
+        return parts
+    kept = set(random.Random(seed).sample(blocks, sample))
+    return {key: part for key, part in parts.items() if part.kind in ("stem", "head") or key in kept}
+
+
+def _table(
+    space: SearchSpace,
+    target: Target,
+    input_size: int,
+    channels: int,
+    num_classes: int,
+    input_ms: float,
+    entries: dict[str, float],
+    added: list[str],
+) -> LookupTable:
+    return LookupTable(
         LutFile(
             space=space.name,
             input={"channels": channels, "size": input_size},
             num_classes=num_classes,
             target=target.name,
-            device=device,
+            device=target.device(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             recipe=PART_RECIPE,
-            run_overhead_ms=run_overhead,
-            entries=entries,
+            network_recipe=ROUNDS_RECIPE,
+            exporter=exporter_identity(TIMED_EXPORTER),
+            input_ms=input_ms,
+            entries=dict(entries),
+            adaptive=list(added),
         )
     )
-    calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
-    measured = []
-    for index, arch in enumerate(calibration, start=1):
-        measured.append(latency_of(arch, target).median_ms)
-        if on_progress:
-            on_progress("calibration network", index, len(calibration))
-    return calibrated(table, calibration, measured)
+
+
+def adaptive_samples(table: LookupTable, count: int, seed: int = 0) -> list[PartConfig]:
+    """nn-Meter's adaptive sampling: around the block entries the regressor fits worst (out-of-bag), new
+    configurations at other widths (x0.6 to x1.4, any channel count, not only multiples of 8), so widths
+    between and beyond the space's are learned where they matter most."""
+    rng = random.Random(seed)
+    worst: list[tuple[float, PartConfig]] = []
+    for kind, model in table.models.items():
+        if model.forest is None or kind in ("stem", "head"):
+            continue
+        configs = [PartConfig.parse(k) for k in table.data.entries if PartConfig.parse(k).kind == kind]
+        ratio = np.log([table.data.entries[c.key] for c in configs]) - np.log(
+            model._base(np.array([c.linear_features() for c in configs]))
+        )
+        errors = np.abs(model.forest.oob_prediction_ - ratio)
+        worst += [(float(e), c) for e, c in zip(errors, configs, strict=True)]
+    worst.sort(key=lambda item: -item[0])
+    chosen: dict[str, PartConfig] = {}
+    for _, config in worst * 4:
+        if len(chosen) >= count:
+            break
+        factor = rng.uniform(0.6, 1.4)
+        in_chs, mid, out = (max(4, round(chs * factor)) for chs in (config.in_chs, config.mid, config.out))
+        scaled = config.with_widths(in_chs, mid, out)
+        if scaled.key not in table.data.entries:
+            chosen[scaled.key] = scaled
+    return list(chosen.values())
+
+
+def whole_network_latencies(target: Target, archs: list[Arch]) -> list[float]:
+    """Networks timed whole by the interleaved recipe: the ground truth tables are calibrated and judged on."""
+    prepared = [exported(build_seeded(arch, 0), arch) for arch in archs]
+    return latencies_by_rounds(target, prepared) if prepared else []
 
 
 def calibration_archs(
@@ -326,30 +724,36 @@ def calibration_archs(
 
 
 def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> LookupTable:
-    """The table with its per-network overhead and linear correction fitted on networks timed whole."""
+    """The table with a network-level correction `a*sum + b`, fitted on networks timed whole, and its
+    error measured on networks it was not fitted on (k-fold): that held-out error decides whether the
+    correction is used, and its spread is every prediction's network-level uncertainty."""
     if not archs:
         return table
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+
     plain = np.array([table.plain_sum(arch) for arch in archs])
     truth = np.array(measured)
-    overhead = float(np.median(truth - plain))
-    summary: dict[str, Any] = {"networks": len(archs), "overhead_ms": overhead}
-    update: dict[str, Any] = {"network_overhead_ms": overhead}
-    use = "sum"
-    if len(archs) >= 5:
-        features = np.column_stack([plain, [len(arch.blocks) for arch in archs], np.ones(len(archs))])
-        coef, *_ = np.linalg.lstsq(features, truth, rcond=None)
-        sum_error = np.median(np.abs(plain + overhead - truth) / truth)
-        fit_error = np.median(np.abs(features @ coef - truth) / truth)
-        update["correction"] = [float(c) for c in coef]
-        # Fitted and judged on the same networks, so the correction must clearly win to be used.
-        use = "corrected" if fit_error < 0.8 * sum_error else "sum"
-        summary |= {"median_abs_error_sum": float(sum_error), "median_abs_error_corrected": float(fit_error)}
-    update |= {"use": use, "calibration": summary}
+    summary: dict[str, Any] = {"networks": len(archs)}
+    update: dict[str, Any] = {}
+    sum_error = (plain - truth) / truth
+    use, held_out = "sum", sum_error
+    if len(archs) >= 2 * FOLDS:
+        folds = KFold(FOLDS, shuffle=True, random_state=0)
+        corrected = cross_val_predict(LinearRegression(), plain.reshape(-1, 1), truth, cv=folds)
+        corrected_error = (corrected - truth) / truth
+        fit = LinearRegression().fit(plain.reshape(-1, 1), truth)
+        update["correction"] = [float(fit.coef_[0]), float(fit.intercept_)]
+        summary["held_out_sum"] = prediction_error(list(plain), list(truth))
+        if np.median(np.abs(corrected_error)) < np.median(np.abs(sum_error)):
+            use, held_out = "corrected", corrected_error
+    summary["held_out"] = prediction_error(list(truth * (1 + held_out)), list(truth))
+    update |= {"use": use, "calibration": summary, "residual_sd": float(np.sqrt(np.mean(held_out**2)))}
     return LookupTable(table.data.model_copy(update=update), table.path)
 
 
 def _read_partial(path: Path | None, header: dict[str, Any]) -> dict[str, float]:
-    """Entries of an interrupted profile of the same space, input and device; else none."""
+    """Entries of an interrupted profile of the same space, input, device and recipe; else none."""
     if path is None or not path.is_file():
         return {}
     try:
@@ -362,7 +766,7 @@ def _read_partial(path: Path | None, header: dict[str, Any]) -> dict[str, float]
 
 
 def prediction_error(predicted: list[float], measured: list[float]) -> dict[str, float]:
-    """Share within ±5% and ±10%, median absolute error, and Kendall tau of the two rankings."""
+    """Share within ±5% and ±10%, median absolute error, RMSPE and Kendall tau of the two rankings."""
     from mbsearch.ranking import kendall_tau
 
     p, m = np.array(predicted), np.array(measured)
@@ -371,6 +775,7 @@ def prediction_error(predicted: list[float], measured: list[float]) -> dict[str,
         "within_5pct": float(np.mean(relative <= 0.05)),
         "within_10pct": float(np.mean(relative <= 0.10)),
         "median_abs_error": float(np.median(relative)),
-        "kendall_tau": float(kendall_tau(list(p), list(m))),
+        "rmspe": float(np.sqrt(np.mean(relative**2))),
+        "kendall_tau": float(kendall_tau(list(p), list(m))) if len(m) > 1 else float("nan"),
         "networks": len(m),
     }

@@ -10,7 +10,7 @@ import torch
 
 from mbsearch.files import check_outputs
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.lut import LookupTable, profile, space_parts
+from mbsearch.latency.lut import LookupTable, profile, sampled_parts, space_parts
 from mbsearch.spec.space import load_space
 
 
@@ -26,6 +26,8 @@ def profile_to_file(
     seed: int,
     output: Path,
     on_event: Callable[[str], None],
+    adaptive: int = 0,
+    sample: int = 0,
 ) -> LookupTable:
     """Build the lookup table of `space` on `target` and write it to `output`; every output is checked first,
     and an interrupted run resumes from OUTPUT.partial. Timing runs single-threaded in torch (restored)."""
@@ -39,13 +41,14 @@ def profile_to_file(
     search_space = load_space(space)
     device = open_target(target, "onnxruntime", threads, token)
     info = device.device()
-    count = len(space_parts(search_space, input_size, channels, classes))
+    count = len(sampled_parts(space_parts(search_space, input_size, channels, classes), sample, seed))
     on_event(
         f"profiling {count} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
         f"{device.name} (device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s), "
-        f"{info['threads']} thread(s)), then {calibrate} calibration network(s)"
+        f"{info['threads']} thread(s)), in context; then {adaptive} adaptive part(s) and {calibrate} calibration "
+        "network(s)"
     )
-    shown = {"part": 0, "calibration network": 0}
+    shown = {"part": 0, "adaptive part": 0, "calibration network": 0}
 
     def progress(what: str, done: int, total: int) -> None:
         if done == total or done - shown[what] >= max(1, total // 10):
@@ -55,7 +58,9 @@ def profile_to_file(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        table = profile(search_space, device, input_size, channels, classes, calibrate, seed, partial, progress)
+        table = profile(
+            search_space, device, input_size, channels, classes, calibrate, seed, partial, progress, adaptive, sample
+        )
     finally:
         torch.set_num_threads(previous_threads)
     table.save(output)

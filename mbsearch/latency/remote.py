@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import ConfigDict, Field, StringConstraints
@@ -75,6 +75,8 @@ class StatsAnswer(pydantic.BaseModel):
     target: _Text
     runtime: _Text
     threads: Annotated[int, Field(ge=1)]
+    sd_ms: _Milliseconds = 0.0  # absent from agents before 2026-12-02
+    source: Literal["measured"] = "measured"  # an agent measures; only a lookup table predicts
 
 
 class MeasureAnswer(pydantic.BaseModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -200,6 +201,29 @@ def exported(model: nn.Module, arch: Arch, timings: dict | None = None) -> Prepa
     if timings is not None:
         timings[f"export_{onnx.exporter}"] = round(time.perf_counter() - started, 4)
     return Prepared(onnx.data, input_shape(arch), arch)
+
+
+# The interleaved recipe (issue 20): networks (or a part and its host) take turns, a fresh short session each
+# turn, so a device's drift over minutes lands on all of them alike instead of on whichever ran then; each
+# turn keeps its fastest run (the least disturbed), and a network's latency is the median over its turns.
+ROUNDS_RECIPE = {"name": "rounds", "rounds": 7, "warmup": 3, "runs": 10}
+
+
+def time_rounds(target: Target, prepared: list[Prepared], rounds: int, warmup: int, runs: int) -> list[list[float]]:
+    """For each prepared network, its fastest run (ms) in each of `rounds` turns, the networks interleaved."""
+    minima: list[list[float]] = [[] for _ in prepared]
+    for _ in range(rounds):
+        for index, item in enumerate(prepared):
+            stats = target.time(replace(item, warmup=warmup, runs=runs, attempts=1, sessions=1))
+            minima[index].append(stats.min_ms)
+    return minima
+
+
+def latencies_by_rounds(target: Target, prepared: list[Prepared], recipe: dict | None = None) -> list[float]:
+    """The median over the turns of each network's fastest run (ms): the ground truth of lookup tables."""
+    recipe = recipe or ROUNDS_RECIPE
+    minima = time_rounds(target, prepared, recipe["rounds"], recipe["warmup"], recipe["runs"])
+    return [statistics.median(turns) for turns in minima]
 
 
 def is_remote(name: str) -> bool:

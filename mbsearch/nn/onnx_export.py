@@ -90,9 +90,16 @@ def to_onnx(model: nn.Module, arch: Arch, fast: bool = True) -> bytes:
     return export_onnx(model, arch, fast).data
 
 
+def exporter_identity(exporter: str) -> dict[str, str | int]:
+    """What a timed graph depends on besides the network: the exporter, its torch and the opset. Lookup
+    tables record it, and refuse to predict for another (the graphs, and so the timings, differ)."""
+    return {"exporter": exporter, "torch": torch.__version__.split("+")[0], "opset": OPSET}
+
+
 def write_onnx(arch: Arch, path: Path, model: nn.Module | None = None) -> None:
-    """Write a checked ONNX file (the dynamo exporter, opset 18)."""
+    """Write a checked ONNX file: the very graph a search times (export_onnx, same exporter and opset), so
+    the latency a study reports is the latency of the file a user deploys (issue 20)."""
     model = model or build_model(arch)
-    data = to_onnx(model, arch, fast=False)
+    data = to_onnx(model, arch)
     onnx.checker.check_model(onnx.load_from_string(data))
     write_atomic(path, data)

@@ -139,19 +139,22 @@ def compute(
 
 
 def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
-    records = retimings(finished.study)
-    if not records:
+    retimed = retimings(finished.study)
+    if not retimed:
         return None
     latency = finished.frame.set_index("number")["latency_ms"]
+    trials = finished.study.get_trials(deepcopy=False)
     rows = [
         {
             "number": number,
             "latency_ms": float(latency.get(number, float("nan"))),
+            "sd_ms": float(trials[number].user_attrs.get(records.LATENCY_SD_MS, 0.0)),
+            "source": str(trials[number].user_attrs.get(records.LATENCY_SOURCE, "measured")),
             "confirmed_ms": record["latency_ms"],
             "target": record["target"],
             "fingerprint": record["fingerprint"],
         }
-        for number, record in sorted(records.items())
+        for number, record in sorted(retimed.items())
     ]
     return pd.DataFrame(rows)
 
@@ -176,15 +179,23 @@ def _confirmed_text(frame: pd.DataFrame | None) -> str:
     if frame is None:
         return "<p>No trial re-timed on another target ('run --confirm-on' or 'verify --target' does it).</p>"
     rows = "".join(
-        f"<tr><td>{row.number}</td><td>{row.latency_ms:.3f}</td><td>{row.confirmed_ms:.3f}</td>"
+        f"<tr><td>{row.number}</td><td>{row.latency_ms:.3f}</td><td>{row.sd_ms:.3f}</td>"
+        f"<td>{html.escape(row.source)}</td><td>{row.confirmed_ms:.3f}</td>"
         f"<td>{(row.latency_ms - row.confirmed_ms) / row.confirmed_ms:+.1%}</td><td>{html.escape(row.target)}</td></tr>"
         for row in frame.itertuples()
     )
     within = float(((frame["latency_ms"] - frame["confirmed_ms"]).abs() / frame["confirmed_ms"] <= 0.10).mean())
+    outside = int((frame["source"] == "predicted:extrapolated").sum())
+    warning = (
+        f" {outside} of them were predicted outside the range the table's regressor was trained on "
+        "(source 'predicted:extrapolated'): trust their re-timing, not the prediction."
+        if outside
+        else ""
+    )
     return (
-        f"<p>{within:.0%} of {len(frame)} re-timed trial(s) within ±10% of the search's latency.</p>"
-        "<table class='front' id='confirmed-table'><tr><th>trial</th><th>search latency ms</th>"
-        f"<th>re-timed ms</th><th>error</th><th>target</th></tr>{rows}</table>"
+        f"<p>{within:.0%} of {len(frame)} re-timed trial(s) within ±10% of the search's latency.{warning}</p>"
+        "<table class='front' id='confirmed-table'><tr><th>trial</th><th>search latency ms</th><th>± sd ms</th>"
+        f"<th>source</th><th>re-timed ms</th><th>error</th><th>target</th></tr>{rows}</table>"
     )
 
 

@@ -17,6 +17,8 @@ COLUMNS = [
     records.VAL_ACCURACY,
     records.LATENCY_MS,
     records.LATENCY_IQR_MS,
+    records.LATENCY_SD_MS,
+    records.LATENCY_SOURCE,
     records.PARAMS,
     records.MACS,
     "feasible",

@@ -6,12 +6,18 @@ there as a study user attribute `confirmed:<trial>`; the report sets it beside t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
+import numpy as np
 import optuna
+import pandas as pd
 
 from mbsearch.latency.profiler import latency_of
 from mbsearch.latency.targets import Target
+from mbsearch.results.pareto import MULTI_FIDELITY, candidates, decision_front, dominates
 from mbsearch.study import records
+
+UNCERTAINTY_Z = 2.0  # a predicted latency could be this many sds faster than predicted
 
 
 def retimings(study: optuna.Study) -> dict[int, dict]:
@@ -44,9 +50,31 @@ def retime(
             "target": target.name,
             "fingerprint": device["fingerprint"],
             "cpu": device.get("cpu"),
+            "timed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         study.set_user_attr(f"{records.CONFIRMED_PREFIX}{number}", record)
         done[number] = record
         if on_done:
             on_done(number, trial.user_attrs.get(records.LATENCY_MS, float("nan")), stats.median_ms)
     return done
+
+
+def to_confirm(frame: pd.DataFrame, z: float = UNCERTAINTY_Z) -> list[int]:
+    """The trials a predicted search times on the real device: its front, and every candidate whose latency,
+    `z` sds faster than predicted, would put it on the front (its uncertainty could change its place)."""
+    front, basis = decision_front(frame)
+    if front.empty:
+        return []
+    pool = candidates(frame)
+    # Each candidate's accuracy on the front's own basis (pareto.decision_front).
+    column = {"verified": "verified_accuracy", MULTI_FIDELITY: "rung_accuracy"}.get(basis, "val_accuracy")
+    pool = pool[pool[column].notna()]
+    sd = pool[records.LATENCY_SD_MS].fillna(0.0).astype(float) if records.LATENCY_SD_MS in pool else 0.0
+    optimistic = (pool["latency_ms"].astype(float) - z * sd).clip(lower=0.0).to_numpy()
+    accuracy = pool[column].to_numpy(float)
+    front_accuracy, front_latency = front["val_accuracy"].to_numpy(float), front["latency_ms"].to_numpy(float)
+    chosen = set(front["number"].astype(int))
+    for number, acc, fast in zip(pool["number"].astype(int), accuracy, optimistic, strict=True):
+        if not np.any(dominates(front_accuracy, front_latency, acc, fast)):
+            chosen.add(int(number))
+    return sorted(chosen)

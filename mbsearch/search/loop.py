@@ -11,7 +11,9 @@ import os
 import platform
 import shutil
 import socket
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +28,7 @@ from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import LatencyCache, Target
 from mbsearch.results.pareto import decision_front, trials_frame
-from mbsearch.results.retime import retime
+from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
 from mbsearch.search.rungs import Promoter
 from mbsearch.spec.sample import check_space_fits
@@ -236,9 +238,10 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     promoter = Promoter(config, data, training) if config.rungs else None
     if reporter:
         reporter.start(study, config, complete_and_running(study)[0])
+    confirm = _confirmer(config) if config.confirm_on is not None and worker_id == 0 else None
     try:
         with interrupts.deferred_signals():
-            timed_out = _trial_loop(study, objective, config, reporter, promoter)
+            timed_out = _trial_loop(study, objective, config, reporter, promoter, confirm)
     except KeyboardInterrupt:
         write_outputs(study, study_dir)
         complete, _ = complete_and_running(study)
@@ -251,11 +254,27 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
         if reporter:
             reporter.finish()
     frame, front, basis = write_outputs(study, study_dir)
-    if config.confirm_on is not None and worker_id == 0 and not front.empty:
-        # Predicted (or elsewhere-measured) latencies of the front, re-timed on the real target.
-        device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
-        retime(study, [int(n) for n in front["number"]], device)
+    if confirm is not None:
+        confirm(study, strict=True)  # what the last trials changed; a lost device now fails the command
     return SearchResult(study, frame, front, study_dir, timed_out, basis)
+
+
+def _confirmer(config: RunConfig) -> Callable[..., None]:
+    """After each trial, time on `--confirm-on` the front and the candidates whose predicted latency is
+    uncertain enough to change their place on it (results.retime.to_confirm): during the search, so the
+    user sees predicted against measured as it runs; each trial is timed once per device."""
+    device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+
+    def confirm(study: optuna.Study, strict: bool = False) -> None:
+        try:
+            retime(study, to_confirm(trials_frame(study)), device)
+        except RuntimeFailure as exc:
+            if strict:
+                raise
+            # A device lost mid-search: the search goes on; the next trial, or the end, tries again.
+            print(f"warning: --confirm-on {config.confirm_on}: {exc}; retrying after the next trial", file=sys.stderr)
+
+    return confirm
 
 
 def _trial_loop(
@@ -264,6 +283,7 @@ def _trial_loop(
     config: RunConfig,
     reporter: Reporter | None,
     promoter: Promoter | None = None,
+    confirm: Callable[[optuna.Study], None] | None = None,
 ) -> bool:
     """Run trials until `config.trials` are complete (and, with --rungs, no promotion is due); True when
     --timeout stopped it first. Promotions go first: ASHA promotes as soon as a candidate qualifies."""
@@ -273,6 +293,8 @@ def _trial_loop(
     callbacks = [lambda s, t: finished.append(t)]
     if reporter:
         callbacks.append(reporter.trial_done)
+    if confirm is not None:
+        callbacks.append(lambda s, t: confirm(s))
     while True:
         interrupts.check()
         if deadline is not None and time.monotonic() >= deadline:

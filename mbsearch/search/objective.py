@@ -166,6 +166,8 @@ class Objective:
             records.LATENCY_MS: stats.median_ms,
             records.LATENCY_IQR_MS: stats.iqr_ms,
             records.LATENCY_CACHED: cached,
+            records.LATENCY_SOURCE: stats.source,
+            records.LATENCY_SD_MS: stats.sd_ms,
         }.items():
             trial.set_user_attr(key, value)
 

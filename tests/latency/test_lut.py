@@ -1,18 +1,21 @@
-"""Per-block lookup tables: built on this CPU for a small space, saved, loaded, used by a search."""
+"""Per-block latency prediction: a table profiled in context on this CPU for a small space, saved, loaded,
+used by a search; widths it never timed are predicted by its regressors, with their source and uncertainty."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import optuna
 import pytest
 
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency.lut import FORMAT, LookupTable, arch_parts, profile, space_parts
+from mbsearch.latency.lut import FORMAT, PART_RECIPE, LookupTable, arch_part_keys, profile, space_parts
 from mbsearch.latency.targets import LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
 from mbsearch.spec.arch import Arch
+from mbsearch.spec.plan import plan_layers
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import load_space
 from mbsearch.study.config import RunConfig
@@ -22,7 +25,7 @@ SMALL_SPACE = """
 name: small
 stem: {out: 16, kernel: 3, stride: 2, act: hswish}
 width: [0.5, 1.0]
-choices: {block: [ir, ds], kernel: [3, 5], expand: [1, 3], se: [0, 0.25], act: [relu], depth: [1, 2]}
+choices: {block: [ir, ds], kernel: [3], expand: [1, 3], se: [0, 0.25], act: [relu], depth: [1, 2]}
 stages:
   - {out: 16, stride: 1}
   - {out: 24, stride: 2}
@@ -38,11 +41,11 @@ def private_lock_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """The space file and a table profiled for it on this CPU, with 6 calibration networks."""
+    """The space file and a table profiled for it on this CPU, with 4 adaptive parts and 10 calibration networks."""
     folder = tmp_path_factory.mktemp("lut")
     path = folder / "small.yaml"
     path.write_text(SMALL_SPACE)
-    table = profile(load_space(path), LocalTarget("cpu", "onnxruntime", 1), 28, 1, 10, calibrate=6)
+    table = profile(load_space(path), LocalTarget("cpu", "onnxruntime", 1), 28, 1, 10, calibrate=10, adaptive=4)
     table.save(folder / "small-lut.json")
     return path, folder / "small-lut.json", table
 
@@ -51,11 +54,13 @@ def test_every_sampled_network_is_covered_by_the_parts_of_its_space(small) -> No
     space_path, _, table = small
     space = load_space(space_path)
     keys = set(space_parts(space, 28, 1, 10))
-    assert set(table.data.entries) == keys
+    assert keys <= set(table.data.entries) and len(table.data.adaptive) == 4
+    assert set(table.data.entries) - keys == set(table.data.adaptive)  # the adaptive parts: other widths
     for seed in range(25):
         arch = random_arch(space, seed, 28, 1, 10)
-        assert {part.key for part in arch_parts(arch)} <= keys
-        assert table.predict(arch) > 0
+        assert set(arch_part_keys(arch)) <= keys
+        prediction = table.prediction(arch)
+        assert prediction.ms > 0 and prediction.sd_ms > 0 and prediction.source == "table"
 
 
 def test_table_round_trips_through_its_file(small) -> None:
@@ -63,7 +68,9 @@ def test_table_round_trips_through_its_file(small) -> None:
     raw = json.loads(lut_path.read_text())
     assert raw["format"] == FORMAT and raw["space"] == "small" and raw["input"] == {"channels": 1, "size": 28}
     assert raw["device"]["fingerprint"] == LocalTarget().device()["fingerprint"]
-    assert raw["calibration"]["networks"] == 6 and raw["use"] in ("sum", "corrected")
+    assert raw["calibration"]["networks"] == 10 and raw["use"] in ("sum", "corrected")
+    assert raw["recipe"] == PART_RECIPE and raw["exporter"]["exporter"] == "torchscript"
+    assert raw["profiling"]["timings"] > 0
     loaded = LookupTable.load(lut_path)
     assert loaded.data == table.data
     arch = random_arch(load_space(space_path), 3, 28, 1, 10)
@@ -85,7 +92,8 @@ def test_predictions_are_in_the_range_of_whole_network_timings(small) -> None:
 
 def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, runner) -> None:
     from mbsearch.cli.app import app
-    from mbsearch.results.retime import retimings
+    from mbsearch.results.pareto import trials_frame
+    from mbsearch.results.retime import retimings, to_confirm
 
     space_path, lut_path, table = small
     config = RunConfig(
@@ -100,11 +108,20 @@ def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, ru
     )
     assert config.study_name == "small-predicted-fashion-mnist"
     result = run_search(config)
-    for trial in result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        assert trial.user_attrs["latency_ms"] == table.predict(Arch.from_dict(trial.user_attrs["arch"]))
+    trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    for trial in trials:
+        prediction = table.prediction(Arch.from_dict(trial.user_attrs["arch"]))
+        assert trial.user_attrs["latency_ms"] == prediction.ms
+        assert trial.user_attrs["latency_sd_ms"] == prediction.sd_ms > 0
+        assert trial.user_attrs["latency_source"] == "predicted:table"
         assert trial.user_attrs["latency_iqr_ms"] == 0.0
     timed = retimings(result.study)
-    assert set(timed) == set(result.front["number"]) and all(r["latency_ms"] > 0 for r in timed.values())
+    # The front and every candidate whose uncertainty could put it there, timed on the CPU ...
+    assert set(to_confirm(trials_frame(result.study))) <= set(timed)
+    assert set(result.front["number"]) <= set(timed) and all(r["latency_ms"] > 0 for r in timed.values())
+    # ... during the search, not only after it: the first re-timing precedes the last trial's end.
+    first = min(datetime.fromisoformat(r["timed_at"]) for r in timed.values())
+    assert first < max(t.datetime_complete.astimezone(UTC) for t in trials)
     outcome = runner.invoke(app, ["report", config.study_name, "--runs-dir", str(tmp_path), "--no-baselines"])
     assert outcome.exit_code == 0, outcome.output
     page = (tmp_path / config.study_name / "report.html").read_text()
@@ -129,7 +146,8 @@ def test_a_table_for_another_input_or_space_is_refused_before_the_search(small, 
     [
         ("{not json", "JSON"),
         ('{"format": "mbsearch.latency.lut/9"}', "rebuild it with 'mbsearch profile'"),
-        ('{"format": "mbsearch.latency.lut/1", "space": "x"}', "input"),
+        ('{"format": "mbsearch.latency.lut/1", "space": "x"}', "another timing recipe"),
+        ('{"format": "mbsearch.latency.lut/2", "space": "x"}', "input"),
     ],
 )
 def test_a_broken_table_file_is_one_clear_line(tmp_path, content: str, message: str) -> None:
@@ -139,10 +157,64 @@ def test_a_broken_table_file_is_one_clear_line(tmp_path, content: str, message: 
         LookupTable.load(path)
 
 
-def test_a_network_outside_the_table_is_a_clear_failure(small) -> None:
+def test_a_width_never_profiled_is_predicted_not_refused(small) -> None:
+    """NetAdapt's explicit `mid` widths are in no table: the regressor interpolates them, says so, and the
+    prediction moves with the width (a narrower middle is not slower)."""
+    space_path, _, table = small
+    arch = next(
+        a for seed in range(50) if any((a := random_arch(load_space(space_path), seed, 28, 1, 10)).blocks)
+        and any(b.type == "ir" and b.expand > 1 for b in a.blocks)
+    )  # fmt: skip
+    index = next(i for i, b in enumerate(arch.blocks) if b.type == "ir" and b.expand > 1)
+    planned = [p.mid_chs for p in plan_layers(arch)[1:-1]][index]
+    narrower, wider = (
+        arch.model_copy(update={"blocks": tuple(
+            b.model_copy(update={"mid": mid}) if i == index else b for i, b in enumerate(arch.blocks)
+        )})
+        for mid in (planned - 5, planned + 3)
+    )  # fmt: skip
+    assert not set(arch_part_keys(narrower)) <= set(table.data.entries)
+    low, high = table.prediction(narrower), table.prediction(wider)
+    assert low.source in ("interpolated", "extrapolated") and low.ms > 0 and low.sd_ms > 0
+    assert low.ms <= high.ms * 1.05
+    measured = measure_on(LocalTarget(), build_model(narrower), narrower).median_ms
+    assert 0.4 * measured < low.ms < 2.5 * measured
+
+
+def test_a_network_outside_the_training_range_says_so(small) -> None:
     _, _, table = small
-    with pytest.raises(RuntimeFailure, match="is not in the lookup table"):
-        table.predict(random_arch(load_space("v3"), 0, 28, 1, 10))
+    wide = random_arch(load_space("v3"), 0, 28, 1, 10)  # v3's widths and kernels 5 and 7 were never timed
+    prediction = table.prediction(wide)
+    assert prediction.source == "extrapolated" and prediction.outside and prediction.ms > 0
+    stats = table.time(table.prepare(None, wide))
+    assert stats.source == "predicted:extrapolated" and stats.sd_ms == prediction.sd_ms
+
+
+def test_a_part_kind_the_table_never_timed_is_a_clear_failure(small) -> None:
+    _, _, table = small
+    arch = random_arch(load_space("v1"), 0, 28, 1, 10)
+    arch = arch.model_copy(update={"blocks": tuple(b.model_copy(update={"type": "dsr"}) for b in arch.blocks)})
+    with pytest.raises(RuntimeFailure, match="no timed part of kind dsr"):
+        table.predict(arch)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("recipe", {"name": "in-context-rounds", "rounds": 3, "warmup": 3, "runs": 10}, "timed with recipe"),
+        ("network_recipe", {"name": "pooled", "sessions": 1, "runs": 50}, "timed with recipe"),
+        ("exporter", {"exporter": "dynamo", "torch": "2.13.0", "opset": 18}, "timed graphs of exporter"),
+        ("exporter", {"exporter": "torchscript", "torch": "2.4.0", "opset": 18}, "timed graphs of exporter"),
+    ],
+)
+def test_a_table_from_another_recipe_or_exporter_is_refused(small, tmp_path, field, value, message) -> None:
+    _, lut_path, _ = small
+    raw = json.loads(lut_path.read_text())
+    raw[field] = value
+    other = tmp_path / "other-lut.json"
+    other.write_text(json.dumps(raw))
+    with pytest.raises(BadInput, match=message):
+        LookupTable.load(other)
 
 
 def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(small, tmp_path, runner) -> None:
@@ -152,13 +224,18 @@ def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(smal
     output = tmp_path / "lut.json"
     keys = list(space_parts(load_space(space_path), 28, 1, 10))
     # An interrupted profile left every part behind: the rerun times none of them again.
-    header = {"space": "small", "input": "1x28", "device": LocalTarget().device()["fingerprint"]}
-    entries = dict.fromkeys(keys, 0.125) | {"empty-run": 0.01}
+    header = {
+        "space": "small",
+        "input": "1x28",
+        "device": LocalTarget().device()["fingerprint"],
+        "recipe": PART_RECIPE,
+    }
+    entries = dict.fromkeys(keys, 0.125) | {"input-only": 0.01}
     (tmp_path / "lut.json.partial").write_text(json.dumps({"header": header, "entries": entries}))
     outcome = runner.invoke(app, ["profile", "--space", str(space_path), "--calibrate", "0", "-o", str(output)])
     assert outcome.exit_code == 0, outcome.output
     table = LookupTable.load(output)
-    assert table.data.entries == dict.fromkeys(keys, 0.125) and table.data.run_overhead_ms == 0.01
+    assert table.data.entries == dict.fromkeys(keys, 0.125) and table.data.input_ms == 0.01
     assert not (tmp_path / "lut.json.partial").exists()
     assert f"profiling {len(keys)} parts of space small" in outcome.output
 
@@ -169,12 +246,13 @@ def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(smal
         ("negative", "entries"),
         ("nan", "entries"),
         ("no input size", "input.size"),
-        ("missing part", "lacks 1 part"),
+        ("missing kind", "no timed part of kind dsa"),
     ],
 )
 def test_a_table_is_checked_completely_before_anything_starts(small, tmp_path, change: str, message: str) -> None:
     """Issue 16: a negative entry reached the front, a NaN one cost 5 trainings and left a half-made study,
-    a table without the input's keys crashed, and a missing part was found only after 5 trainings."""
+    a table without the input's keys crashed, and a missing part was found only after 5 trainings. Since
+    issue 20 a missing width is predicted; a missing part kind is still refused before anything starts."""
     space_path, lut_path, _ = small
     raw = json.loads(lut_path.read_text())
     first = next(iter(raw["entries"]))
@@ -185,10 +263,21 @@ def test_a_table_is_checked_completely_before_anything_starts(small, tmp_path, c
     elif change == "no input size":
         del raw["input"]["size"]
     else:
-        del raw["entries"][next(key for key in raw["entries"] if key.startswith("block|"))]
+        raw["entries"] = {key: ms for key, ms in raw["entries"].items() if "|dsa|" not in key}
     broken = tmp_path / "broken-lut.json"
     broken.write_text(json.dumps(raw))
     runs = tmp_path / "runs"
     with pytest.raises(BadInput, match=message):
         run_search(RunConfig(space=str(space_path), latency="predicted", lut=broken, runs_dir=runs, **TINY_BUDGET))
     assert not runs.exists() or not any(runs.iterdir())  # no study, no half-made folder
+
+
+def test_a_sampled_profile_times_every_stem_and_head_and_that_many_blocks() -> None:
+    from mbsearch.latency.lut import sampled_parts
+
+    parts = space_parts(load_space("v3"), 28, 1, 10)
+    kept = sampled_parts(parts, 50, seed=3)
+    assert sum(p.kind not in ("stem", "head") for p in kept.values()) == 50
+    assert {k for k, p in parts.items() if p.kind in ("stem", "head")} <= set(kept)
+    assert kept == sampled_parts(parts, 50, seed=3) and kept != sampled_parts(parts, 50, seed=4)
+    assert sampled_parts(parts, 0) == parts

@@ -143,3 +143,25 @@ def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:
     assert "warning" not in capsys.readouterr().err
     session = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape == [1, 10]
+
+
+def test_the_shipped_onnx_is_the_graph_the_search_timed(tmp_path) -> None:
+    """Issue 20: `export --onnx`, `train` and `adapt` write exactly the graph a search times (one exporter),
+    for every block kind; before, the search timed the TorchScript exporter's graph and shipped dynamo's."""
+    from mbsearch.latency.targets import exported
+    from mbsearch.nn.onnx_export import write_onnx
+    from mbsearch.spec.arch import Block
+
+    base = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    kinds = [
+        Block(type="ds", kernel=3, stride=1, expand=1, out=8, se=0, act="relu"),
+        Block(type="dsr", kernel=3, stride=1, expand=1, out=8, se=0.25, act="hswish"),  # ds with a shortcut
+        Block(type="ir", kernel=7, stride=1, expand=1, out=16, se=0.25, act="relu6"),
+        Block(type="ir", kernel=3, stride=2, expand=6, out=24, se=0, act="hswish"),
+        Block(type="ir", kernel=5, stride=1, expand=4.5, out=24, se=0.25, act="relu", mid=100),  # adapt's mid
+    ]
+    arch = base.model_copy(update={"blocks": tuple(kinds)})
+    torch.manual_seed(0)
+    model = build_model(arch)
+    write_onnx(arch, tmp_path / "shipped.onnx", model)
+    assert (tmp_path / "shipped.onnx").read_bytes() == exported(model, arch).payload

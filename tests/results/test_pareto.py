@@ -81,3 +81,20 @@ def test_running_front_equals_the_front_computed_from_all_points(points) -> None
         (a, lat) for a, lat, keep in zip(accuracy, latency, pareto_mask(accuracy, latency), strict=True) if keep
     }
     assert set(running.points) == expected
+
+
+def test_a_predicted_search_confirms_its_front_and_the_candidates_uncertainty_could_put_there() -> None:
+    """Issue 20: with --confirm-on, the front is timed, and so is every candidate whose latency, two sds
+    faster than predicted, would be on the front; a candidate no front point would still dominate is not."""
+    from mbsearch.results.retime import to_confirm
+
+    # Front: 0 (0.80, 1.0 ms) and 1 (0.90, 2.0 ms). Trial 2 (0.85, 2.2 +- 0.3 ms) could be 1.6 ms: between
+    # them, undominated. Trial 3 (0.85, 2.2 +- 0.01 ms) stays dominated by 1. Trial 4 (0.70, 3.0 +- 1 ms)
+    # at 1.0 ms would still be dominated by 0.
+    frame = _frame(
+        [(0.80, 1.0), (0.90, 2.0), (0.85, 2.2), (0.85, 2.2), (0.70, 3.0)], verified_accuracy=float("nan"), rung=0
+    )
+    frame["latency_sd_ms"] = [0.05, 0.05, 0.3, 0.01, 1.0]
+    assert to_confirm(frame) == [0, 1, 2]
+    frame["latency_sd_ms"] = 0.0  # measured latencies: only the front
+    assert to_confirm(frame) == [0, 1]
