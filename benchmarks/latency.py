@@ -7,11 +7,10 @@ Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20
        python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
 Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
 
-- repeatability: `--archs` sampled v3 networks timed in two passes by each recipe. `pooled` is the recipe
-  of searches before issue 20 (one network at a time: one session, 50 runs, median, re-measured while
-  IQR/median > 10%); `rounds` is the interleaved recipe (targets.ROUNDS_RECIPE: 7 turns in which every
-  network gets a fresh session and keeps its fastest of 10 runs; the median over turns). Per recipe:
-  median and max |difference| between the passes, and Kendall tau; with the CPU steal time seen meanwhile.
+- repeatability: `--archs` sampled v3 networks timed in two passes by each of four recipes (see _pass:
+  pooled, the search's before issue 20; turns; interleaved, targets.ROUNDS_RECIPE over all networks;
+  anchored, in turns with mobilenet_v3_small). Per recipe: median and max |difference| between the
+  passes, and Kendall tau; with the CPU steal time seen meanwhile.
 - predictor: `mbsearch profile` of v3 (every stem and head and `--sample` blocks timed in context,
   `--adaptive` more at other widths,
   `--calibrate` networks timed whole for the network-level correction), then `--held-out` sampled networks
@@ -41,12 +40,20 @@ from mbsearch.adapt.netadapt import STEP, shrunk, widths, with_explicit_mids
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.lut import prediction_error, profile, whole_network_latencies
-from mbsearch.latency.targets import ROUNDS_RECIPE, Target, measure_on
+from mbsearch.latency.targets import (
+    ROUNDS_RECIPE,
+    Target,
+    exported,
+    latencies_by_rounds,
+    latency_anchored,
+    measure_on,
+)
 from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import load_space
+from mbsearch.spec.zoo import reference_arch
 
 RESULTS = Path(__file__).with_name("latency_v2_results.json")
 OLD_RESULTS = Path(__file__).with_name("latency_results.json")  # the predictor before issue 20 (2026-11)
@@ -84,12 +91,31 @@ def steal_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-def _pass(recipe: str, networks: list[Arch], target: Target) -> tuple[list[float], float]:
+RECIPES = ("pooled", "turns", "interleaved", "anchored")
+ANCHOR = "mobilenet_v3_small"  # the anchored recipe's fixed network, at the benchmark's input size
+
+
+def _pass(recipe: str, networks: list[Arch], target: Target, anchor: tuple | None) -> tuple[list[float], float]:
+    """One pass over the networks by one recipe; with the steal time (%) seen meanwhile.
+
+    pooled: one network at a time, the search's recipe before issue 20 (one session of 50 runs, median,
+    re-measured while IQR/median > 10%). turns: one network at a time, 7 fresh sessions of 10 runs, the
+    median of their minima (what a search could do alone). interleaved: the same turns, taken in rounds
+    over all networks (what a table's ground truth does). anchored: each network in turns with a fixed
+    anchor network, scaled by the anchor's reference latency (taken once, before the first pass)."""
     before = steal_jiffies()
     if recipe == "pooled":
         values = [measure_on(target, build_model(arch), arch).median_ms for arch in networks]
-    else:
+    elif recipe == "turns":
+        values = [whole_network_latencies(target, [arch])[0] for arch in networks]
+    elif recipe == "interleaved":
         values = whole_network_latencies(target, networks)
+    else:
+        anchor_prepared, anchor_ms = anchor
+        values = [
+            latency_anchored(target, exported(build_model(arch), arch), anchor_prepared, anchor_ms, ROUNDS_RECIPE)
+            for arch in networks
+        ]
     after = steal_jiffies()
     return values, (after[0] - before[0]) / max(after[1] - before[1], 1) * 100
 
@@ -105,10 +131,16 @@ def agreement(first: list[float], second: list[float]) -> dict:
 
 
 def repeatability(networks: list[Arch], target: Target) -> dict:
-    result: dict = {"networks": len(networks), "rounds_recipe": ROUNDS_RECIPE}
-    for recipe in ("pooled", "rounds"):
+    result: dict = {"networks": len(networks), "rounds_recipe": ROUNDS_RECIPE, "anchor": ANCHOR}
+    size = networks[0].input.size
+    anchor_arch = reference_arch(ANCHOR, size, 1, 10)
+    anchor_prepared = exported(build_model(anchor_arch), anchor_arch)
+    anchor_ms = latencies_by_rounds(target, [anchor_prepared], ROUNDS_RECIPE | {"rounds": 21})[0]
+    for recipe in RECIPES:
         started = time.perf_counter()
-        (first, steal_a), (second, steal_b) = (_pass(recipe, networks, target) for _ in range(2))
+        (first, steal_a), (second, steal_b) = (
+            _pass(recipe, networks, target, (anchor_prepared, anchor_ms)) for _ in range(2)
+        )
         result[recipe] = agreement(first, second) | {
             "steal_pct": [round(steal_a, 2), round(steal_b, 2)],
             "seconds_per_network_per_pass": (time.perf_counter() - started) / 2 / len(networks),
@@ -157,7 +189,7 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for size, by_recipe in results["repeatability"].items():
-        for recipe in ("pooled", "rounds"):
+        for recipe in RECIPES:
             r = by_recipe[recipe]
             lines.append(
                 f"| {size}x{size} | {recipe} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "

@@ -226,6 +226,15 @@ def latencies_by_rounds(target: Target, prepared: list[Prepared], recipe: dict |
     return [statistics.median(turns) for turns in minima]
 
 
+def latency_anchored(target: Target, prepared: Prepared, anchor: Prepared, anchor_ms: float, recipe: dict) -> float:
+    """A candidate of the anchored recipe (a candidate for the search's, measured by benchmarks/latency.py):
+    the network and a fixed anchor network take turns; the latency is the anchor's reference latency (taken
+    once, when a study starts) times the median over turns of the two fastest runs' ratio. A device whose
+    speed drifts over minutes slows both alike, so the ratio, and the latency, stay put."""
+    network, reference = time_rounds(target, [prepared, anchor], recipe["rounds"], recipe["warmup"], recipe["runs"])
+    return anchor_ms * statistics.median(a / b for a, b in zip(network, reference, strict=True))
+
+
 def is_remote(name: str) -> bool:
     return name.startswith(REMOTE_SCHEMES)
 
