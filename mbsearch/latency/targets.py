@@ -42,7 +42,7 @@ from mbsearch.device.timing import (
     time_onnx_repeated,
 )
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.nn.onnx_export import export_onnx
+from mbsearch.nn.onnx_export import export_onnx, exporter_identity
 from mbsearch.spec.arch import Arch
 
 __all__ = ["LatencyStats", "LocalTarget", "Prepared", "Target", "measure", "summarize_samples"]
@@ -201,6 +201,24 @@ def exported(model: nn.Module, arch: Arch, timings: dict | None = None) -> Prepa
     if timings is not None:
         timings[f"export_{onnx.exporter}"] = round(time.perf_counter() - started, 4)
     return Prepared(onnx.data, input_shape(arch), arch)
+
+
+# How a search times a candidate (recorded with every study's device, and refused when a resumed study would
+# mix it with another): one fresh session, warmed up, `runs` timed runs, the median, re-measured while
+# IQR/median > 10%. benchmarks/latency.py compares it with the recipes below.
+SEARCH_RECIPE = {
+    "name": "pooled",
+    "sessions": DEFAULT_SESSIONS,
+    "warmup": DEFAULT_WARMUP,
+    "runs": DEFAULT_RUNS,
+    "attempts": DEFAULT_ATTEMPTS,
+}
+
+
+def timing_identity(target: Target) -> dict[str, Any]:
+    """How `target`'s latencies are taken: the recipe and the graph's exporter (a table: its own recipes)."""
+    recipe = getattr(getattr(target, "data", None), "network_recipe", None)
+    return {"recipe": recipe or SEARCH_RECIPE, "exporter": exporter_identity("torchscript")}
 
 
 # The interleaved recipe (issue 20): networks (or a part and its host) take turns, a fresh short session each

@@ -26,7 +26,7 @@ from mbsearch import interrupts
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import LatencyCache, Target
+from mbsearch.latency.targets import LatencyCache, Target, timing_identity
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
@@ -169,10 +169,15 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
 
 def check_device(study: optuna.Study, target: Target) -> None:
     """A study's latencies come from one device: record its fingerprint once, refuse another one later."""
-    device = target.device() | {"target": target.name}
+    device = target.device() | {"target": target.name, "timing": timing_identity(target)}
     stored = study.user_attrs.get(records.DEVICE)
     if stored is None:
         study.set_user_attr(records.DEVICE, device)
+    elif "timing" in stored and stored["timing"] != device["timing"]:  # studies before 2026-12-02 lack it
+        raise BadInput(
+            f"study {study.study_name!r} was timed with {stored['timing']}; this version times with "
+            f"{device['timing']}: the latencies would not compare; use a new --study"
+        )
     elif stored.get("fingerprint") != device["fingerprint"]:
         raise BadInput(
             f"study {study.study_name!r} was timed on device {stored.get('fingerprint')} ({stored.get('cpu')}, "
