@@ -36,6 +36,7 @@ class ReportData:
     verified: VerifiedData | None = None
     device: dict | None = None  # the latency target and its fingerprint (search.check_device)
     confirmed: pd.DataFrame | None = None  # number, latency_ms (the search's), confirmed_ms, target
+    sources: dict[str, int] | None = None  # predicted latencies by source (table, interpolated, extrapolated)
     adapted: pd.DataFrame | None = None  # networks trimmed by `mbsearch adapt` (adapted.adapted_frame)
 
 
@@ -134,6 +135,7 @@ def compute(
         verified=compute_verified(finished, verify_budget, verified_baselines),
         device=records.device(finished.study) or None,
         confirmed=_confirmed_frame(finished),
+        sources=_sources(complete),
         adapted=adapted,
     )
 
@@ -157,6 +159,31 @@ def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
         for number, record in sorted(retimed.items())
     ]
     return pd.DataFrame(rows)
+
+
+def _sources(complete: pd.DataFrame) -> dict[str, int] | None:
+    """How many complete trials' latencies each predictor source gave (None for a measured study)."""
+    if records.LATENCY_SOURCE not in complete:
+        return None
+    counts = complete[records.LATENCY_SOURCE].dropna().value_counts()
+    prefix = "predicted:"
+    predicted = {str(k).removeprefix(prefix): int(v) for k, v in counts.items() if str(k).startswith(prefix)}
+    return predicted or None
+
+
+def _sources_text(sources: dict[str, int] | None) -> str:
+    """Says where predicted latencies came from; an extrapolation is never passed off as a table hit."""
+    if not sources:
+        return ""
+    parts = ", ".join(f"{count} {source}" for source, count in sorted(sources.items()))
+    warning = (
+        f" <strong>{sources['extrapolated']} trial(s) were predicted outside the range the table's regressors were "
+        "trained on</strong> (column latency_source 'predicted:extrapolated' in trials.csv); re-time them on the "
+        "device ('verify --target') before trusting their place on the front."
+        if sources.get("extrapolated")
+        else ""
+    )
+    return f"<p id='latency-sources'>Predicted latencies by source: {html.escape(parts)}.{warning}</p>"
 
 
 def _device_text(device: dict | None) -> str:
@@ -568,6 +595,7 @@ def render(data: ReportData) -> str:
 <p>Trials: {html.escape(counts)}. Pareto front: {len(data.front)} point(s).</p>
 <p><small>{html.escape(settings)}</small></p>
 {_device_text(data.device)}
+{_sources_text(data.sources)}
 {lead}
 {parts[0]}
 <h2>Against the MobileNet baselines{" (proxy)" if data.verified is not None else ""}</h2>

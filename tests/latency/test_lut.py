@@ -126,6 +126,18 @@ def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, ru
     assert outcome.exit_code == 0, outcome.output
     page = (tmp_path / config.study_name / "report.html").read_text()
     assert "predicted by the lookup table" in page and "id='confirmed-table'" in page
+    assert "Predicted latencies by source: 4 table." in page and "outside the range" not in page
+
+
+def test_the_report_says_when_latencies_were_extrapolated() -> None:
+    import pandas as pd
+
+    from mbsearch.report.page import _sources, _sources_text
+
+    frame = pd.DataFrame({"latency_source": ["predicted:table", "predicted:extrapolated", "predicted:interpolated"]})
+    text = _sources_text(_sources(frame))
+    assert "1 extrapolated, 1 interpolated, 1 table" in text and "outside the range" in text
+    assert _sources(pd.DataFrame({"latency_source": ["measured", "measured"]})) is None
 
 
 def test_a_table_for_another_input_or_space_is_refused_before_the_search(small, tmp_path) -> None:
