@@ -58,7 +58,7 @@ OLD_FILES = (HERE / "fidelity_reference.json", HERE / "fidelity_proxies.json")
 # The reference trains with seeds of its own (never a proxy's), twice on every member, so that its
 # agreement with itself across seeds is measured on the whole panel instead of simulated.
 REFERENCE_SEEDS = (derived_seed(0, "reference"), derived_seed(1, "reference"))
-FRONT_MEMBERS = 12  # the second panel: near-equal networks from a real search's front region
+FRONT_MEMBERS = 10  # the second panel: near-equal networks from a real search's front region
 FRONT_LATENCY_BAND = 0.20  # +-20% of the knee latency (pooled studies: the median knee)
 BOOTSTRAP = 2000
 MIN_INTERVAL_MEMBERS = 8  # below this a bootstrap interval of tau is meaningless; the table says so

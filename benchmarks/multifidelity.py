@@ -8,7 +8,8 @@ budget (`mbsearch verify`), and the hypervolume of each verified front is comput
 reference point (accuracy 0, the slowest latency seen in either). Results are appended to
 benchmarks/multifidelity.json.
 
-    python benchmarks/multifidelity.py --minutes 10 --top 4 --verify-train-size 20000
+    python benchmarks/multifidelity.py --minutes 15 --top 4 --verify-train-size 20000 --seed 0   # 1, 2, ...
+    python benchmarks/multifidelity.py summary 15     # across seeds: mean, sd, paired difference
 """
 
 from __future__ import annotations
@@ -29,7 +30,39 @@ from mbsearch.results.pareto import hypervolume
 HERE = Path(__file__).resolve().parent
 
 
+def summary(minutes: float) -> None:
+    """The comparison across seeds: every run of `minutes`, both arms' verified hypervolumes against one
+    reference point common to all of them (1.1x the slowest verified latency), mean and sd across seeds,
+    and the paired difference (multi - single) with its t 95% interval."""
+    runs = [r for r in json.loads((HERE / "multifidelity.json").read_text()) if r["minutes"] == minutes]
+    slowest = 1.1 * max(p["latency_ms"] for r in runs for arm in r["results"].values() for p in arm["verified"])
+    table: dict[str, list[float]] = {"single": [], "multi": []}
+    print(f"| seed | arm | trials | promoted | verified | verified hypervolume (common reference {slowest:.3f} ms) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for index, run in enumerate(runs):
+        for arm, result in run["results"].items():
+            points = result["verified"]
+            volume = hypervolume(
+                np.array([p["verified_accuracy"] for p in points]), np.array([p["latency_ms"] for p in points]), slowest
+            )
+            table[arm].append(volume)
+            seed = run.get("seed", index)
+            print(f"| {seed} | {arm} | {result['trials']} | {result['promotions']} | {len(points)} | {volume:.4f} |")
+    differences = np.array(table["multi"]) - np.array(table["single"])
+    for arm, volumes in table.items():
+        print(f"{arm}: mean {np.mean(volumes):.4f}, sd {np.std(volumes, ddof=1):.4f} over {len(volumes)} seeds")
+    if len(differences) > 1:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / np.sqrt(len(differences))
+        mean = float(np.mean(differences))
+        print(f"multi - single: mean {mean:+.4f}, 95% t interval [{mean - half:+.4f}, {mean + half:+.4f}]")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["summary"]:
+        summary(float(sys.argv[2]) if len(sys.argv) > 2 else 15.0)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--top", type=int, default=4)

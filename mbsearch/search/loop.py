@@ -88,7 +88,14 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
     space = load_space(config.space)
     target = open_config_target(config)
     if config.confirm_on is not None:
-        open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+        confirming = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+        made_for = target.device().get("predicts_for")
+        if made_for is not None and made_for != confirming.device()["fingerprint"]:
+            raise BadInput(
+                f"--lut {target.name} was timed on device {made_for}, but --confirm-on {config.confirm_on} is device "
+                f"{confirming.device()['fingerprint']}; profile that device with 'mbsearch profile --target "
+                f"{config.confirm_on}', or confirm on the device the table was made on"
+            )
     cache_path = config.runs_dir / "latency-cache.sqlite"
     if cache_path.exists() and not cache_path.is_file():
         raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")

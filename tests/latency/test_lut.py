@@ -153,6 +153,21 @@ def test_a_table_for_another_input_or_space_is_refused_before_the_search(small, 
     assert not any(tmp_path.iterdir())  # nothing half-made
 
 
+def test_a_table_from_another_device_is_refused_where_it_would_be_confirmed(small, tmp_path) -> None:
+    space_path, lut_path, _ = small
+    raw = json.loads(lut_path.read_text())
+    raw["device"]["fingerprint"] = "0123456789abcdef"  # made on another machine (a Pi, say)
+    other = tmp_path / "pi-lut.json"
+    other.write_text(json.dumps(raw))
+    runs = tmp_path / "runs"
+    config = RunConfig(
+        space=str(space_path), latency="predicted", lut=other, confirm_on="cpu", runs_dir=runs, **TINY_BUDGET
+    )
+    with pytest.raises(BadInput, match="was timed on device 0123456789abcdef, but --confirm-on cpu is device"):
+        run_search(config)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
