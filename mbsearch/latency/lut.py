@@ -152,8 +152,7 @@ class PartConfig:
         if self.kind == "stem":
             return float(self.in_chs * self.out * self.kernel**2 * outer), 0.0
         if self.kind == "head":
-            hidden = self.hidden or self.out
-            return float(self.in_chs * self.out * inner + self.out * hidden + hidden * self.classes), 0.0
+            return float(self.in_chs * self.out * inner + self._classifier_weights()), 0.0
         dense = self.mid * self.out * outer
         if self.kind == "ir" and self.mid != self.in_chs:
             dense += self.in_chs * self.mid * inner
@@ -168,9 +167,24 @@ class PartConfig:
         mid_maps = self.mid * (self.size**2 + self.out_size**2) if self.kind == "ir" else self.mid * self.out_size**2
         return float(self.in_chs * self.size**2 + mid_maps + self.out * self.out_size**2)
 
+    def _classifier_weights(self) -> int:
+        """MobileNetV3's hidden linear layer then the classifier; MobileNetV2's classifier alone (hidden 0)."""
+        if self.hidden:
+            return self.out * self.hidden + self.hidden * self.classes
+        return self.out * self.classes
+
     def params(self) -> float:
-        dense, depthwise = self.macs()
-        return dense / max(self.out_size**2, 1) + depthwise / max(self.out_size**2, 1)
+        """Convolution and linear weights (BatchNorm and biases left out: they cost no MACs)."""
+        if self.kind == "stem":
+            return float(self.in_chs * self.out * self.kernel**2)
+        if self.kind == "head":
+            return float(self.in_chs * self.out + self._classifier_weights())
+        weights = self.mid * self.kernel**2 + self.mid * self.out
+        if self.kind == "ir" and self.mid != self.in_chs:
+            weights += self.in_chs * self.mid
+        if self.se:
+            weights += 2 * self.mid * se_channels(self.mid, self.se)
+        return float(weights)
 
     def linear_features(self) -> list[float]:
         dense, depthwise = self.macs()

@@ -308,3 +308,18 @@ def test_a_sampled_profile_times_every_stem_and_head_and_that_many_blocks() -> N
     assert {k for k, p in parts.items() if p.kind in ("stem", "head")} <= set(kept)
     assert kept == sampled_parts(parts, 50, seed=3) and kept != sampled_parts(parts, 50, seed=4)
     assert sampled_parts(parts, 0) == parts
+
+
+def test_part_features_count_what_the_built_network_counts() -> None:
+    """The regressors read MACs and weights from table keys alone; they agree with fvcore and torch."""
+    from mbsearch.latency.lut import arch_parts
+    from mbsearch.nn.cost import count_macs, count_params
+    from mbsearch.spec.zoo import reference_arch
+
+    v1 = random_arch(load_space("v1"), 0, 224, 3, 1000)  # MobileNetV1's layers (dsa)
+    for arch in [reference_arch(name, 224, 3, 1000) for name in ("mobilenet_v3_small", "mobilenet_v2_050")] + [v1]:
+        model = build_model(arch)
+        parts = arch_parts(arch)
+        assert sum(sum(part.macs()) for part in parts) == count_macs(model, arch)[0]
+        weights = sum(part.params() for part in parts)
+        assert 0.98 * count_params(model) < weights <= count_params(model)  # BatchNorm and biases aside
