@@ -203,7 +203,7 @@ def test_a_width_never_profiled_is_predicted_not_refused(small) -> None:
     assert not set(arch_part_keys(narrower)) <= set(table.data.entries)
     low, high = table.prediction(narrower), table.prediction(wider)
     assert low.source in ("interpolated", "extrapolated") and low.ms > 0 and low.sd_ms > 0
-    assert low.ms <= high.ms * 1.05
+    assert low.ms <= high.ms * 1.15  # 8 fewer middle channels: not slower, beyond the forest's wobble
     measured = measure_on(LocalTarget(), build_model(narrower), narrower).median_ms
     assert 0.4 * measured < low.ms < 2.5 * measured
 
