@@ -416,6 +416,10 @@ def print_disjoint_table() -> None:
                 f"| {row['budget']} | {row['members']} | {row['seconds']:.1f} | "
                 f"{_with_interval(row['tau'], row['interval'])} | {versus} |"
             )
+        complete = [row for row in rows if row["members"] == max(r["members"] for r in rows)]
+        if complete:
+            chosen, why = choose_default(complete)
+            print(f"\nby the rule ({why}), over the budgets trained on every member: {chosen['budget']}")
 
 
 def _with_interval(tau: float | None, interval: tuple[float, float] | None) -> str:
