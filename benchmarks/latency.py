@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
     parser.add_argument("--skip-repeatability", action="store_true")
+    parser.add_argument("--skip-predictor", action="store_true", help="the repeatability table alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--target", default="cpu", help="the device measured: cpu, or http://HOST:PORT of 'mbsearch agent' on it"
@@ -268,7 +269,8 @@ def main() -> None:
             else {size: repeatability(archs(args.archs, size), device) for size in sizes},
             "predictor": [],
         }
-        for size in sizes:  # written after each size: a long run keeps what it measured
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        for size in [] if args.skip_predictor else sizes:  # written after each size: a long run keeps it
             results["predictor"].append(
                 predictor(size, args.calibrate, args.held_out, args.netadapt, args.adaptive, args.sample, device)
             )
