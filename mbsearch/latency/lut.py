@@ -381,11 +381,15 @@ class KindModel:
         base = self._base(linear)
         ratio = np.log(y / base)
         self.forest = None
+        self.worst_fits: list[tuple[float, PartConfig]] = []
         if self.count >= FOREST_MIN_SAMPLES:
             self.forest = RandomForestRegressor(
                 n_estimators=100, min_samples_leaf=2, oob_score=True, random_state=0, n_jobs=1
             ).fit(np.array([c.forest_features() for c in configs]), ratio)
-            self.noise = float(np.sqrt(np.mean((self.forest.oob_prediction_ - ratio) ** 2)))
+            misfit = np.abs(self.forest.oob_prediction_ - ratio)
+            self.noise = float(np.sqrt(np.mean(misfit**2)))
+            # Each timed part's out-of-bag error: where adaptive sampling adds parts.
+            self.worst_fits = sorted(zip(misfit.tolist(), configs, strict=True), key=lambda item: -item[0])
         else:
             self.noise = float(np.std(ratio)) if self.count > 1 else 0.5
         # The range it was trained on: a part outside it is an extrapolation, and says so.
@@ -699,16 +703,7 @@ def adaptive_samples(table: LookupTable, count: int, seed: int = 0) -> list[Part
     configurations at other widths (x0.6 to x1.4, any channel count, not only multiples of 8), so widths
     between and beyond the space's are learned where they matter most."""
     rng = random.Random(seed)
-    worst: list[tuple[float, PartConfig]] = []
-    for kind, model in table.models.items():
-        if model.forest is None or kind in ("stem", "head"):
-            continue
-        configs = [PartConfig.parse(k) for k in table.data.entries if PartConfig.parse(k).kind == kind]
-        ratio = np.log([table.data.entries[c.key] for c in configs]) - np.log(
-            model._base(np.array([c.linear_features() for c in configs]))
-        )
-        errors = np.abs(model.forest.oob_prediction_ - ratio)
-        worst += [(float(e), c) for e, c in zip(errors, configs, strict=True)]
+    worst = [fit for kind, model in table.models.items() if kind not in ("stem", "head") for fit in model.worst_fits]
     worst.sort(key=lambda item: -item[0])
     chosen: dict[str, PartConfig] = {}
     for _, config in worst * 4:

@@ -6,6 +6,7 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -144,14 +145,13 @@ def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
     retimed = retimings(finished.study)
     if not retimed:
         return None
-    latency = finished.frame.set_index("number")["latency_ms"]
-    trials = finished.study.get_trials(deepcopy=False)
+    frame = finished.frame.set_index("number")
     rows = [
         {
             "number": number,
-            "latency_ms": float(latency.get(number, float("nan"))),
-            "sd_ms": float(trials[number].user_attrs.get(records.LATENCY_SD_MS, 0.0)),
-            "source": str(trials[number].user_attrs.get(records.LATENCY_SOURCE, "measured")),
+            "latency_ms": float(frame["latency_ms"].get(number, float("nan"))),
+            "sd_ms": _stored(frame, records.LATENCY_SD_MS, number, 0.0),
+            "source": str(_stored(frame, records.LATENCY_SOURCE, number, "measured")),
             "confirmed_ms": record["latency_ms"],
             "target": record["target"],
             "fingerprint": record["fingerprint"],
@@ -159,6 +159,12 @@ def _confirmed_frame(finished: FinishedStudy) -> pd.DataFrame | None:
         for number, record in sorted(retimed.items())
     ]
     return pd.DataFrame(rows)
+
+
+def _stored(frame: pd.DataFrame, column: str, number: int, default: Any) -> Any:
+    """A trial's stored attribute from the frame; `default` where the trial predates it."""
+    value = frame[column].get(number) if column in frame else None
+    return default if value is None or pd.isna(value) else value
 
 
 def _sources(complete: pd.DataFrame) -> dict[str, int] | None:
