@@ -7,10 +7,12 @@ Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20
        python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
 Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
 
-- repeatability: `--archs` sampled v3 networks timed in two passes by each of four recipes (see _pass:
-  pooled, the search's before issue 20; turns; interleaved, targets.ROUNDS_RECIPE over all networks;
-  anchored, in turns with mobilenet_v3_small). Per recipe: median and max |difference| between the
-  passes, and Kendall tau; with the CPU steal time seen meanwhile.
+- repeatability: `--archs` sampled v3 networks timed in two passes by each of six recipes (see _pass:
+  pooled, the search's before issue 20; turns; interleaved; anchored, in turns with mobilenet_v3_small;
+  gated, targets.ROUNDS_RECIPE over all networks; gated-turns, targets.SEARCH_RECIPE one at a time).
+  Per recipe: median and max |difference| between the passes, and Kendall tau; with the CPU steal time
+  seen meanwhile. `--reverse` takes the recipes in the opposite order (the first ones run on a machine
+  that may still be settling).
 - predictor: `mbsearch profile` of v3 (every stem and head and `--sample` blocks timed in context,
   `--adaptive` more at other widths,
   `--calibrate` networks timed whole for the network-level correction), then `--held-out` sampled networks
@@ -41,12 +43,15 @@ from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.lut import prediction_error, profile, whole_network_latencies
 from mbsearch.latency.targets import (
+    POOLED_RECIPE,
     ROUNDS_RECIPE,
+    SEARCH_RECIPE,
     Target,
     exported,
     latencies_by_rounds,
     latency_anchored,
-    measure_on,
+    time_network,
+    time_rounds,
 )
 from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
@@ -60,6 +65,8 @@ OLD_RESULTS = Path(__file__).with_name("latency_results.json")  # the predictor 
 HELD_OUT_SEED = 5_000  # apart from the calibration networks' seeds (lut.CALIBRATION_SEED)
 NETADAPT_SEED = 7_000
 SPACE = "v3"
+REVERSE = False
+CHOSEN: tuple[str, ...] = ()
 
 
 def archs(count: int, size: int, first_seed: int = 0) -> list[Arch]:
@@ -91,7 +98,7 @@ def steal_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-RECIPES = ("pooled", "turns", "interleaved", "anchored")
+RECIPES = ("pooled", "turns", "interleaved", "anchored", "gated", "gated-turns")
 ANCHOR = "mobilenet_v3_small"  # the anchored recipe's fixed network, at the benchmark's input size
 
 
@@ -100,22 +107,27 @@ def _pass(recipe: str, networks: list[Arch], target: Target, anchor: tuple | Non
 
     pooled: one network at a time, the search's recipe before issue 20 (one session of 50 runs, median,
     re-measured while IQR/median > 10%). turns: one network at a time, 7 fresh sessions of 10 runs, the
-    median of their minima (what a search could do alone). interleaved: the same turns, taken in rounds
-    over all networks (what a table's ground truth does). anchored: each network in turns with a fixed
-    anchor network, scaled by the anchor's reference latency (taken once, before the first pass)."""
+    median of their minima. interleaved: the same turns, taken in rounds over all networks. anchored: each
+    network in turns with a fixed anchor network, scaled by the anchor's reference latency (taken once,
+    before the first pass). gated: interleaved, but a turn counts only when the probe beside it ran near
+    its fastest (targets.ROUNDS_RECIPE: tables' ground truth). gated-turns: the same one network at a time
+    (targets.SEARCH_RECIPE: the search's and `mbsearch measure`'s since issue 20)."""
     before = steal_jiffies()
+    prepared = [exported(build_model(arch), arch) for arch in networks]
+    rounds, warmup, runs = ROUNDS_RECIPE["rounds"], ROUNDS_RECIPE["warmup"], ROUNDS_RECIPE["runs"]
     if recipe == "pooled":
-        values = [measure_on(target, build_model(arch), arch).median_ms for arch in networks]
+        values = [time_network(target, item, POOLED_RECIPE).median_ms for item in prepared]
     elif recipe == "turns":
-        values = [whole_network_latencies(target, [arch])[0] for arch in networks]
+        values = [statistics.median(time_rounds(target, [item], rounds, warmup, runs)[0]) for item in prepared]
     elif recipe == "interleaved":
-        values = whole_network_latencies(target, networks)
+        values = [statistics.median(turns) for turns in time_rounds(target, prepared, rounds, warmup, runs)]
+    elif recipe == "gated":
+        values = latencies_by_rounds(target, prepared)
+    elif recipe == "gated-turns":
+        values = [time_network(target, item, SEARCH_RECIPE).median_ms for item in prepared]
     else:
         anchor_prepared, anchor_ms = anchor
-        values = [
-            latency_anchored(target, exported(build_model(arch), arch), anchor_prepared, anchor_ms, ROUNDS_RECIPE)
-            for arch in networks
-        ]
+        values = [latency_anchored(target, item, anchor_prepared, anchor_ms, ROUNDS_RECIPE) for item in prepared]
     after = steal_jiffies()
     return values, (after[0] - before[0]) / max(after[1] - before[1], 1) * 100
 
@@ -131,12 +143,13 @@ def agreement(first: list[float], second: list[float]) -> dict:
 
 
 def repeatability(networks: list[Arch], target: Target) -> dict:
-    result: dict = {"networks": len(networks), "rounds_recipe": ROUNDS_RECIPE, "anchor": ANCHOR}
+    order = [recipe for recipe in (RECIPES[::-1] if REVERSE else RECIPES) if recipe in CHOSEN]
+    result: dict = {"networks": len(networks), "rounds_recipe": ROUNDS_RECIPE, "anchor": ANCHOR, "order": order}
     size = networks[0].input.size
     anchor_arch = reference_arch(ANCHOR, size, 1, 10)
     anchor_prepared = exported(build_model(anchor_arch), anchor_arch)
-    anchor_ms = latencies_by_rounds(target, [anchor_prepared], ROUNDS_RECIPE | {"rounds": 21})[0]
-    for recipe in RECIPES:
+    anchor_ms = statistics.median(time_rounds(target, [anchor_prepared], 21, ROUNDS_RECIPE["warmup"], 10)[0])
+    for recipe in order:
         started = time.perf_counter()
         (first, steal_a), (second, steal_b) = (
             _pass(recipe, networks, target, (anchor_prepared, anchor_ms)) for _ in range(2)
@@ -189,7 +202,7 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for size, by_recipe in results["repeatability"].items():
-        for recipe in RECIPES:
+        for recipe in [recipe for recipe in RECIPES if recipe in by_recipe]:
             r = by_recipe[recipe]
             lines.append(
                 f"| {size}x{size} | {recipe} | {r['kendall_tau']:.3f} | {r['median_abs_delta_pct']:.1f}% | "
@@ -239,6 +252,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
     parser.add_argument("--skip-repeatability", action="store_true")
+    parser.add_argument("--reverse", action="store_true", help="the recipes in reverse order")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="the recipes compared (default: all)")
     parser.add_argument("--skip-predictor", action="store_true", help="the repeatability table alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -250,8 +265,8 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return
-    global SPACE
-    SPACE = args.space
+    global SPACE, REVERSE, CHOSEN
+    SPACE, REVERSE, CHOSEN = args.space, args.reverse, tuple(args.recipes.split(","))
     torch.set_num_threads(1)
     os.sched_setaffinity(0, {0})  # local timing on core 0
     device = open_target(args.target, "onnxruntime", 1, args.target_token)

@@ -539,7 +539,9 @@ def measure(
     target: Annotated[str, typer.Option(help="cpu, cuda, or http://HOST:PORT of 'mbsearch agent'.")] = "cpu",
     runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
     threads: Annotated[int, typer.Option(min=1, max=256, help="Threads for inference (local targets).")] = 1,
-    runs: Annotated[int, typer.Option(min=5, max=10_000, help="Timed runs per attempt.")] = 50,
+    runs: Annotated[
+        int | None, typer.Option(min=5, max=10_000, help="Timed runs per turn (default: the search's recipe).")
+    ] = None,
     target_token: TargetToken = None,
     latency_input_size: LatencyInputSize = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
@@ -618,8 +620,9 @@ def profile(
         adaptive,
         sample,
     )
-    if (line := table.calibration_line()) is not None:
-        say(line)
+    for line in (table.calibration_line(), table.quiet_line()):
+        if line is not None:
+            say(line)
     say(f"wrote {output}")
 
 

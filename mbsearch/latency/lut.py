@@ -50,12 +50,13 @@ from mbsearch.files import describe_validation_error, parse_json, read_text, wri
 from mbsearch.latency.profiler import build_seeded
 from mbsearch.latency.targets import (
     ROUNDS_RECIPE,
+    GatedTurns,
     Prepared,
     Target,
     exported,
+    gated_turns,
     input_shape,
     latencies_by_rounds,
-    time_rounds,
 )
 from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.nn.onnx_export import export_module, exporter_identity
@@ -66,14 +67,22 @@ from mbsearch.spec.sample import arch_from_decisions, random_arch
 from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
 FORMAT = "mbsearch.latency.lut/2"
-# How a part is timed: `rounds` turns of the part in its host and the host alone, each a fresh session with
-# `warmup` runs then `runs` timed ones; a turn's cost is the difference of the two fastest runs, and the
-# part's the median over its turns (the pairing cancels the device's drift between turns).
-PART_RECIPE: dict[str, Any] = {"name": "in-context-rounds", "rounds": 5, "warmup": 3, "runs": 10}
+# How a part is timed: `rounds` turns of the part in its host and the host alone, back to back, each a fresh
+# session with `warmup` runs then `runs` timed ones, gated like whole networks (targets.ROUNDS_RECIPE: a turn
+# counts only when the probe beside it ran near its fastest) and interleaved with `chunk` other parts; a turn's
+# cost is the difference of the two fastest runs, and the part's the median over its quiet turns.
+PART_RECIPE: dict[str, Any] = {
+    "name": "gated-in-context",
+    "rounds": 5,
+    "warmup": 3,
+    "runs": 10,
+    "chunk": 25,
+} | {key: ROUNDS_RECIPE[key] for key in ("probe", "tolerance", "max_turns", "settle_reads", "settle_s")}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
 PART_FLOOR_MS = 1e-3  # a part's difference below the timer's resolution is kept as this much, never <= 0
 TIMED_EXPORTER = "torchscript"  # nn.onnx_export's fast path: what searches time and users ship
+QUIET_WARNING = 0.5  # below this share of quiet turns, `profile` says the device was busy
 FOREST_MIN_SAMPLES = 8  # below this many samples of a kind, its linear model alone predicts
 
 
@@ -309,18 +318,33 @@ def _input_only(shape: tuple[int, ...]) -> Prepared:
     return _prepared(nn.AdaptiveAvgPool2d(1), shape)
 
 
-def time_part_in_context(target: Target, part: PartConfig, recipe: dict[str, Any] = PART_RECIPE) -> float:
-    """The part's cost in ms inside its host (see _Host): the median over interleaved turns of the
-    difference between the host with the part and without it (the stem: against the bare input)."""
+def _with_and_without(part: PartConfig) -> list[Prepared]:
+    """The part in its host (see _Host) and the host alone (the stem: the network's input alone)."""
     shape = (1, part.in_chs, part.size, part.size)
     module = part.build()
     if part.kind == "stem":
-        with_part, without = _prepared(nn.Sequential(module, nn.AdaptiveAvgPool2d(1)), shape), _input_only(shape)
-    else:
-        with_part = _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape)
-        without = _prepared(_Host(part.in_chs, None, pooled=False), shape)
-    turns = time_rounds(target, [with_part, without], recipe["rounds"], recipe["warmup"], recipe["runs"])
-    return max(statistics.median(a - b for a, b in zip(*turns, strict=True)), PART_FLOOR_MS)
+        return [_prepared(nn.Sequential(module, nn.AdaptiveAvgPool2d(1)), shape), _input_only(shape)]
+    return [
+        _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape),
+        _prepared(_Host(part.in_chs, None, pooled=False), shape),
+    ]
+
+
+def time_parts_in_context(target: Target, parts: list[PartConfig], recipe: dict[str, Any] = PART_RECIPE) -> GatedTurns:
+    """Each part's cost in ms inside its host, the parts' turns interleaved: the median over the gated turns
+    of the difference between the host with the part and without it. Returns the gated turns, whose
+    `minima` are replaced by the parts' costs."""
+    result = gated_turns(target, [_with_and_without(part) for part in parts], recipe)
+    costs = [
+        max(statistics.median(a - b for a, b in zip(with_part, without, strict=True)), PART_FLOOR_MS)
+        for with_part, without in result.minima
+    ]
+    return replace(result, minima=costs)
+
+
+def time_part_in_context(target: Target, part: PartConfig, recipe: dict[str, Any] = PART_RECIPE) -> float:
+    """One part's cost in ms inside its host (time_parts_in_context)."""
+    return time_parts_in_context(target, [part], recipe).minima[0]
 
 
 # ------------------------------------------------------------------------------------------- the file
@@ -489,6 +513,19 @@ class LookupTable:
             "(benchmarks/latency.py measures it on networks the table never saw)"
         )
 
+    def quiet_line(self) -> str | None:
+        """How disturbed the device was while the table was timed (None for a table without the record)."""
+        share = self.data.profiling.get("quiet_share")
+        if share is None:
+            return None
+        line = f"the timing gate passed {share:.0%} of turns"
+        if share < QUIET_WARNING:
+            line += (
+                ": the device was busy most of the time, so the table holds its least disturbed turns; "
+                "profile again when nothing else runs there"
+            )
+        return line
+
     def save(self, path: Path) -> None:
         write_atomic(path, self.data.model_dump_json(indent=1) + "\n")
 
@@ -626,15 +663,20 @@ def profile(
     }
     entries: dict[str, float] = _read_partial(partial, header)
     timings = 0
+    quiet: list[float] = []  # the gate's pass rate per chunk: how disturbed the device was meanwhile
 
     def time_all(todo: list[PartConfig], what: str, total: int, offset: int) -> None:
         nonlocal timings
-        for done, part in enumerate(todo, start=1):
-            entries[part.key] = time_part_in_context(target, part)
-            timings += 2 * PART_RECIPE["rounds"]
+        chunk = PART_RECIPE["chunk"]
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            result = time_parts_in_context(target, batch)
+            entries.update({part.key: cost for part, cost in zip(batch, result.minima, strict=True)})
+            timings += result.turns
+            quiet.append(result.quiet_share)
             if on_progress:
-                on_progress(what, offset + done, total)
-            if partial is not None and (done % 25 == 0 or done == len(todo)):
+                on_progress(what, offset + start + len(batch), total)
+            if partial is not None:  # kept after every chunk: an interrupted profile resumes from here
                 write_atomic(partial, json.dumps({"header": header, "entries": entries}))
 
     input_key = "input-only"
@@ -652,12 +694,23 @@ def profile(
         added += [part.key for part in extra]
     table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added)
     calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
-    measured = whole_network_latencies(target, calibration)
-    if on_progress and calibration:
-        on_progress("calibration network", len(calibration), len(calibration))
-    timings += len(calibration) * ROUNDS_RECIPE["rounds"]
+    measured: list[float] = []
+    if calibration:
+        networks = gated_turns(target, [[_network(arch)] for arch in calibration], ROUNDS_RECIPE)
+        measured = [statistics.median(group[0]) for group in networks.minima]
+        timings += networks.turns
+        quiet.append(networks.quiet_share)
+        if on_progress:
+            on_progress("calibration network", len(calibration), len(calibration))
     table = calibrated(table, calibration, measured)
-    profiling = {"parts": len(entries), "adaptive": len(added), "timings": timings, "networks": len(calibration)}
+    profiling = {
+        "parts": len(entries),
+        "adaptive": len(added),
+        "timings": timings,
+        "networks": len(calibration),
+        # the gate's pass rate: near 1 on a quiet device; low means the profile waited out disturbances
+        "quiet_share": round(statistics.fmean(quiet), 3) if quiet else None,
+    }
     return LookupTable(table.data.model_copy(update={"profiling": profiling}), table.path)
 
 
@@ -717,10 +770,13 @@ def adaptive_samples(table: LookupTable, count: int, seed: int = 0) -> list[Part
     return list(chosen.values())
 
 
+def _network(arch: Arch) -> Prepared:
+    return exported(build_seeded(arch, 0), arch)
+
+
 def whole_network_latencies(target: Target, archs: list[Arch]) -> list[float]:
-    """Networks timed whole by the interleaved recipe: the ground truth tables are calibrated and judged on."""
-    prepared = [exported(build_seeded(arch, 0), arch) for arch in archs]
-    return latencies_by_rounds(target, prepared) if prepared else []
+    """Networks timed whole by the gated rounds recipe: the ground truth tables are calibrated and judged on."""
+    return latencies_by_rounds(target, [_network(arch) for arch in archs]) if archs else []
 
 
 def calibration_archs(

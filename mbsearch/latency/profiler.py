@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mbsearch.device.timing import DEFAULT_RUNS, LatencyStats
+from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import LatencyCache, PendingLatency, Target, measure_on, start_latency
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
@@ -58,4 +58,4 @@ def profile_candidate(
 
 def latency_of(arch: Arch, target: Target, runs: int | None = None) -> LatencyStats:
     """The latency of `arch` on `target`, measured now (no cache): weights do not change timing, so seed 0."""
-    return measure_on(target, build_seeded(arch, 0), arch, runs=runs or DEFAULT_RUNS)
+    return measure_on(target, build_seeded(arch, 0), arch, runs=runs)

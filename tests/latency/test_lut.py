@@ -70,7 +70,8 @@ def test_table_round_trips_through_its_file(small) -> None:
     assert raw["device"]["fingerprint"] == LocalTarget().device()["fingerprint"]
     assert raw["calibration"]["networks"] == 10 and raw["use"] in ("sum", "corrected")
     assert raw["recipe"] == PART_RECIPE and raw["exporter"]["exporter"] == "torchscript"
-    assert raw["profiling"]["timings"] > 0
+    assert raw["profiling"]["timings"] > 0 and 0 < raw["profiling"]["quiet_share"] <= 1
+    assert table.quiet_line().startswith("the timing gate passed ")
     loaded = LookupTable.load(lut_path)
     assert loaded.data == table.data
     arch = random_arch(load_space(space_path), 3, 28, 1, 10)
