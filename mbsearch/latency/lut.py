@@ -54,6 +54,7 @@ from mbsearch.latency.targets import (
     Prepared,
     Target,
     exported,
+    gated_one_by_one,
     gated_turns,
     input_shape,
     latencies_by_rounds,
@@ -696,7 +697,7 @@ def profile(
     calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
     measured: list[float] = []
     if calibration:
-        networks = gated_turns(target, [[_network(arch)] for arch in calibration], ROUNDS_RECIPE)
+        networks = gated_one_by_one(target, [_network(arch) for arch in calibration], ROUNDS_RECIPE)
         measured = [statistics.median(group[0]) for group in networks.minima]
         timings += networks.turns
         quiet.append(networks.quiet_share)

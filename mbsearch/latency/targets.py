@@ -309,12 +309,12 @@ def gated_turns(target: Target, groups: list[list[Prepared]], recipe: dict[str, 
     """Time each group of networks (a network alone, or a part with its host) in interleaved turns, a fresh
     short session each, until every group has `rounds` turns the gate passed (see ROUNDS_RECIPE). While
     the probe says the device is disturbed, only the probe runs (a cheap wait) until it quiets, for at most
-    quiet_wait_s() seconds of waiting per call; a group still short then, or after `max_turns` x `rounds`
+    quiet_wait_s() seconds of waiting per group; a group still short then, or after `max_turns` x `rounds`
     turns, keeps its `rounds` least disturbed turns."""
     gate = quiet_gate(target, recipe)
     rounds, tolerance = recipe["rounds"], recipe["tolerance"]
     taken: list[list[tuple[float, list[float]]]] = [[] for _ in groups]  # (the worse probe beside it, minima)
-    waited, max_wait = 0.0, quiet_wait_s()
+    waited, max_wait = 0.0, quiet_wait_s() * len(groups)  # each group's share of waiting
 
     def passed(turns: list[tuple[float, list[float]]]) -> list[list[float]]:
         return [minima for probe, minima in turns if gate.quiet(probe, tolerance)]
@@ -359,11 +359,21 @@ def time_rounds(target: Target, prepared: list[Prepared], rounds: int, warmup: i
     return minima
 
 
+def gated_one_by_one(target: Target, prepared: list[Prepared], recipe: dict | None = None) -> GatedTurns:
+    """Each network gated by itself, one after another: its turns close together, with a wait of its own
+    for a quiet device (interleaved in one call, 120 networks shared one wait and repeated worse)."""
+    results = [gated_turns(target, [[item]], recipe or ROUNDS_RECIPE) for item in prepared]
+    return GatedTurns(
+        [result.minima[0] for result in results],
+        statistics.fmean(result.quiet_share for result in results) if results else 1.0,
+        sum(result.turns for result in results),
+    )
+
+
 def latencies_by_rounds(target: Target, prepared: list[Prepared], recipe: dict | None = None) -> list[float]:
-    """The median over its quiet turns of each network's fastest run (ms): the ground truth of lookup
-    tables and their calibration."""
-    result = gated_turns(target, [[item] for item in prepared], recipe or ROUNDS_RECIPE)
-    return [statistics.median(group[0]) for group in result.minima]
+    """The median over its quiet turns of each network's fastest run (ms), one network at a time: the
+    ground truth of lookup tables and their calibration, and the search's recipe."""
+    return [statistics.median(group[0]) for group in gated_one_by_one(target, prepared, recipe).minima]
 
 
 # How the search and `mbsearch measure` time a network (recorded with every study's device, and refused when a
@@ -381,9 +391,15 @@ POOLED_RECIPE = {
 }
 
 
-def time_network(target: Target, prepared: Prepared, recipe: dict[str, Any] = SEARCH_RECIPE) -> LatencyStats:
-    """One network's latency by `recipe` (a lookup table predicts by its own). Gated: the median over the
-    quiet turns of each turn's fastest run, with the IQR over those turns as its spread."""
+def recipe_of(target: Target) -> dict[str, Any]:
+    """The recipe `target` times networks by: the search's, or the one a resumed study started with."""
+    return getattr(target, "timing_recipe", SEARCH_RECIPE)
+
+
+def time_network(target: Target, prepared: Prepared, recipe: dict[str, Any] | None = None) -> LatencyStats:
+    """One network's latency by `recipe` (default: recipe_of(target); a lookup table predicts by its own).
+    Gated: the median over the quiet turns of each turn's fastest run, with their IQR as its spread."""
+    recipe = recipe or recipe_of(target)
     if getattr(target, "runtime", None) == "lut" or recipe["name"] == POOLED_RECIPE["name"]:
         return target.time(prepared)
     result = gated_turns(target, [[prepared]], recipe)
@@ -395,7 +411,7 @@ def time_network(target: Target, prepared: Prepared, recipe: dict[str, Any] = SE
 def timing_identity(target: Target) -> dict[str, Any]:
     """How `target`'s latencies are taken: the recipe and the graph's exporter (a table: its own recipes)."""
     recipe = getattr(getattr(target, "data", None), "network_recipe", None)
-    return {"recipe": recipe or SEARCH_RECIPE, "exporter": exporter_identity("torchscript")}
+    return {"recipe": recipe or recipe_of(target), "exporter": exporter_identity("torchscript")}
 
 
 def latency_anchored(target: Target, prepared: Prepared, anchor: Prepared, anchor_ms: float, recipe: dict) -> float:
@@ -435,11 +451,12 @@ def measure_on(
     arch: Arch,
     timings: dict[str, float] | None = None,
     runs: int | None = None,
-    recipe: dict[str, Any] = SEARCH_RECIPE,
+    recipe: dict[str, Any] | None = None,
 ) -> LatencyStats:
     """prepare + time on any target by `recipe` (with `runs` timed runs per turn or attempt, if given), with
     `timings` receiving the seconds of each ("latency" for timing)."""
     prepared = target.prepare(model, arch, timings)
+    recipe = recipe or recipe_of(target)
     if runs is not None:
         recipe = recipe | {"runs": runs}
         prepared = replace(prepared, runs=runs)
@@ -473,7 +490,7 @@ class LatencyCache:
     def key(arch: Arch, target: Target) -> str:
         """Latency belongs to a device (its fingerprint: CPU, cores, runtime, threads) and a network."""
         digest = hashlib.sha256(arch.key().encode()).hexdigest()
-        recipe = SEARCH_RECIPE["name"]  # a latency taken by another recipe is not reused
+        recipe = recipe_of(target)["name"]  # a latency taken by another recipe is not reused
         return f"{target.device()['fingerprint']}|{type(target).__name__}|{recipe}|{digest}"
 
     def get(self, key: str) -> LatencyStats | None:

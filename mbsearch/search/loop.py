@@ -26,7 +26,7 @@ from mbsearch import interrupts
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import LatencyCache, Target, timing_identity
+from mbsearch.latency.targets import POOLED_RECIPE, LatencyCache, Target, timing_identity
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
@@ -175,12 +175,18 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
 
 
 def check_device(study: optuna.Study, target: Target) -> None:
-    """A study's latencies come from one device: record its fingerprint once, refuse another one later."""
-    device = target.device() | {"target": target.name, "timing": timing_identity(target)}
+    """A study's latencies come from one device and one recipe: record them once, refuse another device
+    later. A study started before the gated recipe (issue 20) goes on with the recipe it started with, so
+    its front never mixes two kinds of latency."""
     stored = study.user_attrs.get(records.DEVICE)
+    if stored is not None and target.runtime != "lut":
+        started_with = stored.get("timing", {}).get("recipe", POOLED_RECIPE)  # none recorded before 2026-12-02
+        if started_with == POOLED_RECIPE:
+            target.timing_recipe = POOLED_RECIPE  # type: ignore[attr-defined]
+    device = target.device() | {"target": target.name, "timing": timing_identity(target)}
     if stored is None:
         study.set_user_attr(records.DEVICE, device)
-    elif "timing" in stored and stored["timing"] != device["timing"]:  # studies before 2026-12-02 lack it
+    elif "timing" in stored and stored["timing"] != device["timing"]:
         raise BadInput(
             f"study {study.study_name!r} was timed with {stored['timing']}; this version times with "
             f"{device['timing']}: the latencies would not compare; use a new --study"
@@ -278,8 +284,16 @@ def _confirmer(config: RunConfig) -> Callable[..., None]:
     device = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
 
     def confirm(study: optuna.Study, strict: bool = False) -> None:
+        def said(number: int, predicted: float, measured: float) -> None:
+            sd = study.trials[number].user_attrs.get(records.LATENCY_SD_MS) or 0.0
+            print(
+                f"confirmed on {config.confirm_on}: trial {number} predicted {predicted:.3f} ± {sd:.3f} ms, "
+                f"measured {measured:.3f} ms ({measured / predicted - 1:+.0%})",
+                flush=True,
+            )
+
         try:
-            retime(study, to_confirm(trials_frame(study)), device)
+            retime(study, to_confirm(trials_frame(study)), device, said)
         except RuntimeFailure as exc:
             if strict:
                 raise

@@ -91,7 +91,7 @@ def test_predictions_are_in_the_range_of_whole_network_timings(small) -> None:
         assert 0.4 * measured < table.predict(arch, how="sum") < 2.5 * measured
 
 
-def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, runner) -> None:
+def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, runner, capsys) -> None:
     from mbsearch.cli.app import app
     from mbsearch.results.pareto import trials_frame
     from mbsearch.results.retime import retimings, to_confirm
@@ -123,6 +123,8 @@ def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, ru
     # ... during the search, not only after it: the first re-timing precedes the last trial's end.
     first = min(datetime.fromisoformat(r["timed_at"]) for r in timed.values())
     assert first < max(t.datetime_complete.astimezone(UTC) for t in trials)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("confirmed on cpu: trial ")]
+    assert len(said) == len(timed) and all(" ms, measured " in line for line in said)  # the user sees each
     outcome = runner.invoke(app, ["report", config.study_name, "--runs-dir", str(tmp_path), "--no-baselines"])
     assert outcome.exit_code == 0, outcome.output
     page = (tmp_path / config.study_name / "report.html").read_text()
