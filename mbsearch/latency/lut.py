@@ -31,7 +31,7 @@ import math
 import random
 import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -81,6 +81,12 @@ PART_RECIPE: dict[str, Any] = {
 } | {key: ROUNDS_RECIPE[key] for key in ("probe", "tolerance", "max_turns", "settle_reads", "settle_s")}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
+# What the network-level correction may weigh besides the parts' sum: the network's weights (millions) and
+# the feature-map elements its parts move (millions). A part timed in its small host runs with its weights
+# and maps warm in cache; in a whole network they compete, and at 28x28 the sums of exactly timed parts came
+# to 0.61-1.32 of the whole, falling with the network's size (benchmarks/README.md).
+NETWORK_FEATURES = ("sum", "params", "activations")
+CORRECTIONS = (("sum",), NETWORK_FEATURES)  # the candidates, judged by held-out error
 PART_FLOOR_MS = 1e-3  # a part's difference below the timer's resolution is kept as this much, never <= 0
 TIMED_EXPORTER = "torchscript"  # nn.onnx_export's fast path: what searches time and users ship
 QUIET_WARNING = 0.5  # below this share of quiet turns, `profile` says the device was busy
@@ -377,7 +383,9 @@ class LutFile(pydantic.BaseModel):
     exporter: dict[str, Any]  # the exporter, its torch version and the opset of the timed graphs
     # the input alone through a pool: every network's cost before its first layer
     input_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    correction: Annotated[list[_Finite], Field(min_length=2, max_length=2)] | None = None  # a*sum + b
+    # the network-level correction: coefficients of `correction_features`, then the intercept
+    correction: Annotated[list[_Finite], Field(min_length=2, max_length=len(NETWORK_FEATURES) + 1)] | None = None
+    correction_features: list[Literal["sum", "params", "activations"]] = ["sum"]
     use: Literal["sum", "corrected"] = "sum"
     residual_sd: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # held-out relative error's sd
     calibration: dict[str, Any] = {}
@@ -510,9 +518,14 @@ class LookupTable:
         return (
             f"held-out error over {summary['networks']} calibration networks ({FOLDS}-fold): median "
             f"{held_out.get('median_abs_error', float('nan')):.1%}, within ±10% "
-            f"{held_out.get('within_10pct', float('nan')):.0%}; predicts with the {self.data.use} "
+            f"{held_out.get('within_10pct', float('nan')):.0%}; predicts with {self._method()} "
             "(benchmarks/latency.py measures it on networks the table never saw)"
         )
+
+    def _method(self) -> str:
+        if self.data.use == "corrected" and self.data.correction:
+            return f"a correction on {' + '.join(self.data.correction_features)}"
+        return "the plain sum"
 
     def quiet_line(self) -> str | None:
         """How disturbed the device was while the table was timed (None for a table without the record)."""
@@ -608,8 +621,9 @@ class LookupTable:
         plain = self.data.input_ms + float(ms.sum())
         scale = 1.0
         if (how or self.data.use) == "corrected" and self.data.correction:
-            a, b = self.data.correction
-            predicted, scale = a * plain + b, a
+            *weights, intercept = self.data.correction
+            features = network_features(arch, plain, self.data.correction_features)
+            predicted, scale = float(np.dot(weights, features)) + intercept, weights[0]
         else:
             predicted = plain
         # No network runs faster than its input alone: a fitted correction must not predict less.
@@ -789,32 +803,59 @@ def calibration_archs(
     ]
 
 
+def network_features(arch: Arch, plain_sum: float, names: Sequence[str]) -> list[float]:
+    """The network-level correction's inputs (NETWORK_FEATURES) for `arch`, whose parts sum to `plain_sum`."""
+    parts = arch_parts(arch)
+    values = {
+        "sum": plain_sum,
+        "params": sum(part.params() for part in parts) / 1e6,
+        "activations": sum(part.activation_elements() for part in parts) / 1e6,
+    }
+    return [values[name] for name in names]
+
+
+def _held_out(features: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each network's prediction by a linear fit on the other folds, weighted for relative error."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold
+
+    predicted = np.zeros_like(truth)
+    for fit_on, judge_on in KFold(FOLDS, shuffle=True, random_state=0).split(features):
+        fit = LinearRegression().fit(features[fit_on], truth[fit_on], sample_weight=truth[fit_on] ** -2.0)
+        predicted[judge_on] = fit.predict(features[judge_on])
+    return predicted
+
+
 def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> LookupTable:
-    """The table with a network-level correction `a*sum + b`, fitted on networks timed whole, and its
-    error measured on networks it was not fitted on (k-fold): that held-out error decides whether the
-    correction is used, and its spread is every prediction's network-level uncertainty."""
+    """The table with a network-level correction, fitted on networks timed whole: a linear model of the
+    parts' sum (and, as a second candidate, the network's weights and feature maps, CORRECTIONS), weighted
+    for relative error. Each candidate is judged by its error on networks it was not fitted on (k-fold);
+    the lowest held-out RMSPE, the plain sum included, is used, and its held-out spread is every
+    prediction's network-level uncertainty."""
     if not archs:
         return table
     from sklearn.linear_model import LinearRegression
-    from sklearn.model_selection import KFold, cross_val_predict
 
     plain = np.array([table.plain_sum(arch) for arch in archs])
     truth = np.array(measured)
-    summary: dict[str, Any] = {"networks": len(archs)}
-    update: dict[str, Any] = {}
-    sum_error = (plain - truth) / truth
-    use, held_out = "sum", sum_error
+    summary: dict[str, Any] = {"networks": len(archs), "held_out_sum": prediction_error(list(plain), list(truth))}
+    update: dict[str, Any] = {"use": "sum", "correction": None, "correction_features": ["sum"]}
+    best_error = (plain - truth) / truth
     if len(archs) >= 2 * FOLDS:
-        folds = KFold(FOLDS, shuffle=True, random_state=0)
-        corrected = cross_val_predict(LinearRegression(), plain.reshape(-1, 1), truth, cv=folds)
-        corrected_error = (corrected - truth) / truth
-        fit = LinearRegression().fit(plain.reshape(-1, 1), truth)
-        update["correction"] = [float(fit.coef_[0]), float(fit.intercept_)]
-        summary["held_out_sum"] = prediction_error(list(plain), list(truth))
-        if np.median(np.abs(corrected_error)) < np.median(np.abs(sum_error)):
-            use, held_out = "corrected", corrected_error
-    summary["held_out"] = prediction_error(list(truth * (1 + held_out)), list(truth))
-    update |= {"use": use, "calibration": summary, "residual_sd": float(np.sqrt(np.mean(held_out**2)))}
+        for names in CORRECTIONS:
+            features = np.array([network_features(a, s, names) for a, s in zip(archs, plain, strict=True)])
+            error = (_held_out(features, truth) - truth) / truth
+            summary[f"held_out_{'+'.join(names)}"] = prediction_error(list(truth * (1 + error)), list(truth))
+            if np.sqrt(np.mean(error**2)) < np.sqrt(np.mean(best_error**2)):
+                fit = LinearRegression().fit(features, truth, sample_weight=truth**-2.0)
+                update |= {
+                    "use": "corrected",
+                    "correction": [*map(float, fit.coef_), float(fit.intercept_)],
+                    "correction_features": list(names),
+                }
+                best_error = error
+    summary["held_out"] = prediction_error(list(truth * (1 + best_error)), list(truth))
+    update |= {"calibration": summary, "residual_sd": float(np.sqrt(np.mean(best_error**2)))}
     return LookupTable(table.data.model_copy(update=update), table.path)
 
 

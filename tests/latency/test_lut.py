@@ -10,7 +10,17 @@ import optuna
 import pytest
 
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency.lut import FORMAT, PART_RECIPE, LookupTable, arch_part_keys, profile, space_parts
+from mbsearch.latency.lut import (
+    FORMAT,
+    NETWORK_FEATURES,
+    PART_RECIPE,
+    LookupTable,
+    arch_part_keys,
+    calibrated,
+    network_features,
+    profile,
+    space_parts,
+)
 from mbsearch.latency.targets import LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
@@ -326,3 +336,26 @@ def test_part_features_count_what_the_built_network_counts() -> None:
         assert sum(sum(part.macs()) for part in parts) == count_macs(model, arch)[0]
         weights = sum(part.params() for part in parts)
         assert 0.98 * count_params(model) < weights <= count_params(model)  # BatchNorm and biases aside
+
+
+def test_the_network_correction_weighs_weights_and_maps_when_they_explain_the_whole(small) -> None:
+    """Whole-network latencies that grow with the network's weights beyond its parts' sum (as cache-cold
+    weights do): the correction on sum + params + activations is chosen by its held-out error, and
+    predicts networks it was never fitted on; latencies that are the plain sum keep the plain sum."""
+    space_path, _, table = small
+    space = load_space(space_path)
+    fit_on = [random_arch(space, 100 + seed, 28, 1, 10) for seed in range(20)]
+    judged = [random_arch(space, 200 + seed, 28, 1, 10) for seed in range(5)]
+
+    def whole(arch: Arch) -> float:
+        plain = table.plain_sum(arch)
+        params, acts = network_features(arch, plain, ["params", "activations"])
+        return 0.7 * plain + 2.0 * params * plain + 0.01 * acts + 0.02
+
+    corrected = calibrated(table, fit_on, [whole(arch) for arch in fit_on])
+    assert corrected.data.use == "corrected" and corrected.data.correction_features == list(NETWORK_FEATURES)
+    assert corrected.data.calibration["held_out"]["rmspe"] < corrected.data.calibration["held_out_sum"]["rmspe"]
+    for arch in judged:
+        assert corrected.predict(arch) == pytest.approx(whole(arch), rel=0.15)
+    plain = calibrated(table, fit_on, [table.plain_sum(arch) for arch in fit_on])
+    assert plain.data.use == "sum" and plain.predict(judged[0]) == table.plain_sum(judged[0])
