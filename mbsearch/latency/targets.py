@@ -19,12 +19,14 @@ import sqlite3
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -223,6 +225,10 @@ ROUNDS_RECIPE = {
     "settle_s": 5.0,
 }
 PROBE_RUNS = {"warmup": 2, "runs": 8}
+# The quiet speed: the 10th percentile of the last 1,000 probe reads. A device quiet less than a tenth of the
+# time is taken as it is (its disturbed speed is its speed); two freak fast reads among the first 25 cannot
+# make every later turn look disturbed.
+GATE_MEMORY, GATE_PERCENTILE = 1000, 10
 # How long one timing call may wait on the probe alone for a disturbed device to quiet, before it takes the
 # least disturbed turns: a setting of the machine, not of the recipe (it changes how long, not how, a
 # latency is taken). Tests shorten it; a busy shared machine may want it longer.
@@ -256,10 +262,10 @@ def _probe_module() -> nn.Module:
 
 
 class QuietGate:
-    """One device's probe and the fastest probe seen on it, kept for the life of the process (one reference
-    for every network a search or a profile times there). A new gate first reads the probe `settle_reads`
-    times over `settle_s` seconds, so that a disturbance already under way when timing starts is not taken
-    for the device's speed."""
+    """One device's probe and its quiet speed (GATE_PERCENTILE of its recent reads), kept for the life of
+    the process (one reference for every network a search or a profile times there). A new gate first
+    reads the probe `settle_reads` times over `settle_s` seconds, so that a disturbance already under way
+    when timing starts is not taken for the device's speed."""
 
     def __init__(self, target: Target, recipe: dict[str, Any]) -> None:
         from mbsearch.nn.onnx_export import export_module
@@ -270,7 +276,8 @@ class QuietGate:
         # eager timing (--runtime torch) runs the module itself; every other target runs the ONNX graph
         payload = module if getattr(target, "runtime", None) == "torch" else export_module(module, shape).data
         self.probe = Prepared(payload, shape, None, **PROBE_RUNS)
-        self.best = float("inf")
+        self.reads: deque[float] = deque(maxlen=GATE_MEMORY)
+        self.best = float("inf")  # the device's quiet speed: a low percentile of the recent probe reads
         reads = recipe["settle_reads"]
         for index in range(reads):
             self.read(target)
@@ -280,7 +287,8 @@ class QuietGate:
     def read(self, target: Target) -> float:
         """One probe turn (its fastest run, ms)."""
         value = target.time(replace(self.probe, attempts=1, sessions=1)).min_ms
-        self.best = min(self.best, value)
+        self.reads.append(value)
+        self.best = float(np.percentile(self.reads, GATE_PERCENTILE))
         return value
 
     def quiet(self, probe_ms: float, tolerance: float) -> bool:
