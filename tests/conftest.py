@@ -18,7 +18,8 @@ logging.getLogger("optuna").setLevel(logging.WARNING)
 
 # Timing waits at most this long per call for a disturbed machine to quiet (60 s by default): tests check
 # what is measured, not how quiet the CI machine is, and must finish in CI's time.
-os.environ.setdefault("MBSEARCH_QUIET_WAIT_S", "3")
+os.environ.setdefault("MBSEARCH_QUIET_WAIT_S", "1")
+os.environ.setdefault("MBSEARCH_QUIET_SETTLE_S", "0.2")  # and spread a gate's first reads over this long
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -221,8 +221,7 @@ ROUNDS_RECIPE = {
     "probe": "conv16-dw-pw@112",
     "tolerance": 0.10,
     "max_turns": 10,  # at most this many times `rounds` turns per network before the least disturbed are taken
-    "settle_reads": 25,  # a device's first gate reads the probe this often over `settle_s` seconds
-    "settle_s": 5.0,
+    "settle_reads": 25,  # a device's first gate reads the probe this often, over quiet_settle_s() seconds
 }
 PROBE_RUNS = {"warmup": 2, "runs": 8}
 # The quiet speed: the 10th percentile of the probe reads of this process (up to 100,000: hours). A device
@@ -234,21 +233,30 @@ GATE_MEMORY, GATE_PERCENTILE = 100_000, 10
 # How long one timing call may wait on the probe alone for a disturbed device to quiet, before it takes the
 # least disturbed turns: a setting of the machine, not of the recipe (it changes how long, not how, a
 # latency is taken). Tests shorten it; a busy shared machine may want it longer.
-QUIET_WAIT_ENV = "MBSEARCH_QUIET_WAIT_S"
-QUIET_WAIT_S = 60.0
+QUIET_WAIT_ENV, QUIET_WAIT_S = "MBSEARCH_QUIET_WAIT_S", 60.0
+# How long a new gate spreads its first probe reads over (same kind of setting: how long, not how).
+QUIET_SETTLE_ENV, QUIET_SETTLE_S = "MBSEARCH_QUIET_SETTLE_S", 5.0
 
 
-def quiet_wait_s() -> float:
-    raw = os.environ.get(QUIET_WAIT_ENV)
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
     if raw is None:
-        return QUIET_WAIT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not 0 <= value < float("inf"):
-        raise BadInput(f"{QUIET_WAIT_ENV}={raw!r} is not a number of seconds >= 0; set it to e.g. 60, or unset it")
+        raise BadInput(f"{name}={raw!r} is not a number of seconds >= 0; set it to e.g. {default:g}, or unset it")
     return value
+
+
+def quiet_wait_s() -> float:
+    return _seconds(QUIET_WAIT_ENV, QUIET_WAIT_S)
+
+
+def quiet_settle_s() -> float:
+    return _seconds(QUIET_SETTLE_ENV, QUIET_SETTLE_S)
 
 
 def _probe_module() -> nn.Module:
@@ -266,7 +274,7 @@ def _probe_module() -> nn.Module:
 class QuietGate:
     """One device's probe and its quiet speed (GATE_PERCENTILE of its recent reads), kept for the life of
     the process (one reference for every network a search or a profile times there). A new gate first
-    reads the probe `settle_reads` times over `settle_s` seconds, so that a disturbance already under way
+    reads the probe `settle_reads` times over quiet_settle_s() seconds, so that a disturbance already under way
     when timing starts is not taken for the device's speed."""
 
     def __init__(self, target: Target, recipe: dict[str, Any]) -> None:
@@ -284,7 +292,7 @@ class QuietGate:
         for index in range(reads):
             self.read(target)
             if index < reads - 1:
-                time.sleep(recipe["settle_s"] / (reads - 1))
+                time.sleep(quiet_settle_s() / (reads - 1))
 
     def read(self, target: Target) -> float:
         """One probe turn (its fastest run, ms)."""
