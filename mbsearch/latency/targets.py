@@ -12,6 +12,7 @@ architecture), so a resampled architecture is not timed twice.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -26,7 +27,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -272,7 +272,7 @@ def _probe_module() -> nn.Module:
 
 
 class QuietGate:
-    """One device's probe and its quiet speed (GATE_PERCENTILE of its recent reads), kept for the life of
+    """One device's probe and its quiet speed (GATE_PERCENTILE of its reads), kept for the life of
     the process (one reference for every network a search or a profile times there). A new gate first
     reads the probe `settle_reads` times over quiet_settle_s() seconds, so that a disturbance already under way
     when timing starts is not taken for the device's speed."""
@@ -286,8 +286,9 @@ class QuietGate:
         # eager timing (--runtime torch) runs the module itself; every other target runs the ONNX graph
         payload = module if getattr(target, "runtime", None) == "torch" else export_module(module, shape).data
         self.probe = Prepared(payload, shape, None, **PROBE_RUNS)
-        self.reads: deque[float] = deque(maxlen=GATE_MEMORY)
-        self.best = float("inf")  # the device's quiet speed: a low percentile of the recent probe reads
+        self.reads: deque[float] = deque()  # in the order read, to forget the oldest past GATE_MEMORY
+        self.ranked: list[float] = []  # the same reads sorted: the percentile without a sort per read
+        self.best = float("inf")  # the device's quiet speed: a low percentile of the probe reads
         reads = recipe["settle_reads"]
         for index in range(reads):
             self.read(target)
@@ -298,7 +299,14 @@ class QuietGate:
         """One probe turn (its fastest run, ms)."""
         value = target.time(replace(self.probe, attempts=1, sessions=1)).min_ms
         self.reads.append(value)
-        self.best = float(np.percentile(self.reads, GATE_PERCENTILE))
+        bisect.insort(self.ranked, value)
+        if len(self.reads) > GATE_MEMORY:
+            del self.ranked[bisect.bisect_left(self.ranked, self.reads.popleft())]
+        # numpy's default (linear) percentile, read off the sorted reads
+        position = (len(self.ranked) - 1) * GATE_PERCENTILE / 100
+        low = int(position)
+        high = min(low + 1, len(self.ranked) - 1)
+        self.best = self.ranked[low] + (self.ranked[high] - self.ranked[low]) * (position - low)
         return value
 
     def quiet(self, probe_ms: float, tolerance: float) -> bool:
