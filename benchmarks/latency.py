@@ -7,9 +7,10 @@ Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20
        python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
 Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
 
-- repeatability: `--archs` sampled v3 networks timed in two passes by each of six recipes (see _pass:
+- repeatability: `--archs` sampled v3 networks timed in two passes by each of seven recipes (see _pass:
   pooled, the search's before issue 20; turns; interleaved; anchored, in turns with mobilenet_v3_small;
-  gated, targets.ROUNDS_RECIPE over all networks; gated-turns, targets.SEARCH_RECIPE one at a time).
+  gated, targets.ROUNDS_RECIPE over all networks; gated-turns, targets.SEARCH_RECIPE one at a time;
+  gated-turns-small-probe, the same gated by the small probe at every size, the recipe of 2026-12-02).
   Per recipe: median and max |difference| between the passes, and Kendall tau; with the CPU steal time
   seen meanwhile. `--reverse` takes the recipes in the opposite order (the first ones run on a machine
   that may still be settling).
@@ -45,6 +46,7 @@ from mbsearch.latency.lut import prediction_error, profile, whole_network_latenc
 from mbsearch.latency.targets import (
     POOLED_RECIPE,
     ROUNDS_RECIPE,
+    ROUNDS_RECIPE_SMALL_PROBE,
     SEARCH_RECIPE,
     Target,
     exported,
@@ -98,7 +100,7 @@ def steal_jiffies() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
-RECIPES = ("pooled", "turns", "interleaved", "anchored", "gated", "gated-turns")
+RECIPES = ("pooled", "turns", "interleaved", "anchored", "gated", "gated-turns", "gated-turns-small-probe")
 ANCHOR = "mobilenet_v3_small"  # the anchored recipe's fixed network, at the benchmark's input size
 
 
@@ -111,7 +113,8 @@ def _pass(recipe: str, networks: list[Arch], target: Target, anchor: tuple | Non
     network in turns with a fixed anchor network, scaled by the anchor's reference latency (taken once,
     before the first pass). gated: interleaved, but a turn counts only when the probe beside it ran near
     its fastest (targets.ROUNDS_RECIPE: tables' ground truth). gated-turns: the same one network at a time
-    (targets.SEARCH_RECIPE: the search's and `mbsearch measure`'s since issue 20)."""
+    (targets.SEARCH_RECIPE: the search's and `mbsearch measure`'s since issue 20). gated-turns-small-probe:
+    gated-turns with the small probe at every input size (targets.ROUNDS_RECIPE_SMALL_PROBE)."""
     before = steal_jiffies()
     prepared = [exported(build_model(arch), arch) for arch in networks]
     rounds, warmup, runs = ROUNDS_RECIPE["rounds"], ROUNDS_RECIPE["warmup"], ROUNDS_RECIPE["runs"]
@@ -125,6 +128,8 @@ def _pass(recipe: str, networks: list[Arch], target: Target, anchor: tuple | Non
         values = latencies_by_rounds(target, prepared)
     elif recipe == "gated-turns":
         values = [time_network(target, item, SEARCH_RECIPE).median_ms for item in prepared]
+    elif recipe == "gated-turns-small-probe":
+        values = [time_network(target, item, ROUNDS_RECIPE_SMALL_PROBE).median_ms for item in prepared]
     else:
         anchor_prepared, anchor_ms = anchor
         values = [latency_anchored(target, item, anchor_prepared, anchor_ms, ROUNDS_RECIPE) for item in prepared]

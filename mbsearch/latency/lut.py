@@ -78,7 +78,7 @@ PART_RECIPE: dict[str, Any] = {
     "warmup": 3,
     "runs": 10,
     "chunk": 25,
-} | {key: ROUNDS_RECIPE[key] for key in ("probe", "tolerance", "max_turns", "settle_reads")}
+} | {key: ROUNDS_RECIPE[key] for key in ("probes", "tolerance", "max_turns", "settle_reads")}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
 # What the network-level correction may weigh besides the parts' sum: the network's weights (millions) and

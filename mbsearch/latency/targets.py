@@ -16,6 +16,7 @@ import bisect
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import statistics
 import threading
@@ -213,7 +214,7 @@ def exported(model: nn.Module, arch: Arch, timings: dict | None = None) -> Prepa
 # and a turn counts only when the probes on both sides of it ran within `tolerance` of the fastest probe
 # seen: the network's latency on the device as it is when nothing else disturbs it. A quiet device passes
 # every turn; a device that never quiets gets its least disturbed turns, and says so (`quiet_share`).
-ROUNDS_RECIPE = {
+ROUNDS_RECIPE_SMALL_PROBE = {  # the search's and tables' recipe from 2026-12-02 until the probes per input size
     "name": "gated-rounds",
     "rounds": 7,
     "warmup": 3,
@@ -222,6 +223,16 @@ ROUNDS_RECIPE = {
     "tolerance": 0.10,
     "max_turns": 10,  # at most this many times `rounds` turns per network before the least disturbed are taken
     "settle_reads": 25,  # a device's first gate reads the probe this often, over quiet_settle_s() seconds
+}
+# The probe by input size: [smallest input size, probe], the last that applies. Networks at 112x112 and up
+# move feature maps of megabytes; a probe with maps of that order (32 channels at 224: 3 ms) feels what
+# slows them, where the small probe (0.25 ms, maps in cache) felt part of it. In a 120-s run of
+# benchmarks/contention.py beside mobilenet_v2 at 224, the small probe's slowdown correlated 0.46 with the
+# network's and the network ran >10% slow in 6.8% of the turns it passed; the large one's 0.74 and 0.3%.
+# Small inputs keep the small probe: its 7-ms read is already most of a 28x28 network's turn.
+ROUNDS_RECIPE = {key: value for key, value in ROUNDS_RECIPE_SMALL_PROBE.items() if key != "probe"} | {
+    "name": "gated-rounds-sized",
+    "probes": [[0, "conv16-dw-pw@112"], [112, "conv32-dw-pw@224"]],
 }
 PROBE_RUNS = {"warmup": 2, "runs": 8}
 # The quiet speed: the 10th percentile of the probe reads of this process (up to 100,000: hours). A device
@@ -259,16 +270,32 @@ def quiet_settle_s() -> float:
     return _seconds(QUIET_SETTLE_ENV, QUIET_SETTLE_S)
 
 
-def _probe_module() -> nn.Module:
-    """The gate's probe: a stem-like conv, a depthwise and a pointwise conv at 112x112 (ROUNDS_RECIPE["probe"]):
-    small enough to cost a few ms a turn, big enough to feel a memory-bound slowdown as networks do."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+def probe_for(recipe: dict[str, Any], size: int) -> str:
+    """The probe that gates networks of input `size` under `recipe`."""
+    if "probe" in recipe:
+        return recipe["probe"]
+    return [probe for smallest, probe in recipe["probes"] if size >= smallest][-1]
+
+
+PROBE_SPEC = re.compile(r"conv(?P<width>\d+)-dw-pw@(?P<size>\d+)")
+
+
+def probe_module(spec: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """The gate's probe named by `spec` ("conv16-dw-pw@112": a stem-like conv to 16 channels, a depthwise
+    and a pointwise conv to twice that, at 112x112), with its input shape: small enough to cost a few ms a
+    turn, big enough to feel a memory-bound slowdown as networks do."""
+    match = PROBE_SPEC.fullmatch(spec)
+    if match is None:
+        raise ValueError(f"unknown probe {spec!r}: expected e.g. conv16-dw-pw@112")
+    width, size = int(match["width"]), int(match["size"])
+    module = nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
         nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
-        nn.Conv2d(16, 32, 1, bias=False),
+        nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False),
+        nn.Conv2d(width, 2 * width, 1, bias=False),
         nn.AdaptiveAvgPool2d(1),
     )
+    return module.eval(), (1, 1, size, size)
 
 
 class QuietGate:
@@ -277,23 +304,21 @@ class QuietGate:
     reads the probe `settle_reads` times over quiet_settle_s() seconds, so that a disturbance already under way
     when timing starts is not taken for the device's speed."""
 
-    def __init__(self, target: Target, recipe: dict[str, Any]) -> None:
+    def __init__(self, target: Target, probe: str, settle_reads: int) -> None:
         from mbsearch.nn.onnx_export import export_module
 
         torch.manual_seed(0)
-        shape = (1, 1, 112, 112)
-        module = _probe_module().eval()
+        module, shape = probe_module(probe)
         # eager timing (--runtime torch) runs the module itself; every other target runs the ONNX graph
         payload = module if getattr(target, "runtime", None) == "torch" else export_module(module, shape).data
         self.probe = Prepared(payload, shape, None, **PROBE_RUNS)
         self.reads: deque[float] = deque()  # in the order read, to forget the oldest past GATE_MEMORY
         self.ranked: list[float] = []  # the same reads sorted: the percentile without a sort per read
         self.best = float("inf")  # the device's quiet speed: a low percentile of the probe reads
-        reads = recipe["settle_reads"]
-        for index in range(reads):
+        for index in range(settle_reads):
             self.read(target)
-            if index < reads - 1:
-                time.sleep(quiet_settle_s() / (reads - 1))
+            if index < settle_reads - 1:
+                time.sleep(quiet_settle_s() / (settle_reads - 1))
 
     def read(self, target: Target) -> float:
         """One probe turn (its fastest run, ms)."""
@@ -316,11 +341,13 @@ class QuietGate:
 _GATES: dict[tuple, QuietGate] = {}
 
 
-def quiet_gate(target: Target, recipe: dict[str, Any]) -> QuietGate:
-    """The gate of `target`'s device (one per device, runtime and thread count in this process)."""
-    key = (target.device().get("fingerprint"), target.name, getattr(target, "runtime", None), target.threads)
+def quiet_gate(target: Target, recipe: dict[str, Any], size: int) -> QuietGate:
+    """The gate of `target`'s device for networks of input `size` (one per device, runtime, thread count
+    and probe in this process)."""
+    probe = probe_for(recipe, size)
+    key = (target.device().get("fingerprint"), target.name, getattr(target, "runtime", None), target.threads, probe)
     if key not in _GATES:
-        _GATES[key] = QuietGate(target, recipe)
+        _GATES[key] = QuietGate(target, probe, recipe["settle_reads"])
     return _GATES[key]
 
 
@@ -337,7 +364,7 @@ def gated_turns(target: Target, groups: list[list[Prepared]], recipe: dict[str, 
     the probe says the device is disturbed, only the probe runs (a cheap wait) until it quiets, for at most
     quiet_wait_s() seconds of waiting per group; a group still short then, or after `max_turns` x `rounds`
     turns, keeps its `rounds` least disturbed turns."""
-    gate = quiet_gate(target, recipe)
+    gate = quiet_gate(target, recipe, max(item.shape[-1] for group in groups for item in group))
     rounds, tolerance = recipe["rounds"], recipe["tolerance"]
     taken: list[list[tuple[float, list[float]]]] = [[] for _ in groups]  # (the worse probe beside it, minima)
     waited, max_wait = 0.0, quiet_wait_s() * len(groups)  # each group's share of waiting
@@ -415,6 +442,9 @@ POOLED_RECIPE = {
     "runs": DEFAULT_RUNS,
     "attempts": DEFAULT_ATTEMPTS,
 }
+# Every recipe a study may have started with: a resumed study goes on with its own, so its front never
+# mixes two kinds of latency and no study is lost to an upgrade of the recipe.
+KNOWN_RECIPES = (POOLED_RECIPE, ROUNDS_RECIPE_SMALL_PROBE, ROUNDS_RECIPE)
 
 
 def recipe_of(target: Target) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from mbsearch import interrupts
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import POOLED_RECIPE, LatencyCache, Target, timing_identity
+from mbsearch.latency.targets import KNOWN_RECIPES, POOLED_RECIPE, LatencyCache, Target, timing_identity
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
@@ -176,13 +176,13 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
 
 def check_device(study: optuna.Study, target: Target) -> None:
     """A study's latencies come from one device and one recipe: record them once, refuse another device
-    later. A study started before the gated recipe (issue 20) goes on with the recipe it started with, so
+    later. A study started with an earlier recipe this version knows (KNOWN_RECIPES) goes on with it, so
     its front never mixes two kinds of latency."""
     stored = study.user_attrs.get(records.DEVICE)
     if stored is not None and target.runtime != "lut":
         started_with = stored.get("timing", {}).get("recipe", POOLED_RECIPE)  # none recorded before 2026-12-02
-        if started_with == POOLED_RECIPE:
-            target.timing_recipe = POOLED_RECIPE  # type: ignore[attr-defined]
+        if started_with in KNOWN_RECIPES:
+            target.timing_recipe = started_with  # type: ignore[attr-defined]
     device = target.device() | {"target": target.name, "timing": timing_identity(target)}
     if stored is None:
         study.set_user_attr(records.DEVICE, device)

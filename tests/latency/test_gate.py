@@ -18,10 +18,12 @@ from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.lut import PART_RECIPE, PartConfig, time_parts_in_context
 from mbsearch.latency.targets import (
     ROUNDS_RECIPE,
+    ROUNDS_RECIPE_SMALL_PROBE,
     SEARCH_RECIPE,
     Prepared,
     gated_turns,
     latencies_by_rounds,
+    probe_for,
     time_network,
     time_rounds,
 )
@@ -33,8 +35,11 @@ class ScriptedDevice:
 
     name, runtime, threads, overlaps_training = "scripted", "onnxruntime", 1, False
 
-    def __init__(self, period: int = 30, slow: int = 20, factor: float = 1.6, freak: int | None = None) -> None:
+    def __init__(
+        self, period: int = 30, slow: int = 20, factor: float = 1.6, freak: int | None = None, from_size: int = 0
+    ) -> None:
         self.period, self.slow, self.factor, self.freak = period, slow, factor, freak
+        self.from_size = from_size  # only graphs at this input size and up feel the disturbance
         self.calls = 0
         self.fingerprint = uuid.uuid4().hex  # a device of its own: its gate learns its speed afresh
 
@@ -42,15 +47,15 @@ class ScriptedDevice:
         return {"fingerprint": self.fingerprint}
 
     def time(self, prepared: Prepared) -> LatencyStats:
-        disturbed = self.calls % self.period < self.slow
+        disturbed = self.calls % self.period < self.slow and prepared.shape[-1] >= self.from_size
         speed = 0.5 if self.calls == self.freak else self.factor if disturbed else 1.0  # freak: one fast call
         self.calls += 1
         ms = len(prepared.payload) / 1e5 * speed
         return LatencyStats(ms, 0.0, ms, ms, prepared.runs, 1, self.name, self.runtime, 1)
 
 
-def network(cost_ms: float) -> Prepared:
-    return Prepared(b"x" * round(cost_ms * 1e5), (1, 1, 28, 28), None)
+def network(cost_ms: float, size: int = 28) -> Prepared:
+    return Prepared(b"x" * round(cost_ms * 1e5), (1, 1, size, size), None)
 
 
 NETWORKS = [network(ms) for ms in (0.5, 1.0, 2.0, 3.5)]
@@ -97,3 +102,14 @@ def test_one_freak_fast_probe_read_does_not_make_every_turn_look_disturbed() -> 
     result = gated_turns(device, [[NETWORKS[1]]], ROUNDS)
     assert result.turns == ROUNDS["rounds"] and result.quiet_share == 1.0
     assert statistics.median(result.minima[0][0]) == pytest.approx(1.0)
+
+
+def test_large_inputs_are_gated_by_a_probe_with_maps_of_their_size() -> None:
+    """A disturbance that slows only work on large feature maps (on this VM: network 1.25x slow while the
+    small probe passed, benchmarks/README.md) is invisible to the small probe, not to the sized one."""
+    assert probe_for(ROUNDS_RECIPE, 28) == "conv16-dw-pw@112" and probe_for(ROUNDS_RECIPE, 224) == "conv32-dw-pw@224"
+    large = [network(ms, 224) for ms in (2.0, 6.0)]
+    small_probe = latencies_by_rounds(ScriptedDevice(from_size=224), large, ROUNDS_RECIPE_SMALL_PROBE)
+    assert max(latency / truth for latency, truth in zip(small_probe, (2.0, 6.0), strict=True)) > 1.3
+    sized = latencies_by_rounds(ScriptedDevice(from_size=224), large, ROUNDS_RECIPE)
+    assert sized == pytest.approx([2.0, 6.0], rel=1e-9)

@@ -3,12 +3,15 @@ timed another way is refused instead of mixing two kinds of latency on one front
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
 from mbsearch.errors import BadInput
 from mbsearch.latency.targets import (
     POOLED_RECIPE,
+    ROUNDS_RECIPE_SMALL_PROBE,
     SEARCH_RECIPE,
     LocalTarget,
     measure_on,
@@ -37,20 +40,25 @@ def test_a_study_records_its_timing_recipe_and_refuses_another() -> None:
     check_device(study, target)
 
 
-@pytest.mark.parametrize("recorded", ["pooled", "none"])
-def test_a_study_started_before_the_gated_recipe_resumes_with_its_own(recorded: str) -> None:
-    """Studies timed by the pooled recipe (recorded, or from before any record) keep it when resumed: the
-    front never mixes pooled and gated latencies, and the study is not lost to the upgrade."""
+@pytest.mark.parametrize("recorded", ["pooled", "none", "small-probe"])
+def test_a_study_started_with_an_earlier_recipe_resumes_with_its_own(recorded: str) -> None:
+    """Studies timed by an earlier recipe (pooled, recorded or from before any record; the gated recipe
+    with the small probe) keep it when resumed: the front never mixes two kinds of latency, and the study
+    is not lost to the upgrade."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     check_device(study, LocalTarget())
     stored = study.user_attrs[records.DEVICE]
-    old = stored | {"timing": {"recipe": POOLED_RECIPE, "exporter": stored["timing"]["exporter"]}}
+    earlier = ROUNDS_RECIPE_SMALL_PROBE if recorded == "small-probe" else POOLED_RECIPE
+    old = stored | {"timing": {"recipe": json.loads(json.dumps(earlier)), "exporter": stored["timing"]["exporter"]}}
     if recorded == "none":
         old = {key: value for key, value in stored.items() if key != "timing"}
     study.set_user_attr(records.DEVICE, old)
     resumed = LocalTarget()
     check_device(study, resumed)
-    assert recipe_of(resumed) == POOLED_RECIPE and recipe_of(LocalTarget()) == SEARCH_RECIPE
+    assert recipe_of(resumed) == earlier and recipe_of(LocalTarget()) == SEARCH_RECIPE != earlier
     arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     stats = measure_on(resumed, build_model(arch), arch)
-    assert stats.runs == POOLED_RECIPE["runs"] and stats.attempts <= POOLED_RECIPE["attempts"]  # timed the old way
+    if recorded == "small-probe":
+        assert stats.attempts >= ROUNDS_RECIPE_SMALL_PROBE["rounds"]  # gated turns, by the recorded recipe
+    else:
+        assert stats.runs == POOLED_RECIPE["runs"] and stats.attempts <= POOLED_RECIPE["attempts"]  # the old way
