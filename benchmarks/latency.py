@@ -2,7 +2,7 @@
 held-out networks against a ground truth with its own noise floor.
 
 Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20] [--calibrate 30]
-                                   [--adaptive 60] [--sample 400] [--sizes 28,224]
+                                   [--adaptive 60] [--sample 0] [--sizes 28,224] [--seed 0]
                                    [--target http://HOST:PORT --target-token T]   (measure your own device)
        python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
 Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -66,6 +67,7 @@ RESULTS = Path(__file__).with_name("latency_v2_results.json")
 OLD_RESULTS = Path(__file__).with_name("latency_results.json")  # the predictor before issue 20 (2026-11)
 HELD_OUT_SEED = 5_000  # apart from the calibration networks' seeds (lut.CALIBRATION_SEED)
 NETADAPT_SEED = 7_000
+SEED_STRIDE = 10_000  # --seed K draws held-out and NetAdapt networks K x this further on (and calibration K)
 SPACE = "v3"
 REVERSE = False
 CHOSEN: tuple[str, ...] = ()
@@ -76,12 +78,12 @@ def archs(count: int, size: int, first_seed: int = 0) -> list[Arch]:
     return [random_arch(space, first_seed + index, size, 1, 10) for index in range(count)]
 
 
-def netadapt_shaped(count: int, size: int) -> list[Arch]:
+def netadapt_shaped(count: int, size: int, first_seed: int = NETADAPT_SEED) -> list[Arch]:
     """Sampled networks trimmed by 3 to 6 of NetAdapt's own shrink steps (adapt.netadapt.shrunk): the widths
     `mbsearch adapt` produces, which lie between and below the space's."""
-    rng = random.Random(NETADAPT_SEED)
+    rng = random.Random(first_seed)
     out = []
-    for arch in archs(count, size, NETADAPT_SEED):
+    for arch in archs(count, size, first_seed):
         arch = with_explicit_mids(arch)
         for _ in range(rng.randint(3, 6)):
             options = [(k, b, w) for k, b, w in widths(arch) if w - STEP >= 8]
@@ -167,19 +169,25 @@ def repeatability(networks: list[Arch], target: Target) -> dict:
 
 
 def predictor(
-    size: int, calibrate: int, held_out: int, netadapt: int, adaptive: int, sample: int, target: Target
+    size: int, calibrate: int, held_out: int, netadapt: int, adaptive: int, sample: int, target: Target, seed: int
 ) -> dict:
     space = load_space(SPACE)
     started = time.perf_counter()
-    table = profile(space, target, size, 1, 10, calibrate=calibrate, adaptive=adaptive, sample=sample)
+    table = profile(space, target, size, 1, 10, calibrate=calibrate, seed=seed, adaptive=adaptive, sample=sample)
     minutes = (time.perf_counter() - started) / 60
-    groups = {"sampled": archs(held_out, size, HELD_OUT_SEED), "netadapt": netadapt_shaped(netadapt, size)}
+    first = seed * SEED_STRIDE
+    groups = {
+        "sampled": archs(held_out, size, HELD_OUT_SEED + first),
+        "netadapt": netadapt_shaped(netadapt, size, NETADAPT_SEED + first),
+    }
     networks = groups["sampled"] + groups["netadapt"]
     truth = whole_network_latencies(target, networks)
     again = whole_network_latencies(target, networks)
     predictions = [table.prediction(arch) for arch in networks]
     result: dict = {
         "input_size": size,
+        "sample": sample,
+        "seed": seed,
         "profiling": table.data.profiling | {"minutes": minutes},
         "uses": table.data.use,
         "calibration": table.data.calibration,
@@ -200,6 +208,13 @@ def predictor(
     return result
 
 
+def wilson(share: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of a share seen in `count` networks (it stays inside 0-1 near 100%)."""
+    centre = (share + z * z / (2 * count)) / (1 + z * z / count)
+    half = z / (1 + z * z / count) * math.sqrt(share * (1 - share) / count + z * z / (4 * count * count))
+    return centre - half, centre + half
+
+
 def markdown(results: dict) -> str:
     """The tables of benchmarks/README.md, from a results file."""
     lines = [
@@ -216,7 +231,7 @@ def markdown(results: dict) -> str:
             )
     lines += [
         "",
-        "| input | networks | predictor | within 5% | within 10% | RMSPE | Kendall τ |",
+        "| input | networks | predictor | within 5% | within 10% (95% interval) | RMSPE | Kendall τ |",
         "|---|---|---|---|---|---|---|",
     ]
     if OLD_RESULTS.is_file():
@@ -229,13 +244,15 @@ def markdown(results: dict) -> str:
             )
     for lut in results["predictor"]:
         size = lut["input_size"]
+        table = "full table" if lut.get("sample") == 0 else f"{lut.get('sample', 400)} blocks + regressors"
         for group in ("all", "sampled", "netadapt"):
             for name in ("predictor", "noise_floor"):
                 e = lut[group][name]
-                label = "in context + regressors" if name == "predictor" else "noise floor (pass 2 vs pass 1)"
+                label = f"in context, {table}" if name == "predictor" else "noise floor (pass 2 vs pass 1)"
+                low, high = wilson(e["within_10pct"], e["networks"])
                 lines.append(
                     f"| {size}x{size} | {e['networks']} {group} | {label} | {e['within_5pct']:.0%} | "
-                    f"{e['within_10pct']:.0%} | {e['rmspe']:.1%} | {e['kendall_tau']:.3f} |"
+                    f"{e['within_10pct']:.0%} ({low:.0%}-{high:.0%}) | {e['rmspe']:.1%} | {e['kendall_tau']:.3f} |"
                 )
         cost = lut["profiling"]
         lines.append(
@@ -253,7 +270,8 @@ def main() -> None:
     parser.add_argument("--netadapt", type=int, default=20)
     parser.add_argument("--calibrate", type=int, default=30)
     parser.add_argument("--adaptive", type=int, default=60)
-    parser.add_argument("--sample", type=int, default=400, help="blocks timed per table (0: every part)")
+    parser.add_argument("--sample", type=int, default=0, help="blocks timed per table (0: every part, as profile)")
+    parser.add_argument("--seed", type=int, default=0, help="another draw of networks (0-49): a spread across runs")
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--space", default="v3", help="v3 is the figure of record; v1 makes a quick smoke run")
     parser.add_argument("--skip-repeatability", action="store_true")
@@ -292,7 +310,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         for size in [] if args.skip_predictor else sizes:  # written after each size: a long run keeps it
             results["predictor"].append(
-                predictor(size, args.calibrate, args.held_out, args.netadapt, args.adaptive, args.sample, device)
+                predictor(
+                    size, args.calibrate, args.held_out, args.netadapt, args.adaptive, args.sample, device, args.seed
+                )
             )
             args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(markdown(results))
