@@ -229,7 +229,8 @@ ROUNDS_RECIPE_SMALL_PROBE = {  # the search's and tables' recipe from 2026-12-02
 # slows them, where the small probe (0.25 ms, maps in cache) felt part of it. In a 120-s run of
 # benchmarks/contention.py beside mobilenet_v2 at 224, the small probe's slowdown correlated 0.46 with the
 # network's and the network ran >10% slow in 6.8% of the turns it passed; the large one's 0.74 and 0.3%.
-# Small inputs keep the small probe: its 7-ms read is already most of a 28x28 network's turn.
+# Small inputs keep the small probe: its 7-ms read is already most of a 28x28 network's turn. The size is
+# the timed graph's input: a late block of a 224x224 network, timed in its host at 14x14, gets the small one.
 ROUNDS_RECIPE = {key: value for key, value in ROUNDS_RECIPE_SMALL_PROBE.items() if key != "probe"} | {
     "name": "gated-rounds-sized",
     "probes": [[0, "conv16-dw-pw@112"], [112, "conv32-dw-pw@224"]],
