@@ -21,7 +21,7 @@ from mbsearch.latency.lut import (
     profile,
     space_parts,
 )
-from mbsearch.latency.targets import LocalTarget, measure_on
+from mbsearch.latency.targets import ROUNDS_RECIPE_SMALL_PROBE, LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
 from mbsearch.spec.arch import Arch
@@ -243,6 +243,7 @@ def test_a_part_kind_the_table_never_timed_is_a_clear_failure(small) -> None:
     [
         ("recipe", {"name": "in-context-rounds", "rounds": 3, "warmup": 3, "runs": 10}, "timed with recipe"),
         ("network_recipe", {"name": "pooled", "sessions": 1, "runs": 50}, "timed with recipe"),
+        ("network_recipe", ROUNDS_RECIPE_SMALL_PROBE, "timed with recipe"),  # the small probe at 224 too
         ("exporter", {"exporter": "dynamo", "torch": "2.13.0", "opset": 18}, "timed graphs of exporter"),
         ("exporter", {"exporter": "torchscript", "torch": "2.4.0", "opset": 18}, "timed graphs of exporter"),
     ],
