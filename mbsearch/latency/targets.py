@@ -233,7 +233,7 @@ ROUNDS_RECIPE_SMALL_PROBE = {  # the search's and tables' recipe from 2026-12-02
 # the timed graph's input: a late block of a 224x224 network, timed in its host at 14x14, gets the small one.
 ROUNDS_RECIPE = {key: value for key, value in ROUNDS_RECIPE_SMALL_PROBE.items() if key != "probe"} | {
     "name": "gated-rounds-sized",
-    "probes": [[0, "conv16-dw-pw@112"], [112, "conv32-dw-pw@224"]],
+    "probes": [[0, ROUNDS_RECIPE_SMALL_PROBE["probe"]], [112, "conv32-dw-pw@224"]],
 }
 PROBE_RUNS = {"warmup": 2, "runs": 8}
 # The quiet speed: the 10th percentile of the probe reads of this process (up to 100,000: hours). A device
