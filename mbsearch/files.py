@@ -17,8 +17,8 @@ from mbsearch.errors import BadInput
 MAX_FILE_BYTES = 1_000_000  # space and arch files are a few KB; a larger one is a mistake
 
 
-def read_text(path: Path, what: str) -> str:
-    """Read a small UTF-8 text file, refusing missing, huge or binary files with one line."""
+def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str:
+    """Read a UTF-8 text file of at most `limit` bytes, refusing missing, huge or binary files with one line."""
     if path.is_dir():
         raise BadInput(f"{path} is a folder, not a {what} file")
     if path.exists() and not path.is_file():
@@ -26,8 +26,8 @@ def read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise BadInput(f"{what} file not found: {path}")
     size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise BadInput(f"{path}: {what} file is {size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit")
+    if size > limit:
+        raise BadInput(f"{path}: {what} file is {size:,} bytes, over the {limit:,} byte limit")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -183,12 +183,7 @@ def check_outputs(
 
 
 def _refuse_foreign(flag: str, path: Path, kind: OutputKind) -> None:
-    try:
-        with path.open("rb") as handle:
-            is_database = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
-    except OSError:
-        is_database = False
-    if is_database:
+    if _is_sqlite(path):
         raise BadInput(f"{flag} {path} is a SQLite database (a study's storage?); pick another output file")
     if not _is_kind(path, kind):
         raise BadInput(
@@ -210,13 +205,42 @@ def check_output_folder(
                 f"{flag} {folder}: writing {name} there would overwrite {what}, which this command reads; "
                 "pick another output folder"
             )
-    if not folder.is_dir() or (folder / marker).exists():
+    if not folder.is_dir():
+        return
+    database = _database_in(folder)
+    if database is not None:
+        raise BadInput(
+            f"{flag} {folder} holds {database.name}, a SQLite database (a study's storage?); pick another output folder"
+        )
+    if (folder / marker).exists():
         return
     foreign = sorted(name for name in writes if (folder / name).exists())
     if foreign:
         raise BadInput(f"{flag} {folder} holds {', '.join(foreign)} from another command; pick another output folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"{flag} {folder}: cannot write there; pick a writable folder")
+
+
+def _database_in(folder: Path, most: int = 10_000) -> Path | None:
+    """A SQLite database among the folder's files (its first `most` entries: a folder of a million images
+    is not read through), or None."""
+    try:
+        for index, entry in enumerate(os.scandir(folder)):
+            if index >= most:
+                break
+            if entry.is_file(follow_symlinks=False) and _is_sqlite(Path(entry.path)):
+                return Path(entry.path)
+    except OSError:
+        return None
+    return None
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def _umask() -> int:

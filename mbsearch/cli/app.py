@@ -490,14 +490,21 @@ def train_command(
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="Training threads (default: all cores).")] = None,
     device: TrainDevice = "auto",
+    runs_dir: Annotated[
+        Path, typer.Option(help="Runs folder whose image cache a folder dataset is decoded into (shared with run).")
+    ] = Path("runs"),
+    skip_bad_images: Annotated[
+        bool, typer.Option("--skip-bad-images", help="Skip unreadable images of a folder dataset (counted).")
+    ] = False,
 ) -> None:
     """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
     from mbsearch.train.fulltrain import train_arch_file
 
     with _training_progress(f"training {arch.name}") as on_step:
         _, result = train_arch_file(
-            arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device
-        )
+            arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device,
+            skip_bad_images, runs_dir / "image-cache",
+        )  # fmt: skip
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
     console.print(

@@ -258,6 +258,17 @@ class _RequestLog(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
 
+    def handle(self) -> None:
+        """wsgiref reads the request line outside any handler: a client that connects and sends nothing
+        within the read timeout (a port scanner, a keep-alive pool) would print a traceback to the log.
+        It is an expected event: one line."""
+        try:
+            super().handle()
+        except TimeoutError:
+            self.log_message("closed an idle connection: no request within %s s", self.timeout)
+        except ConnectionError as exc:
+            self.log_message("connection lost before the request was read (%s)", type(exc).__name__)
+
 
 def serve(host: str, port: int, config: AgentConfig, announce: Any = print, token_chosen: bool = False) -> None:
     """Serve until interrupted. `announce` gets the startup lines (address, device, and the token where it

@@ -39,6 +39,14 @@ def timing() -> Iterator[None]:
 
 
 @contextmanager
+def gpu_timing(index: int) -> Iterator[None]:
+    """Hold while measuring latency on GPU `index`: no other timing on that GPU meanwhile (two timers on one
+    GPU share its queues and clocks). CPU work never waits for it, nor it for CPU work."""
+    with _flock(f"mbsearch-gpu{index}.lock", fcntl.LOCK_EX):
+        yield
+
+
+@contextmanager
 def training() -> Iterator[None]:
     """Hold while training: many trainings may overlap, but never with timing."""
     with _flock("mbsearch-turnstile.lock", fcntl.LOCK_EX):

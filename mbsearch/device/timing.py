@@ -72,7 +72,7 @@ def repeat_until_steady(
     return best
 
 
-def onnx_session(model: bytes, threads: int, providers: list[str]) -> Any:
+def onnx_session(model: bytes, threads: int, providers: list[Any]) -> Any:
     """An ORT session that runs one operator at a time on `threads` threads.
 
     Only the ONNX format is accepted (never ORT's own format), and no custom-operator library is ever

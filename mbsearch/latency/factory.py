@@ -14,9 +14,15 @@ from mbsearch.latency.targets import LocalTarget, Target, is_remote
 
 
 def open_target(
-    name: str, runtime: str = "onnxruntime", threads: int = 1, token: str | None = None, lut: Path | None = None
+    name: str,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    token: str | None = None,
+    lut: Path | None = None,
+    gpu: int = 0,
 ) -> Target:
-    """The target a flag names; refuses an unknown, unavailable or unreachable one before any work is done."""
+    """The target a flag names; refuses an unknown, unavailable or unreachable one before any work is done.
+    `gpu` is the GPU a local `cuda` target times on (the worker's training GPU)."""
     if name == "predicted" or lut is not None:
         if lut is None:
             raise BadInput("--latency predicted needs --lut FILE (made by 'mbsearch profile')")
@@ -25,4 +31,4 @@ def open_target(
         if runtime != "onnxruntime":
             raise BadInput(f"--target {name}: an agent times ONNX models; use --runtime onnxruntime")
         return RemoteTarget(name, token)
-    return LocalTarget(name, runtime, threads)
+    return LocalTarget(name, runtime, threads, gpu)

@@ -80,6 +80,9 @@ PART_RECIPE: dict[str, Any] = {
     "chunk": 25,
 } | {key: ROUNDS_RECIPE[key] for key in ("probes", "tolerance", "max_turns", "settle_reads")}
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
+# A full table at 224x224 with --adaptive samples holds tens of thousands of entries (a few MB); a table made
+# in hours must load, so its limit is far above the 1 MB of a hand-written space or arch file.
+MAX_TABLE_BYTES = 512_000_000
 FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
 # What the network-level correction may weigh besides the parts' sum: the network's weights (millions) and
 # the feature-map elements its parts move (millions). A part timed in its small host runs with its weights
@@ -478,7 +481,7 @@ class LookupTable:
 
     @classmethod
     def load(cls, path: Path) -> LookupTable:
-        raw = parse_json(read_text(path, "lookup table"), str(path))
+        raw = parse_json(read_text(path, "lookup table", MAX_TABLE_BYTES), str(path))
         if isinstance(raw, dict) and raw.get("format") not in (None, FORMAT):
             raise BadInput(
                 f"{path}: format {raw.get('format')!r} is not {FORMAT!r} (another timing recipe); rebuild it with "
@@ -602,7 +605,9 @@ class LookupTable:
             for i, value, rel in zip(index, predicted, relative, strict=True):
                 hit = self.data.entries.get(configs[i].key)
                 if hit is not None:
-                    ms[i], sd[i] = hit, hit * model.noise  # measured: only its own noise
+                    # Measured: no regressor error. Its timing noise is already in the network-level
+                    # residual_sd, which was measured on networks whose parts came from this very table.
+                    ms[i], sd[i] = hit, 0.0
                     continue
                 ms[i], sd[i] = value, value * rel
                 interpolated = True
@@ -628,7 +633,8 @@ class LookupTable:
             predicted = plain
         # No network runs faster than its input alone: a fitted correction must not predict less.
         predicted = max(predicted, self.data.input_ms)
-        # Part errors (independent) plus the network-level error the held-out calibration measured.
+        # The regressor's errors on parts the table lacks (independent), plus the network-level error the
+        # held-out calibration measured (which holds the table's own timing noise: hits add nothing).
         spread = math.sqrt(float((scale * sd) @ (scale * sd)) + (self.data.residual_sd * predicted) ** 2)
         return Prediction(predicted, spread, source, outside)
 
@@ -826,36 +832,81 @@ def _held_out(features: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return predicted
 
 
+def _rmspe(error: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(error**2)))
+
+
+def _best_correction(
+    feature_sets: dict[tuple[str, ...], np.ndarray], plain: np.ndarray, truth: np.ndarray, rows: np.ndarray
+) -> tuple[tuple[str, ...] | None, dict[tuple[str, ...], np.ndarray]]:
+    """The correction with the lowest k-fold held-out RMSPE on `rows` (None: the plain sum, which wins
+    ties), and each candidate's held-out relative errors there."""
+    truth_here = truth[rows]
+    best, best_rmspe = None, _rmspe((plain[rows] - truth_here) / truth_here)
+    errors: dict[tuple[str, ...], np.ndarray] = {}
+    if len(rows) < 2 * FOLDS:
+        return best, errors
+    for names, features in feature_sets.items():
+        errors[names] = (_held_out(features[rows], truth_here) - truth_here) / truth_here
+        if _rmspe(errors[names]) < best_rmspe:
+            best, best_rmspe = names, _rmspe(errors[names])
+    return best, errors
+
+
+def _fit_correction(features: np.ndarray, truth: np.ndarray):
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression().fit(features, truth, sample_weight=truth**-2.0)
+
+
+def _nested_error(feature_sets: dict[tuple[str, ...], np.ndarray], plain: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each network's relative error when the whole procedure, choosing the correction included, ran on the
+    other folds only (nested cross-validation). The minimum of the candidates' held-out errors is biased
+    low by the choice itself; this is the error a new network can expect."""
+    from sklearn.model_selection import KFold
+
+    error = np.zeros_like(truth)
+    for fit_on, judge_on in KFold(FOLDS, shuffle=True, random_state=1).split(truth):
+        choice, _ = _best_correction(feature_sets, plain, truth, fit_on)
+        if choice is None:
+            predicted = plain[judge_on]
+        else:
+            features = feature_sets[choice]
+            predicted = _fit_correction(features[fit_on], truth[fit_on]).predict(features[judge_on])
+        error[judge_on] = (predicted - truth[judge_on]) / truth[judge_on]
+    return error
+
+
 def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> LookupTable:
     """The table with a network-level correction, fitted on networks timed whole: a linear model of the
     parts' sum (and, as a second candidate, the network's weights and feature maps, CORRECTIONS), weighted
-    for relative error. Each candidate is judged by its error on networks it was not fitted on (k-fold);
-    the lowest held-out RMSPE, the plain sum included, is used, and its held-out spread is every
-    prediction's network-level uncertainty."""
+    for relative error. Each candidate is judged by its error on networks it was not fitted on (k-fold) and
+    the lowest held-out RMSPE, the plain sum included, is used. The error reported, and every prediction's
+    network-level uncertainty, come from nested cross-validation (the choice made on the other folds too),
+    not from the winning candidate's own held-out error, which the choice makes optimistic."""
     if not archs:
         return table
-    from sklearn.linear_model import LinearRegression
-
     plain = np.array([table.plain_sum(arch) for arch in archs])
     truth = np.array(measured)
     summary: dict[str, Any] = {"networks": len(archs), "held_out_sum": prediction_error(list(plain), list(truth))}
     update: dict[str, Any] = {"use": "sum", "correction": None, "correction_features": ["sum"]}
-    best_error = (plain - truth) / truth
-    if len(archs) >= 2 * FOLDS:
-        for names in CORRECTIONS:
-            features = np.array([network_features(a, s, names) for a, s in zip(archs, plain, strict=True)])
-            error = (_held_out(features, truth) - truth) / truth
-            summary[f"held_out_{'+'.join(names)}"] = prediction_error(list(truth * (1 + error)), list(truth))
-            if np.sqrt(np.mean(error**2)) < np.sqrt(np.mean(best_error**2)):
-                fit = LinearRegression().fit(features, truth, sample_weight=truth**-2.0)
-                update |= {
-                    "use": "corrected",
-                    "correction": [*map(float, fit.coef_), float(fit.intercept_)],
-                    "correction_features": list(names),
-                }
-                best_error = error
-    summary["held_out"] = prediction_error(list(truth * (1 + best_error)), list(truth))
-    update |= {"calibration": summary, "residual_sd": float(np.sqrt(np.mean(best_error**2)))}
+    feature_sets = {
+        names: np.array([network_features(a, s, names) for a, s in zip(archs, plain, strict=True)])
+        for names in CORRECTIONS
+    }
+    choice, errors = _best_correction(feature_sets, plain, truth, np.arange(len(truth)))
+    for names, error in errors.items():
+        summary[f"held_out_{'+'.join(names)}"] = prediction_error(list(truth * (1 + error)), list(truth))
+    if choice is not None:
+        fit = _fit_correction(feature_sets[choice], truth)
+        update |= {
+            "use": "corrected",
+            "correction": [*map(float, fit.coef_), float(fit.intercept_)],
+            "correction_features": list(choice),
+        }
+    honest = _nested_error(feature_sets, plain, truth) if len(archs) >= 2 * FOLDS else (plain - truth) / truth
+    summary["held_out"] = prediction_error(list(truth * (1 + honest)), list(truth))
+    update |= {"calibration": summary, "residual_sd": _rmspe(honest)}
     return LookupTable(table.data.model_copy(update=update), table.path)
 
 

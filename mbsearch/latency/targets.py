@@ -89,7 +89,7 @@ class LocalTarget:
 
     overlaps_training = False
 
-    def __init__(self, name: str = "cpu", runtime: str = "onnxruntime", threads: int = 1) -> None:
+    def __init__(self, name: str = "cpu", runtime: str = "onnxruntime", threads: int = 1, gpu: int = 0) -> None:
         if name not in LOCAL_TARGETS:
             raise BadInput(
                 f"unknown target {name!r}: use one of {', '.join(LOCAL_TARGETS)} or http://HOST:PORT of an agent"
@@ -106,7 +106,10 @@ class LocalTarget:
 
                 if "CUDAExecutionProvider" not in ort.get_available_providers():
                     raise BadInput("--target cuda --runtime onnxruntime needs onnxruntime-gpu; or use --runtime torch")
+            if not 0 <= gpu < torch.cuda.device_count():
+                raise BadInput(f"--target cuda: no GPU {gpu} here ({torch.cuda.device_count()} visible)")
         self.name, self.runtime, self.threads = name, runtime, threads
+        self.gpu = gpu  # the GPU `cuda` times on: the worker's own training GPU (search.loop)
         self._device: dict[str, Any] | None = None
 
     def device(self) -> dict[str, Any]:
@@ -121,7 +124,7 @@ class LocalTarget:
             info["runtime"] = f"torch {torch.__version__}"
             info["providers"] = [self.name]
             if self.name == "cuda":
-                info["cpu"] = torch.cuda.get_device_name()
+                info["cpu"] = torch.cuda.get_device_name(self.gpu)
             info["fingerprint"] = fingerprint(info)
         return info
 
@@ -132,13 +135,18 @@ class LocalTarget:
 
     def time(self, prepared: Prepared) -> LatencyStats:
         # The host lock keeps CPU training off the cores CPU timing uses. A GPU's timing does not share them,
-        # so it never waits behind CPU work (nor holds CPU training up).
-        lock = hostlock.timing if self.name == "cpu" else nullcontext
+        # so it never waits behind CPU work (nor holds CPU training up); it holds its own GPU's lock, so that
+        # two workers never time on one GPU at once.
+        lock = hostlock.timing() if self.name == "cpu" else hostlock.gpu_timing(self.gpu)
         try:
-            with lock():
+            with lock:
                 if self.runtime == "torch":
                     return self._time_torch(prepared)
-                providers = ["CUDAExecutionProvider"] if self.name == "cuda" else ["CPUExecutionProvider"]
+                providers: list[Any] = (
+                    [("CUDAExecutionProvider", {"device_id": self.gpu})]
+                    if self.name == "cuda"
+                    else ["CPUExecutionProvider"]
+                )
                 return time_onnx_repeated(
                     lambda: onnx_session(prepared.payload, self.threads, providers),
                     prepared.shape,
@@ -152,7 +160,7 @@ class LocalTarget:
             ) from None
 
     def _time_torch(self, prepared: Prepared) -> LatencyStats:
-        device = torch.device(self.name)
+        device = torch.device(f"cuda:{self.gpu}") if self.name == "cuda" else torch.device(self.name)
         model = prepared.payload.eval().to(device)
         example = torch.zeros(prepared.shape, device=device)
         previous_threads = torch.get_num_threads()
@@ -165,7 +173,7 @@ class LocalTarget:
                 for _ in range(prepared.warmup):
                     model(example)
                 if self.name == "cuda":
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(device)
                 for _ in range(runs):
                     if self.name == "cuda":
                         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -180,14 +188,17 @@ class LocalTarget:
                         samples.append((time.perf_counter_ns() - begin) / 1e6)
             return samples
 
+        # Events record on the current GPU's stream: make ours current while timing.
+        on_gpu = torch.cuda.device(self.gpu) if self.name == "cuda" else nullcontext()
         try:
-            return repeat_until_steady(
-                sample,
-                prepared.attempts,
-                lambda median, iqr, mean, minimum, attempt: LatencyStats(
-                    median, iqr, mean, minimum, runs, attempt, self.name, "torch", self.threads
-                ),
-            )
+            with on_gpu:
+                return repeat_until_steady(
+                    sample,
+                    prepared.attempts,
+                    lambda median, iqr, mean, minimum, attempt: LatencyStats(
+                        median, iqr, mean, minimum, runs, attempt, self.name, "torch", self.threads
+                    ),
+                )
         finally:
             torch.set_num_threads(previous_threads)
             model.to("cpu")
@@ -308,8 +319,9 @@ class QuietGate:
     def __init__(self, target: Target, probe: str, settle_reads: int) -> None:
         from mbsearch.nn.onnx_export import export_module
 
-        torch.manual_seed(0)
-        module, shape = probe_module(probe)
+        with torch.random.fork_rng(devices=[]):  # the probe's weights are fixed; the caller's RNG stays as it was
+            torch.manual_seed(0)
+            module, shape = probe_module(probe)
         # eager timing (--runtime torch) runs the module itself; every other target runs the ONNX graph
         payload = module if getattr(target, "runtime", None) == "torch" else export_module(module, shape).data
         self.probe = Prepared(payload, shape, None, **PROBE_RUNS)

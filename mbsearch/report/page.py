@@ -17,7 +17,7 @@ from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau
 from mbsearch.results.baselines import dominance
 from mbsearch.results.finished import FinishedStudy
-from mbsearch.results.pareto import candidates, hypervolume_history, knee, pareto_front
+from mbsearch.results.pareto import at_proxy_budget, candidates, hypervolume_history, knee, pareto_front
 from mbsearch.results.retime import retimings
 from mbsearch.study import records
 
@@ -131,7 +131,8 @@ def compute(
         history=history,
         importances=_importances(finished.study, trained),
         baselines=baselines,
-        dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+        # the baselines trained at the proxy budget: the front is judged on its trials' proxy accuracies
+        dominance=dominance(at_proxy_budget(front), baselines) if baselines is not None and not front.empty else None,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         verified=compute_verified(finished, verify_budget, verified_baselines),
         device=records.device(finished.study) or None,

@@ -1,7 +1,7 @@
 """Reference MobileNets measured exactly like the candidates: same data, proxy budget, target and runtime.
 
-Results are cached in <runs-dir>/baselines.json, one entry per (host, dataset, input, budget, target,
-runtime, threads, model), so a report computes each baseline once.
+Results are cached in <runs-dir>/baselines.json, one entry per (host, dataset and its folder, input, budget,
+target, runtime, threads, training device and precision, model), so a report computes each baseline once.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
-from mbsearch.train.loop import Diverged
+from mbsearch.train.loop import TrainingFailed
 
 COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
 
 
-def _cache_key(settings: dict[str, Any], name: str, device: str) -> str:
+def _cache_key(
+    settings: dict[str, Any], name: str, device: str, data_dir: Path | None, training: TrainingDevice
+) -> str:
     fields = [
         "dataset",
         "input_size",
@@ -49,6 +51,10 @@ def _cache_key(settings: dict[str, Any], name: str, device: str) -> str:
     described = ",".join(f"{key}={settings.get(key)}" for key in fields)
     if settings.get("train_seed") is not None:  # a verification's seed (keys of proxy baselines unchanged)
         described += f",train_seed={settings['train_seed']}"
+    # The data the baselines trained on (two folder datasets of one size are different data) and the
+    # training instrument (cpu/fp32 and cuda/bf16 give different accuracies).
+    folder = str(Path(data_dir).resolve()) if data_dir is not None else "default"
+    described += f",data_dir={folder},training={training.instrument}"
     return f"{device}|{described}|{name}"
 
 
@@ -77,9 +83,9 @@ def baseline_frame(
     device = target.device()["fingerprint"]
     cache_path = runs_dir / "baselines.json"
     cache = _read_cache(cache_path)
-    missing = [name for name in names if _cache_key(settings, name, device) not in cache]
+    missing = [name for name in names if _cache_key(settings, name, device, data_dir, training) not in cache]
     if missing:
-        data = load_study_data(settings, data_dir)
+        data = load_study_data(settings, data_dir, runs_dir / "image-cache")  # the search's decoded images
         budget = Budget(
             epochs=settings["epochs"],
             train_size=settings["train_size"],
@@ -105,9 +111,9 @@ def baseline_frame(
                     accuracy = evaluate(
                         trained, data, budget, train_seed, model=profile.model, device=training
                     ).accuracy
-                except Diverged:
+                except TrainingFailed:  # diverged or too large for the device: no accuracy, cached as such
                     accuracy = float("nan")
-                cache[_cache_key(settings, name, device)] = {
+                cache[_cache_key(settings, name, device, data_dir, training)] = {
                     "name": name,
                     "val_accuracy": accuracy,
                     "latency_ms": stats.median_ms,
@@ -118,7 +124,7 @@ def baseline_frame(
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:
             latency_cache.close()
-    rows = [cache[_cache_key(settings, name, device)] for name in names]
+    rows = [cache[_cache_key(settings, name, device, data_dir, training)] for name in names]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

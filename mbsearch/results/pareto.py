@@ -116,6 +116,17 @@ def decision_front(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return pareto_front(frame), "proxy"
 
 
+def at_proxy_budget(front: pd.DataFrame) -> pd.DataFrame:
+    """A front with each trial's proxy (rung-0) accuracy in `val_accuracy`: the terms on which it is compared
+    with baselines trained at the proxy budget. A multi-fidelity front holds rung accuracies, from bigger
+    budgets than the baselines had; judging those against proxy-budget baselines inflates every margin."""
+    if front.empty or "rung_accuracies" not in front:
+        return front
+    proxy = [rungs.get(0, float("nan")) if isinstance(rungs, dict) else acc
+             for rungs, acc in zip(front["rung_accuracies"], front["val_accuracy"], strict=True)]  # fmt: skip
+    return front.assign(val_accuracy=proxy)
+
+
 def dominates(accuracy_a, latency_a, accuracy_b, latency_b):
     """Pareto dominance, the one rule every front uses: A is at least as accurate and at most as slow as B,
     and strictly better in one. Numbers give a bool; numpy arrays broadcast to a mask."""
@@ -135,12 +146,25 @@ def dominates_at_shared_rung(a: pd.Series, b: pd.Series) -> bool:
 
 
 def multi_fidelity_mask(pool: pd.DataFrame) -> np.ndarray:
-    """True where no other trial dominates at the highest rung the two share."""
+    """True where no other trial dominates at the highest rung the two share, except by a cycle.
+
+    The shared-rung rule is not transitive: A beats B at rung 0, B beats C at rung 0, and C beats A at
+    rung 1, which only the two of them reached. Where such a cycle leaves every trial dominated, the rule's
+    fixed point is the top of its dominance graph's condensation: a trial is kept when every trial that
+    dominates it is one it dominates back, directly or through others (its strongly connected component
+    has no edge coming in). Without cycles this is exactly "no other trial dominates it", and the set is
+    never empty for a non-empty pool."""
     rows = [row for _, row in pool.iterrows()]
-    return np.array(
-        [not any(dominates_at_shared_rung(other, row) for other in rows if other is not row) for row in rows],
-        dtype=bool,
-    )
+    count = len(rows)
+    beats = np.zeros((count, count), dtype=bool)  # beats[i, j]: i dominates j at their shared rung
+    for i, a in enumerate(rows):
+        for j, b in enumerate(rows):
+            beats[i, j] = i != j and dominates_at_shared_rung(a, b)
+    reach = beats.copy()  # transitive closure (Warshall): reach[i, j] when i dominates j through a chain
+    for k in range(count):
+        reach |= reach[:, k : k + 1] & reach[k : k + 1, :]
+    # i is kept unless some j dominates it that i cannot reach back
+    return ~np.any(beats & ~reach.T, axis=0)
 
 
 def nondominated_layers(frame: pd.DataFrame, multi_fidelity: bool = False) -> list[pd.DataFrame]:
@@ -155,6 +179,8 @@ def nondominated_layers(frame: pd.DataFrame, multi_fidelity: bool = False) -> li
             mask = multi_fidelity_mask(pool)
         else:
             mask = pareto_mask(pool["val_accuracy"].to_numpy(float), pool["latency_ms"].to_numpy(float))
+        if not mask.any():  # cannot happen (both rules keep a point of any non-empty pool): never loop on it
+            raise AssertionError("non-dominated sorting found no front in a non-empty pool")
         layers.append(pool[mask].sort_values("latency_ms"))
         pool = pool[~mask]
     return layers

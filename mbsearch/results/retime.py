@@ -14,7 +14,7 @@ import pandas as pd
 
 from mbsearch.latency.profiler import latency_of
 from mbsearch.latency.targets import Target
-from mbsearch.results.pareto import MULTI_FIDELITY, candidates, decision_front, dominates
+from mbsearch.results.pareto import MULTI_FIDELITY, candidates, decision_front, dominates, dominates_at_shared_rung
 from mbsearch.study import records
 
 UNCERTAINTY_Z = 2.0  # a predicted latency could be this many sds faster than predicted
@@ -71,9 +71,19 @@ def to_confirm(frame: pd.DataFrame, z: float = UNCERTAINTY_Z) -> list[int]:
     pool = pool[pool[column].notna()]
     sd = pool[records.LATENCY_SD_MS].fillna(0.0).astype(float) if records.LATENCY_SD_MS in pool else 0.0
     optimistic = (pool["latency_ms"].astype(float) - z * sd).clip(lower=0.0).to_numpy()
+    chosen = set(front["number"].astype(int))
+    if basis == MULTI_FIDELITY:
+        # The front's own rule: a candidate is judged against each front trial at the highest rung the two
+        # share (its proxy accuracy against an unpromoted one, a rung accuracy against a promoted one).
+        members = [row for _, row in front.iterrows()]
+        for (_, row), fast in zip(pool.iterrows(), optimistic, strict=True):
+            hopeful = row.copy()
+            hopeful["latency_ms"] = fast
+            if not any(dominates_at_shared_rung(member, hopeful) for member in members):
+                chosen.add(int(row["number"]))
+        return sorted(chosen)
     accuracy = pool[column].to_numpy(float)
     front_accuracy, front_latency = front["val_accuracy"].to_numpy(float), front["latency_ms"].to_numpy(float)
-    chosen = set(front["number"].astype(int))
     for number, acc, fast in zip(pool["number"].astype(int), accuracy, optimistic, strict=True):
         if not np.any(dominates(front_accuracy, front_latency, acc, fast)):
             chosen.add(int(number))

@@ -57,8 +57,9 @@ def verify_budget(data: Dataset, epochs: float, train_size: int | None) -> Budge
 
 
 def study_data(finished: FinishedStudy, data_dir) -> Dataset:
-    """The dataset and validation split the search used (its stored settings and seed)."""
-    return load_study_data(finished.settings, data_dir)
+    """The dataset and validation split the search used (its stored settings and seed), a folder dataset read
+    from the image cache of the study's runs folder, where the search decoded it."""
+    return load_study_data(finished.settings, data_dir, finished.study_dir.parent / "image-cache")
 
 
 def verification_seed(finished: FinishedStudy, seed: int | None = None) -> int:

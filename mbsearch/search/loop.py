@@ -37,7 +37,7 @@ from mbsearch.study import records
 from mbsearch.study.config import IDENTITY_KEYS, RunConfig
 from mbsearch.study.storage import default_url, open_storage, redact
 from mbsearch.train.data import Dataset, load_dataset
-from mbsearch.train.device import resolve_device
+from mbsearch.train.device import TrainingDevice, resolve_device
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -74,12 +74,14 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
 def open_config_target(config: RunConfig) -> Target:
     """The latency target of a search: local, a remote agent, or a lookup table."""
+    training = resolve_device(config.device)
     return open_target(
         "predicted" if config.latency == "predicted" else config.target,
         config.runtime,
         config.threads,
         config.target_token,
         config.lut,
+        gpu=training.index if training.is_cuda else 0,  # `--target cuda` times on this worker's own GPU
     )
 
 
@@ -200,6 +202,21 @@ def check_device(study: optuna.Study, target: Target) -> None:
         )
 
 
+def check_training(study: optuna.Study, training: TrainingDevice) -> None:
+    """A study's accuracies come from one training instrument (device kind and precision): record it once,
+    refuse another later, as for latency (a study begun on the CPU in fp32 and resumed on a GPU in bf16
+    would rank candidates by two instruments at once)."""
+    stored = records.training(study)
+    if stored is None:
+        study.set_user_attr(records.TRAINING, training.instrument)
+    elif stored != training.instrument:
+        kind = stored.split("/")[0]
+        raise BadInput(
+            f"study {study.study_name!r} trained its candidates on {stored}; this run would train on "
+            f"{training.instrument}: the accuracies would not compare; pass --device {kind} or use a new --study"
+        )
+
+
 def environment(config: RunConfig) -> dict:
     import numpy
     import onnxruntime
@@ -248,10 +265,11 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     url = config.storage or default_url(study_dir)
     study = create_study(config, url, worker_id)
     check_device(study, target)
+    training = resolve_device(config.device)
+    check_training(study, training)
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
-    training = resolve_device(config.device)
     objective = Objective(config, space, data, cache, target, training)
     promoter = Promoter(config, data, training) if config.rungs else None
     if reporter:

@@ -28,9 +28,9 @@ from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
-from mbsearch.train.device import CPU, TrainingDevice, release_gpu_memory
+from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
-from mbsearch.train.loop import Diverged, Normalizer
+from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
 
 # Trials beyond the target, started by a worker that raced another: pruned before any work is done.
 SURPLUS = "surplus: other workers already reached the trial target"
@@ -72,16 +72,15 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             return self._run(trial)
-        except torch.OutOfMemoryError as exc:
-            out_of_memory = f"out of GPU memory on {self.training.describe()}: {str(exc).splitlines()[0][:200]}"
+        except OutOfMemory as exc:
+            out_of_memory = str(exc)
         except (RuntimeFailure, RuntimeError) as exc:
             # Optuna records a failed trial without its reason: keep it, for the log, the report and resume.
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             trial.set_user_attr(records.FAIL_REASON, reason[:500])
             raise
-        # Too large for the GPU: the trial fails with the reason and the search goes on at the next candidate.
-        # The memory is given back here, once the exception (and the tensors its frames held) is gone.
-        release_gpu_memory()
+        # Too large for the GPU: the trial fails with the reason and the search goes on at the next candidate
+        # (train() gave the memory back).
         trial.set_user_attr(records.FAIL_REASON, out_of_memory)
         raise RuntimeFailure(out_of_memory)
 

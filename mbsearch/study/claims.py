@@ -147,23 +147,35 @@ def release(study: optuna.Study, tag: str, number: int) -> None:
         connection.execute(CLAIMS.delete().where(_where(study, tag, number)).where(CLAIMS.c.worker == worker_id()))
 
 
+@dataclass
+class Lease:
+    """What a heartbeat learns while its body runs: `lost` once another worker holds the claim."""
+
+    lost: bool = False
+
+
 @contextmanager
-def heartbeat(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> Iterator[None]:
-    """Renew the claim from a thread while the body (a training) runs, several times per grace period."""
+def heartbeat(study: optuna.Study, tag: str, number: int, grace_seconds: float) -> Iterator[Lease]:
+    """Renew the claim from a thread while the body (a training) runs, several times per grace period. The
+    Lease it yields says whether the claim was taken over meanwhile (a renewal that found another holder),
+    so that the body's result is not stored over the new holder's."""
     stop = threading.Event()
     interval = max(0.2, min(grace_seconds / 4, 30.0))
+    lease = Lease()
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                renew(study, tag, number)
+                if not renew(study, tag, number):
+                    lease.lost = True
+                    return
             except sqlalchemy.exc.SQLAlchemyError:  # a busy or briefly lost database: the next beat retries
                 continue
 
     thread = threading.Thread(target=beat, name=f"claim-{tag}-{number}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lease
     finally:
         stop.set()
         thread.join()

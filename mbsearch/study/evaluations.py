@@ -26,7 +26,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Evaluation, evaluate
-from mbsearch.train.loop import Diverged
+from mbsearch.train.loop import Diverged, TrainingFailed
 
 
 def _key(tag: str, number: int) -> str:
@@ -95,23 +95,30 @@ def evaluate_claimed(
     on_start: Callable[[], None] | None = None,
     device: TrainingDevice = CPU,
 ) -> Evaluation | str | None:
-    """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged, stored so it is
-    not retried forever), or None when it is done or held by another worker. An interruption gives the
+    """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged or out of memory,
+    stored so it is not retried forever), or None when it is done, held by another worker, or was taken
+    over by another worker while this one trained (its result is then dropped). An interruption gives the
     claim back, so that a rerun takes it at once."""
     if not claim(study, tag, number, grace_seconds):
         return None
     if on_start:
         on_start()
     try:
-        with claims.heartbeat(study, tag, number, grace_seconds), interrupts.interruptible():
+        with claims.heartbeat(study, tag, number, grace_seconds) as lease, interrupts.interruptible():
             result = evaluate(arch, data, budget, seed, device=device)
-    except Diverged as exc:
-        store_failure(study, tag, number, f"diverged: {exc}")
+    except TrainingFailed as exc:  # diverged, or too large for the device: stored, so a rerun does not retry
+        reason = f"diverged: {exc}" if isinstance(exc, Diverged) else str(exc)
+        store_failure(study, tag, number, reason)
         release(study, tag, number)
-        return f"diverged: {exc}"
+        return reason
     except BaseException:
         release(study, tag, number)
         raise
+    # A worker whose claim was taken over (it stalled past the grace period, and another worker took the
+    # evaluation) keeps nothing: the new holder's result is the one stored. The last renewal closes the gap
+    # between the heartbeat's last beat and this write.
+    if lease.lost or not claims.renew(study, tag, number):
+        return None
     store(study, tag, number, result)
     release(study, tag, number)
     return result

@@ -19,6 +19,7 @@ SPACE_NAME = "space_name"  # the space's own name (a --space path's file name is
 DATA_DIR = "data_dir"  # the dataset folder the search read, absolute
 ENVIRONMENT_PREFIX = "environment:"  # + host name: versions and thread counts of every machine that ran it
 DEVICE = "latency_device"  # the latency target and its fingerprint; a study never mixes two devices
+TRAINING = "training_instrument"  # where candidates train and in what precision (cpu/fp32, cuda/bf16, ...)
 VERIFY_BUDGET = "verify_budget"  # the verification's budget and training seed
 EVALUATION_PREFIX = "eval"  # eval:TAG:TRIAL: a later evaluation of a trial (a rung, or verify)
 CONFIRMED_PREFIX = "confirmed:"  # + trial number: a re-timing on the real device
@@ -53,6 +54,11 @@ def device(study: optuna.Study) -> dict[str, Any]:
     """The latency device the study was timed on ({} where none is recorded)."""
     stored = study.user_attrs.get(DEVICE)
     return stored if isinstance(stored, dict) else {}
+
+
+def training(study: optuna.Study) -> str | None:
+    value = study.user_attrs.get(TRAINING)
+    return value if isinstance(value, str) else None
 
 
 def data_dir(study: optuna.Study) -> Path | None:

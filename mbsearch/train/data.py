@@ -11,7 +11,7 @@ import io
 import pickle
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -41,6 +41,8 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    # Copies on other devices, by (device, count): a process's trials share one copy of the split per GPU.
+    _copies: dict[tuple[str, int], Split] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,15 +50,20 @@ class Split:
     def head(self, count: int) -> Split:
         return Split(self.images[:count], self.labels[:count])
 
-    def to(self, device: torch.device) -> Split:
-        """The split on `device`, still uint8 (4x smaller than float): copied once, from pinned memory on CUDA
-        so the copy runs asynchronously. The CPU split is returned as is."""
+    def to(self, device: torch.device, count: int | None = None) -> Split:
+        """The split's first `count` images (all by default) on `device`, still uint8 (4x smaller than
+        float). Copied once per process and device, then reused by every later trial; the CPU split is
+        returned as is. No pinned staging copy: the copy happens once, and pinning would allocate a host
+        copy of the whole split (and, in a worker whose GPU is not yet current, a CUDA context on GPU 0)."""
+        count = len(self) if count is None else min(count, len(self))
         if device.type == "cpu":
-            return self
-        images, labels = self.images, self.labels
-        if device.type == "cuda":
-            images, labels = images.pin_memory(), labels.pin_memory()
-        return Split(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+            return self if count == len(self) else self.head(count)
+        key = (str(device), count)
+        if key not in self._copies:
+            self._copies.clear()  # one copy per process: a new budget or device replaces the old one
+            part = self.head(count)
+            self._copies[key] = Split(part.images.to(device), part.labels.to(device))
+        return self._copies[key]
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,15 @@ def _read_folder(
     return cached
 
 
-def _read(name: str, root: Path, split: str, size: int | None, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read(
+    name: str,
+    root: Path,
+    split: str,
+    size: int | None,
+    channels: int | None,
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     if name not in DATASETS:
         raise BadInput(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
     if not root.is_dir():
@@ -189,7 +204,7 @@ def _read(name: str, root: Path, split: str, size: int | None, channels: int | N
         return _read_fashion(root, split)
     if name == "cifar10":
         return _read_cifar(root, split)
-    cached = _read_folder(root, split, size or 32, channels or 3)
+    cached = _read_folder(root, split, size or 32, channels or 3, skip_bad, cache_dir)
     return cached.images, cached.labels
 
 
@@ -281,8 +296,9 @@ def _folder_dataset(
     return Dataset("folder", train_split, val_split, len(train.classes), channels, size)
 
 
-def load_study_data(settings: dict, data_dir: Path | None) -> Dataset:
-    """The dataset and validation split a study used, from its stored settings (the seed fixes the split)."""
+def load_study_data(settings: dict, data_dir: Path | None, cache_dir: Path | None = None) -> Dataset:
+    """The dataset and validation split a study used, from its stored settings (the seed fixes the split).
+    `cache_dir` is the study's runs folder's image cache (the search decoded a folder dataset there)."""
     return load_dataset(
         settings["dataset"],
         data_dir,
@@ -291,20 +307,21 @@ def load_study_data(settings: dict, data_dir: Path | None) -> Dataset:
         settings["val_size"],
         settings.get("seed", 0),
         bool(settings.get("skip_bad_images")),
+        cache_dir,
     )
 
 
-def load_full_train(
-    name: str, data_dir: Path | None, input_size: int, channels: int | None = None
+def load_whole_split(
+    name: str,
+    data_dir: Path | None,
+    split: str,
+    input_size: int,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
 ) -> tuple[Split, int]:
-    """The whole training set (no validation split) and the number of classes, for full training."""
+    """A whole split ("train": no validation split carved out; "test": the held-out test split, which only
+    full training, `mbsearch train`, reads) and the number of classes in it."""
     root = _resolve_root(name, data_dir)
-    images, labels = _read(name, root, "train", input_size, channels)
+    images, labels = _read(name, root, split, input_size, channels, skip_bad, cache_dir)
     return _to_split(images, labels, input_size), int(labels.max()) + 1
-
-
-def load_test_split(name: str, data_dir: Path | None, input_size: int, channels: int | None = None) -> Split:
-    """The held-out test split. Only full training (`mbsearch train`) calls this."""
-    root = _resolve_root(name, data_dir)
-    images, labels = _read(name, root, "test", input_size, channels)
-    return _to_split(images, labels, input_size)

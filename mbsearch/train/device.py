@@ -29,21 +29,43 @@ class TrainingDevice:
     """A resolved training device and its recipe."""
 
     device: torch.device
+    check_every_steps: int | None = None  # None: the device type's rule (CPU_CHECK_EVERY / GPU_CHECK_EVERY)
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
     @property
+    def index(self) -> int:
+        """This device's GPU number (its own, not the process's current GPU)."""
+        return self.device.index if self.device.index is not None else 0
+
+    @property
     def amp_dtype(self) -> torch.dtype | None:
-        """bf16 where supported (no scaler needed), else fp16; None (fp32) off CUDA."""
+        """bf16 where this GPU has it in hardware (compute capability 8.0 on: A100, H100, RTX 30xx), else fp16
+        with a gradient scaler; None (fp32) off CUDA. `torch.cuda.is_bf16_supported()` is not asked: it
+        counts emulated bf16 (T4, V100, RTX 20xx run it, slowly) and asks about the current GPU, not ours."""
         if not self.is_cuda:
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if torch.version.hip:
+            return torch.bfloat16
+        major, _ = torch.cuda.get_device_capability(self.index)
+        return torch.bfloat16 if major >= 8 else torch.float16
 
     @property
     def check_every(self) -> int:
+        if self.check_every_steps is not None:
+            return self.check_every_steps
         return CPU_CHECK_EVERY if self.device.type == "cpu" else GPU_CHECK_EVERY
+
+    @property
+    def instrument(self) -> str:
+        """What decides the numbers a training gives, for a study's identity: the device kind and its
+        precision (cpu/fp32, cuda/bf16, cuda/fp16, mps/fp32). Which GPU of a kind does not change it, so the
+        workers of a multi-GPU machine share one study."""
+        dtype = self.amp_dtype
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
+        return f"{self.device.type}/{precision}"
 
     def step_lock(self) -> Any:
         """What each training step holds: the host's shared training lock on the CPU, nothing on a GPU."""
@@ -58,22 +80,24 @@ class TrainingDevice:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        """cuDNN's autotuner on for a CUDA training, and restored after (the library leaves no state changed)."""
+        """For a CUDA training: this GPU made the current one (so that nothing, a pinned copy or a library's
+        implicit context, lands on GPU 0 of a worker meant for another), and cuDNN's autotuner on; both
+        restored after (the library leaves no state changed)."""
         if not self.is_cuda:
             yield
             return
         previous = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True
         try:
-            yield
+            with torch.cuda.device(self.index):
+                yield
         finally:
             torch.backends.cudnn.benchmark = previous
 
     def describe(self) -> str:
         if self.is_cuda:
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             precision = "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
-            return f"{self.device} ({torch.cuda.get_device_name(index)}, {precision} mixed precision)"
+            return f"{self.device} ({torch.cuda.get_device_name(self.index)}, {precision} mixed precision)"
         return str(self.device)
 
 

@@ -23,9 +23,9 @@ from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Split, load_full_train, load_test_split
+from mbsearch.train.data import Split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device
-from mbsearch.train.loop import Diverged, train
+from mbsearch.train.loop import Diverged, OutOfMemory, train
 
 CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
 OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "metrics.json", "arch.json")
@@ -41,14 +41,17 @@ class FullTrainResult:
     out_dir: str
 
 
-def _data(arch: Arch, dataset: str, data_dir: Path | None) -> tuple[Split, Split]:
+def _data(
+    arch: Arch, dataset: str, data_dir: Path | None, skip_bad: bool, cache_dir: Path | None
+) -> tuple[Split, Split]:
     channels = arch.input.channels
-    train_split, classes = load_full_train(dataset, data_dir, arch.input.size, channels)
+    train_split, classes = load_whole_split(dataset, data_dir, "train", arch.input.size, channels, skip_bad, cache_dir)
     if train_split.images.shape[1] != channels:
         raise BadInput(f"the arch takes {channels} channel(s) but {dataset} has {train_split.images.shape[1]}")
     if classes > arch.num_classes:
         raise BadInput(f"the arch has {arch.num_classes} classes but {dataset} has {classes}")
-    return train_split, load_test_split(dataset, data_dir, arch.input.size, channels)
+    test_split, _ = load_whole_split(dataset, data_dir, "test", arch.input.size, channels, skip_bad, cache_dir)
+    return train_split, test_split
 
 
 def train_full(
@@ -62,9 +65,12 @@ def train_full(
     seed: int = 0,
     on_step: Callable[[int, int, float, float], None] | None = None,
     device: TrainingDevice = CPU,
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
 ) -> FullTrainResult:
-    """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present."""
-    train_split, test_split = _data(arch, dataset, data_dir)
+    """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present.
+    A folder dataset is decoded into (or mapped from) `cache_dir`, skipping unreadable images with `skip_bad`."""
+    train_split, test_split = _data(arch, dataset, data_dir, skip_bad, cache_dir)
     budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr, augment=True)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"--out {out_dir} is a file; give a folder for the weights, ONNX and metrics")
@@ -102,6 +108,8 @@ def train_arch_file(
     threads: int | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
     device: str = "auto",
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
 ) -> tuple[Arch, FullTrainResult]:
     """`mbsearch train`: the arch of a file on its own dataset (unless told), into `out_dir` (default: beside
     it), with every output checked first. The thread count is restored."""
@@ -114,7 +122,18 @@ def train_arch_file(
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
         return arch, train_full(
-            arch, out_dir, epochs, dataset, data_dir, batch_size, lr, seed, on_step, training_device
+            arch,
+            out_dir,
+            epochs,
+            dataset,
+            data_dir,
+            batch_size,
+            lr,
+            seed,
+            on_step,
+            training_device,
+            skip_bad,
+            cache_dir,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -159,6 +178,8 @@ def _train_into(
         )
     except Diverged as exc:
         raise BadInput(f"training diverged ({exc}); lower --lr") from None
+    except OutOfMemory as exc:
+        raise BadInput(f"{exc}; lower --batch-size or train on a larger GPU") from None
     model = model.to(memory_format=torch.contiguous_format)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out_dir / "model.safetensors")
     write_onnx(arch, out_dir / "model.onnx", model)

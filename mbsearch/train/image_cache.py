@@ -10,6 +10,7 @@ the mapped file, a chunk at a time, and readers map it (pages are read on demand
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -160,7 +161,10 @@ def _build(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         if created_parent and not (folder / META_FILE).is_file():
-            shutil.rmtree(folder.parent, ignore_errors=True)  # a refused folder leaves no empty cache behind
+            # A refused folder leaves no empty cache behind; but never a tree: another process may have put
+            # its own cache in this parent since we made it (rmdir removes an empty folder only).
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()
 
 
 def _write_failure(folder: Path, exc: OSError) -> RuntimeFailure:

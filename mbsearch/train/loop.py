@@ -21,7 +21,7 @@ from torch import nn
 
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split
-from mbsearch.train.device import CPU, TrainingDevice
+from mbsearch.train.device import CPU, TrainingDevice, release_gpu_memory
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,28 @@ class TrainResult:
     steps: int
 
 
-class Diverged(Exception):
-    """Training produced a non-finite loss. An expected event in NAS, not a crash."""
+class TrainingFailed(Exception):
+    """One training could not finish, for a reason that is the candidate's, not the program's: an expected
+    event in NAS, stored with its reason so that a rerun does not try again, never a crash."""
+
+
+class Diverged(TrainingFailed):
+    """Training produced a non-finite loss."""
+
+
+class OutOfMemory(TrainingFailed):
+    """The candidate does not fit the device's memory (CUDA's own error, or a cuDNN/cuBLAS allocation
+    failure, which arrive as a plain RuntimeError)."""
+
+
+# What cuDNN and cuBLAS say when they cannot allocate their workspace (a plain RuntimeError, not torch's OOM).
+_ALLOCATION_FAILURES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in _ALLOCATION_FAILURES)
+    )
 
 
 @dataclass(frozen=True)
@@ -148,11 +168,12 @@ def score(
     model.eval()
     device = _device_of(model)
     correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: one read at the end
+    split = split.to(device)  # on a GPU, copied once per process (Split.to)
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             with batch_lock():
-                images = normalize(split.images[start : start + batch_size].to(device, non_blocking=True))
-                labels = split.labels[start : start + batch_size].to(device, non_blocking=True)
+                images = normalize(split.images[start : start + batch_size])
+                labels = split.labels[start : start + batch_size]
                 images = images.contiguous(memory_format=torch.channels_last)
                 correct += (model(images).argmax(1) == labels).sum()
     return int(correct.item()) / max(1, len(split))
@@ -172,17 +193,29 @@ def train(
 ) -> TrainResult:
     """Train on `train_split` (its first `budget.train_size` images) and evaluate on `eval_split`.
 
-    `on_step(step, total, loss, batch_accuracy)` follows progress; `on_epoch(epoch, checkpoint)` is called
+    `on_step(step, total, loss, batch_accuracy)` follows progress at each loss check (every step on the CPU,
+    every `device.check_every` steps on a GPU; the accuracy is over the batches since the last call);
+    `on_epoch(epoch, checkpoint)` is called
     after each whole epoch with a function that returns the full training state, which `resume` takes
-    back to continue exactly where it stopped. Raises Diverged on a NaN or infinite loss.
+    back to continue exactly where it stopped. Raises Diverged on a NaN or infinite loss and OutOfMemory
+    when the candidate does not fit the device (both TrainingFailed).
 
     On the CPU every step (and the final scoring) holds the host's training lock, not the whole run: a
     latency timer waiting on it gets in within one step, however long the training. On a GPU nothing is
     held, the split is copied to GPU memory once as uint8, and steps run in mixed precision (device.py).
     The model is handed back on the CPU, wherever it trained.
     """
-    with device.session():
-        return _train_on(model, train_split, eval_split, budget, seed, normalize, on_step, on_epoch, resume, device)
+    try:
+        with device.session():
+            return _train_on(model, train_split, eval_split, budget, seed, normalize, on_step, on_epoch, resume, device)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_allocation_failure(exc):
+            raise
+        reason = f"out of memory on {device.describe()}: {(str(exc).strip().splitlines() or ['?'])[0][:200]}"
+    # Outside the handler, so that the frames holding the failed step's tensors are gone first.
+    model.to("cpu")
+    release_gpu_memory()
+    raise OutOfMemory(reason)
 
 
 def _train_on(
@@ -200,17 +233,17 @@ def _train_on(
     step_lock = device.step_lock()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    data = train_split.head(budget.train_size)
-    normalize = (normalize or Normalizer.fit(data.images)).to(device.device)
+    normalize = (normalize or Normalizer.fit(train_split.images[: budget.train_size])).to(device.device)
     # channels_last runs depthwise convs about 1.5x faster on CPU (measured here), and is the GPU's layout.
     model.to(device.device, memory_format=torch.channels_last)
-    data = data.to(device.device)
+    data = train_split.to(device.device, budget.train_size)  # copied to a GPU once per process, not per trial
     steps_per_epoch = math.ceil(len(data) / budget.batch_size)
     total_steps = max(1, round(budget.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=budget.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
     )
+    scaler = device.grad_scaler()
     step = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -218,6 +251,10 @@ def _train_on(
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
+        if device.is_cuda and resume.get("cuda_rng") is not None:  # dropout and other draws on the GPU
+            torch.cuda.set_rng_state(resume["cuda_rng"], device.device)
+        if resume.get("scaler"):  # fp16's loss scale, else the resumed steps start from the initial one
+            scaler.load_state_dict(resume["scaler"])
         step = int(resume["step"])
 
     def checkpoint() -> dict[str, Any]:
@@ -227,14 +264,17 @@ def _train_on(
             "schedule": schedule.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device.device) if device.is_cuda else None,
+            "scaler": scaler.state_dict(),
             "step": step,
         }
 
     started = time.perf_counter()
-    scaler = device.grad_scaler()
     model.train()
     loss_value = float("nan")
     unchecked = torch.zeros((), device=device.device)  # losses since the last read, summed on the device
+    correct = torch.zeros((), device=device.device)  # right answers since the last read (for on_step)
+    seen = 0
     while step < total_steps:
         order = torch.randperm(len(data), generator=generator).to(device.device)
         for start in range(0, len(data), budget.batch_size):
@@ -250,7 +290,13 @@ def _train_on(
                     logits = model(images)
                     loss = F.cross_entropy(logits, data.labels[index], label_smoothing=budget.label_smoothing)
                 unchecked += loss.detach().float()
-                if (step + 1) % device.check_every == 0 or step + 1 == total_steps or on_step:
+                if on_step:
+                    correct += (logits.detach().argmax(1) == data.labels[index]).sum()
+                    seen += len(index)
+                # The host reads the device only at a check (every step on the CPU, every few on a GPU):
+                # the progress bar follows the checks, and adds no read of its own.
+                checking = (step + 1) % device.check_every == 0 or step + 1 == total_steps
+                if checking:
                     loss_value = _checked(unchecked, loss, step, total_steps, device.check_every)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -258,8 +304,10 @@ def _train_on(
                 scaler.update()
                 schedule.step()
             step += 1
-            if on_step:
-                batch_accuracy = (logits.argmax(1) == data.labels[index]).float().mean().item()
+            if on_step and checking:
+                batch_accuracy = float(correct.item()) / max(1, seen)
+                correct.zero_()
+                seen = 0
                 on_step(step, total_steps, loss_value, batch_accuracy)
         if on_epoch and step % steps_per_epoch == 0:
             on_epoch(step // steps_per_epoch, checkpoint)

@@ -153,3 +153,36 @@ def test_a_folder_or_fifo_is_not_called_missing(runner, tmp_path, kind: str) -> 
     path.mkdir() if kind == "folder" else os.mkfifo(path)
     line = _one_line(runner.invoke(app, ["show", str(path)]), 2, str(path))
     assert "not found" not in line
+
+
+def test_the_baselines_cache_tells_data_folders_and_training_devices_apart(tmp_path) -> None:
+    """Issue 30: two folder studies at one size shared baselines, and so did a CPU and a GPU training."""
+    import torch
+
+    from mbsearch.results.baselines import _cache_key
+    from mbsearch.train.device import CPU, TrainingDevice
+
+    settings = {"dataset": "folder", "input_size": 32, "epochs": 1}
+    keys = {
+        _cache_key(settings, "m", "dev", tmp_path / "a", CPU),
+        _cache_key(settings, "m", "dev", tmp_path / "b", CPU),
+        _cache_key(settings, "m", "dev", tmp_path / "a", TrainingDevice(torch.device("mps"))),
+    }
+    assert len(keys) == 3
+    assert _cache_key(settings, "m", "dev", tmp_path / "a", CPU) in keys  # the same study finds its own
+
+
+def test_an_output_folder_holding_a_database_is_refused(tmp_path) -> None:
+    """Issue 30: check_output_folder promised to refuse a folder holding a database and never looked."""
+    import sqlite3
+
+    from mbsearch.errors import BadInput
+    from mbsearch.files import check_output_folder
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    sqlite3.connect(folder / "study.db").execute("create table t (x)").connection.commit()
+    with pytest.raises(BadInput, match=r"study\.db, a SQLite database"):
+        check_output_folder("--out", folder, ("model.onnx",), "checkpoint.pt", {})
+    (folder / "study.db").unlink()
+    check_output_folder("--out", folder, ("model.onnx",), "checkpoint.pt", {})  # nothing to lose now

@@ -593,3 +593,19 @@ def test_a_decompression_bomb_in_a_folder_is_named(runner, tmp_path) -> None:
     Image.new("1", (20000, 20000)).save(tmp_path / "data" / "b" / "bomb.png")  # 400M pixels, a few KB on disk
     args = ["run", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "r")]
     one_line(runner.invoke(app, args), 2, "bomb.png: declares over")
+
+
+def test_an_idle_connection_that_times_out_logs_one_line_not_a_traceback(capfd) -> None:
+    """Issue 30: a client that connects and sends nothing hit wsgiref's read outside any handler, and the
+    agent's log got a traceback; now one line, and the agent serves on."""
+    import http.client
+
+    with agent_server(read_timeout=1) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            assert sock.recv(100) == b""  # closed by the agent after its read timeout, nothing sent
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        connection.request("GET", "/v1/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "TimeoutError" not in err, err

@@ -113,3 +113,18 @@ def test_large_inputs_are_gated_by_a_probe_with_maps_of_their_size() -> None:
     assert max(latency / truth for latency, truth in zip(small_probe, (2.0, 6.0), strict=True)) > 1.3
     sized = latencies_by_rounds(ScriptedDevice(from_size=224), large, ROUNDS_RECIPE)
     assert sized == pytest.approx([2.0, 6.0], rel=1e-9)
+
+
+def test_making_a_gate_leaves_the_callers_random_numbers_alone(monkeypatch) -> None:
+    """Issue 30: a gate built its probe after torch.manual_seed(0), reseeding the search's global RNG
+    mid-search (the next candidate's initial weights then depended on when a gate was first made)."""
+    import torch
+
+    from mbsearch.latency.targets import QuietGate
+
+    monkeypatch.setenv("MBSEARCH_QUIET_SETTLE_S", "0")
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    QuietGate(ScriptedDevice(), ROUNDS_RECIPE_SMALL_PROBE["probe"], settle_reads=1)
+    assert torch.equal(torch.rand(3), expected)

@@ -196,3 +196,35 @@ def test_timer_gets_in_between_steps_of_a_long_training_in_another_process(tmp_p
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_gpu_timing_holds_its_own_gpus_lock_and_runs_on_that_gpu(tmp_path, monkeypatch) -> None:
+    """Issue 30: `--target cuda` timed on GPU 0 whatever the worker's GPU, under no lock, so two workers
+    timed on one GPU at once. A machine with two GPUs stands in (torch's CUDA queries answered here)."""
+    import fcntl
+
+    import torch
+
+    from mbsearch.latency.targets import LocalTarget, Prepared
+
+    monkeypatch.setenv("MBSEARCH_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    target = LocalTarget("cuda", "torch", 1, gpu=1)
+    seen = {}
+
+    def timed(self, prepared):
+        for index in (0, 1):
+            with open(tmp_path / f"mbsearch-gpu{index}.lock", "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    seen[index] = "free"
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    seen[index] = "held"
+        seen["gpu"] = self.gpu
+        return "stats"
+
+    monkeypatch.setattr(LocalTarget, "_time_torch", timed)
+    assert target.time(Prepared(None, (1, 1, 8, 8), None)) == "stats"
+    assert seen == {0: "free", 1: "held", "gpu": 1}

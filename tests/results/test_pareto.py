@@ -98,3 +98,81 @@ def test_a_predicted_search_confirms_its_front_and_the_candidates_uncertainty_co
     assert to_confirm(frame) == [0, 1, 2]
     frame["latency_sd_ms"] = 0.0  # measured latencies: only the front
     assert to_confirm(frame) == [0, 1]
+
+
+def _rung_frame(rows) -> pd.DataFrame:
+    """Trials as (rung accuracies, latency, latency sd): a multi-fidelity study's frame."""
+    frame = _frame([(r[0][0], r[1]) for r in rows], verified_accuracy=float("nan"))
+    frame["rung_accuracies"] = [dict(r[0]) for r in rows]
+    frame["rung"] = [max(r[0]) for r in rows]
+    frame["rung_accuracy"] = [r[0][max(r[0])] for r in rows]
+    frame["latency_sd_ms"] = [r[2] for r in rows]
+    return frame
+
+
+def _cycle() -> pd.DataFrame:
+    """Three trials of equal latency: B beats A at rung 0, C beats B at rung 0, A beats C at rung 1 (which only
+    A and C reached). Each is dominated by another: the shared-rung rule is not transitive."""
+    return _rung_frame([({0: 0.70, 1: 0.90}, 1.0, 0.0), ({0: 0.80}, 1.0, 0.0), ({0: 0.90, 1: 0.80}, 1.0, 0.0)])
+
+
+def _bounded(seconds: int):
+    """Fail, instead of hanging the suite, where a call loops for ever (the old non-dominated sorting)."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError(f"did not finish within {seconds} s")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+
+
+def test_a_cycle_of_shared_rung_dominance_keeps_its_members_and_sorting_ends() -> None:
+    """Issue 30: the cycle gave an all-False mask; non-dominated sorting looped for ever (verify calls it)
+    and the decision front was empty. The fixed point keeps the three, which beat each other in a cycle."""
+    import signal
+
+    from mbsearch.results.pareto import decision_front, multi_fidelity_mask, nondominated_layers
+
+    frame = _cycle()
+    assert multi_fidelity_mask(frame).tolist() == [True, True, True]
+    _bounded(10)
+    try:
+        layers = nondominated_layers(frame, multi_fidelity=True)
+    finally:
+        signal.alarm(0)
+    assert [sorted(layer["number"]) for layer in layers] == [[0, 1, 2]]
+    front, basis = decision_front(frame)
+    assert basis == "multi-fidelity" and sorted(front["number"]) == [0, 1, 2]
+    assert front["val_accuracy"].notna().all()
+    # a fourth trial that the cycle's member 2 dominates at rung 0, never beating any of them back, is dropped
+    four = _rung_frame(
+        [({0: 0.70, 1: 0.90}, 1.0, 0.0), ({0: 0.80}, 1.0, 0.0), ({0: 0.90, 1: 0.80}, 1.0, 0.0), ({0: 0.85}, 1.5, 0.0)]
+    )
+    assert multi_fidelity_mask(four).tolist() == [True, True, True, False]
+
+
+def test_confirmation_judges_a_multi_fidelity_front_by_its_own_rule() -> None:
+    """Issue 30: `to_confirm` compared rung accuracies by plain dominance. Trial 2 (proxy 0.82, 1.2 ± 0.1 ms)
+    is dominated by trial 0 (proxy 0.83, 1.1 ms). Two sds faster (1.0 ms) trial 0 no longer dominates it,
+    and trial 1 (promoted: proxy 0.80, rung 1 0.85, 1.0 ms) does not either at their shared rung 0, where
+    trial 2 is the more accurate; plain dominance on rung accuracy (0.85 against 0.82) wrongly said it did."""
+    from mbsearch.results.retime import to_confirm
+
+    frame = _rung_frame([({0: 0.83}, 1.1, 0.0), ({0: 0.80, 1: 0.85}, 1.0, 0.0), ({0: 0.82}, 1.2, 0.1)])
+    assert to_confirm(frame) == [0, 1, 2]
+    frame["latency_sd_ms"] = 0.0  # measured: only the front
+    assert to_confirm(frame) == [0, 1]
+
+
+def test_a_multi_fidelity_front_meets_proxy_budget_baselines_on_its_proxy_accuracies() -> None:
+    """Issue 30: a promoted trial's rung accuracy (a bigger budget) against baselines trained at the proxy
+    budget inflated "dominates N baselines"."""
+    from mbsearch.results.pareto import at_proxy_budget, decision_front
+
+    frame = _rung_frame([({0: 0.80, 1: 0.85}, 1.0, 0.0), ({0: 0.70}, 0.5, 0.0)])
+    front, _ = decision_front(frame)
+    baseline = pd.DataFrame([{"name": "m", "val_accuracy": 0.82, "latency_ms": 1.1}])
+    assert bool(dominance(front, baseline)["dominated"].iloc[0])  # at rung 1's accuracy: the inflated claim
+    fair = dominance(at_proxy_budget(front), baseline)
+    assert not bool(fair["dominated"].iloc[0]) and fair["accuracy_gain"].iloc[0] == pytest.approx(-2.0)

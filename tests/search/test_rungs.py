@@ -66,7 +66,7 @@ def test_rung_budgets_grow_images_first_then_epochs() -> None:
 def _config(tmp_path, **changes) -> RunConfig:
     values = dict(
         runs_dir=tmp_path, study="mf", trials=4, sampler="random", train_size=128, val_size=256, epochs=0.5,
-        batch_size=64, train_threads=1, rungs="1,2", eta=2,
+        batch_size=64, train_threads=1, rungs="1,2", eta=2, device="cpu",
     )  # fmt: skip
     return RunConfig(**(values | changes))
 

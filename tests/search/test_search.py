@@ -17,7 +17,8 @@ from mbsearch.search.objective import mnas_reward
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import open_storage
 
-TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
+# On the CPU wherever the suite runs (a GPU machine's `auto` would train on its GPU, in other numbers).
+TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64", "--device", "cpu"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -27,8 +28,9 @@ def _study(runs, name):
 
 def tiny_config(tmp_path, **changes) -> RunConfig:
     values = dict(
-        train_size=256, val_size=256, epochs=0.5, batch_size=64, runs_dir=tmp_path, trials=2, study="t", train_threads=1
-    )
+        train_size=256, val_size=256, epochs=0.5, batch_size=64, runs_dir=tmp_path, trials=2, study="t",
+        train_threads=1, device="cpu",  # exact numbers are compared: the CPU's, wherever the suite runs
+    )  # fmt: skip
     return RunConfig(**(values | changes))
 
 

@@ -93,3 +93,28 @@ def test_a_training_that_outlives_the_grace_period_keeps_its_claim(tmp_path) -> 
     assert evaluations.holder(study, "verify", 0, grace_seconds=1) is not None
     time.sleep(1.2)  # the worker stopped renewing: the claim expires
     assert evaluations.holder(study, "verify", 0, grace_seconds=1) is None
+
+
+def test_a_worker_whose_claim_was_taken_over_stores_nothing(tmp_path, monkeypatch) -> None:
+    """Issue 30: a worker that stalled past the grace period (its claim taken by another worker) kept
+    training and stored its result over the new holder's. Now its result is dropped."""
+    from mbsearch.spec.zoo import reference_arch
+    from mbsearch.train.budget import Budget
+    from mbsearch.train.data import load_dataset
+    from mbsearch.train.evaluate import Evaluation
+
+    study = optuna.create_study(study_name="taken", storage=open_storage(f"sqlite:///{tmp_path / 'taken.db'}"))
+    budget = Budget(epochs=0.1, train_size=64, batch_size=64)
+
+    def trained_while_another_took_over(*args, **kwargs) -> Evaluation:
+        with claims._engine(study).begin() as connection:  # the other worker's compare-and-swap takeover
+            connection.execute(claims.CLAIMS.update().values(worker="elsewhere:7", heartbeat=time.time() + 3600))
+        time.sleep(0.5)  # a heartbeat beats meanwhile and finds the claim gone
+        return Evaluation(0.5, 1.0, 0.1, 1, budget, 1)
+
+    monkeypatch.setattr(evaluations, "evaluate", trained_while_another_took_over)
+    data = load_dataset("fashion-mnist", val_size=100)
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
+    assert evaluations.evaluate_claimed(study, "verify", 0, arch, data, budget, 1, grace_seconds=1) is None
+    assert "eval:verify:0" not in study.user_attrs  # the new holder's evaluation is not overwritten
+    assert claims.read(study, "verify", 0).worker == "elsewhere:7"  # and its claim is left alone

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mbsearch.errors import BadInput
-from mbsearch.train.data import FASHION_MNIST_DIR, load_dataset, load_test_split
+from mbsearch.train.data import FASHION_MNIST_DIR, load_dataset, load_whole_split
 
 
 def test_fashion_mnist_splits_are_fixed_disjoint_and_uint8() -> None:
@@ -30,7 +30,7 @@ def test_resize_on_load() -> None:
 
 
 def test_test_split_is_separate() -> None:
-    test = load_test_split("fashion-mnist", None, 28)
+    test = load_whole_split("fashion-mnist", None, "test", 28)[0]
     assert len(test) == 10000
 
 
@@ -66,7 +66,7 @@ def test_cifar10_python_batches(tmp_path) -> None:
     _cifar_batch(tmp_path / "test_batch", 20, 9)
     data = load_dataset("cifar10", tmp_path, val_size=10)
     assert data.train.images.shape == (90, 3, 32, 32) and data.channels == 3
-    assert len(load_test_split("cifar10", tmp_path, 32)) == 20
+    assert len(load_whole_split("cifar10", tmp_path, "test", 32)[0]) == 20
 
 
 def test_cifar10_refuses_pickles_that_run_code(tmp_path) -> None:

@@ -51,7 +51,9 @@ def test_auto_takes_the_cpu_where_no_gpu_is_visible() -> None:
     ],
 )
 def test_a_device_this_machine_lacks_is_one_line_exit_2_and_nothing_written(runner, tmp_path, flag, message) -> None:
-    if flag.startswith("cuda") and flag != "cuda:x" and torch.cuda.device_count() > 7:
+    if flag == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is rightly taken")
+    if flag == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has the GPU the test asks for")
     if flag == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has an Apple GPU")
@@ -95,3 +97,16 @@ def test_two_trial_search_on_the_gpu(runner, tmp_path) -> None:
     (environment,) = _environments(tmp_path, "gpu")
     assert environment["train_device"].startswith("cuda:0") and environment["cuda"]
     assert torch.backends.cudnn.benchmark is False  # the autotuner was restored after each training
+
+
+def test_a_study_refuses_to_resume_on_another_training_instrument() -> None:
+    """Issue 30: the training device was not part of a study's identity; a study begun on the CPU and resumed
+    on a GPU ranked its candidates by two instruments."""
+    from mbsearch.search.loop import check_training
+    from mbsearch.train.device import TrainingDevice
+
+    study = optuna.create_study(study_name="where")
+    check_training(study, CPU)
+    check_training(study, CPU)  # the same instrument resumes
+    with pytest.raises(BadInput, match=r"trained its candidates on cpu/fp32; this run would train on mps/fp32"):
+        check_training(study, TrainingDevice(torch.device("mps")))

@@ -86,3 +86,22 @@ def test_measure_prints_statistics(runner) -> None:
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
     assert stats["median_ms"] > 0 and stats["threads"] == 1 and stats["runtime"] == "onnxruntime"
+
+
+def test_train_reads_a_folder_through_the_runs_image_cache_and_can_skip_bad_images(runner, tmp_path) -> None:
+    """Issue 30: `train` decoded a folder dataset into a CWD-relative cache, not the runs folder's, and had no
+    --skip-bad-images."""
+    _folder_dataset(tmp_path / "data")
+    (tmp_path / "data" / "train" / "c0" / "0.png").write_bytes(b"broken")
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(reference_arch("mobilenet_v3_small_050", 16, 1, 3).to_json())
+    command = [
+        "train", str(arch_file), "--epochs", "0.2", "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
+        "--batch-size", "16", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+    ]  # fmt: skip
+    refused = runner.invoke(app, command)
+    assert refused.exit_code == 2 and "0.png" in refused.output
+    result = runner.invoke(app, [*command, "--skip-bad-images"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image" in result.output
+    assert any((tmp_path / "runs" / "image-cache").iterdir())

@@ -125,3 +125,23 @@ def test_a_failed_cache_write_is_one_line_and_leaves_nothing_to_trust(jpeg_folde
     assert len(out.stdout.strip().splitlines()) == 1
     assert not cache.exists()  # no partial folder, no empty cache a later run would trust
     assert load_folder(jpeg_folder, 32, 3, cache, workers=1).images.shape[0] == 3 * PER_CLASS  # then it works
+
+
+def test_a_failed_build_never_removes_a_cache_another_process_put_beside_it(jpeg_folder, tmp_path, monkeypatch) -> None:
+    """Issue 30: a build that made the cache's parent folder and then failed removed that whole folder, with
+    the cache another process had just finished in it."""
+    from mbsearch.train import image_cache
+
+    (jpeg_folder / "class0" / "0.jpg").write_bytes(b"not an image")
+    cache = tmp_path / "new-cache"
+    real = image_cache._decoded
+
+    def another_process_finishes_first(*args, **kwargs):
+        (cache / "other-study-cache").mkdir(parents=True)
+        (cache / "other-study-cache" / META_FILE).write_text("{}")
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(image_cache, "_decoded", another_process_finishes_first)
+    with pytest.raises(BadInput):
+        load_folder(jpeg_folder, 16, 1, cache)
+    assert (cache / "other-study-cache" / META_FILE).is_file()
