@@ -19,8 +19,10 @@ from mbsearch.spec.plan import MAX_PARAMS, estimate_params
 from mbsearch.spec.rules import adapt_strides, scale_channels
 from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
+Decisions = list[dict[str, Any]]  # one dict of choices per stage: {"block": "ir", "kernel": 5, ...}
 
-def stage_params(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[float, list[dict[str, Any]]]:
+
+def stage_params(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[float, Decisions]:
     """The width multiplier and one dict of decisions per stage, e.g. {"block": "ir", "kernel": 5, ...}."""
     width = trial.suggest_categorical("width", space.width)
     decisions = []
@@ -35,7 +37,7 @@ def stage_params(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[flo
 def arch_from_decisions(
     space: SearchSpace,
     width: float,
-    decisions: list[dict[str, Any]],
+    decisions: Decisions,
     input_size: int,
     channels: int,
     num_classes: int,
