@@ -23,6 +23,7 @@ from mbsearch.cli.options import options_from
 from mbsearch.errors import BadInput, MbsearchError
 from mbsearch.files import describe_validation_error
 from mbsearch.study.config import RunConfig
+from mbsearch.study.supernet_config import SupernetConfig
 
 # A pipe or a test gets a wide table rather than folded cells.
 # markup=False: file names, study names and arch names are printed as given ('exp[v2]' stays as is,
@@ -538,6 +539,34 @@ def _training_progress(description: str) -> Iterator[Callable[[int, int, float, 
     finally:
         if progress.task_ids:
             progress.stop()
+
+
+supernet_app = typer.Typer(
+    cls=_OneLineErrors, help="Weight-sharing supernets: train once, score sub-networks in seconds.",
+    no_args_is_help=True,
+)  # fmt: skip
+app.add_typer(supernet_app, name="supernet")
+
+
+@supernet_app.command("train")
+@options_from(SupernetConfig)
+def supernet_train(**flags: Any) -> None:
+    """Train the supernet of a space on a dataset (sandwich rule, in-place distillation); rerun the same
+    command to resume. A later 'run --evaluator supernet' on the same data scores with it."""
+    config = _config(SupernetConfig, **flags)
+    from mbsearch.search.supernet import train_for
+
+    with _training_progress("training the supernet") as on_step:
+        result = train_for(config, lambda step, total, loss: on_step(step, total, loss, 0.0))
+    if result.already_trained:
+        console.print(f"already trained ({result.steps} steps): {result.folder}", highlight=False)
+        return
+    resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
+    console.print(
+        f"supernet of {result.sub_networks:,} sub-networks ({result.params:,} shared weights) trained for "
+        f"{result.steps} steps in {result.seconds / 60:.1f} min{resumed}: {result.folder}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -38,6 +38,7 @@ class ReportData:
     device: dict | None = None  # the latency target and its fingerprint (search.check_device)
     confirmed: pd.DataFrame | None = None  # number, latency_ms (the search's), confirmed_ms, target
     sources: dict[str, int] | None = None  # predicted latencies by source (table, interpolated, extrapolated)
+    supernet: dict | None = None  # --evaluator supernet: the supernet that scored the trials (search.check_supernet)
     adapted: pd.DataFrame | None = None  # networks trimmed by `mbsearch adapt` (adapted.adapted_frame)
 
 
@@ -122,6 +123,9 @@ def compute(
     complete.loc[complete["number"].isin(front_numbers), "kind"] = "front"
     history = hypervolume_history(frame).merge(trained[["number", "val_accuracy"]], on="number", how="left")
     front = finished.front
+    supernet = (
+        finished.study.user_attrs.get(records.SUPERNET) if finished.settings.get("evaluator") == "supernet" else None
+    )
     return ReportData(
         title=f"mbsearch report: {finished.study.study_name}",
         settings=finished.settings,
@@ -131,8 +135,12 @@ def compute(
         history=history,
         importances=_importances(finished.study, trained),
         baselines=baselines,
-        # the baselines trained at the proxy budget: the front is judged on its trials' proxy accuracies
-        dominance=dominance(at_proxy_budget(front), baselines) if baselines is not None and not front.empty else None,
+        # the baselines trained at the proxy budget: the front is judged on its trials' proxy accuracies, and
+        # not at all where inherited weights scored it (a baseline is no sub-network: no inherited score)
+        dominance=dominance(at_proxy_budget(front), baselines)
+        if baselines is not None and not front.empty and supernet is None
+        else None,
+        supernet=supernet,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         verified=compute_verified(finished, verify_budget, verified_baselines),
         device=records.device(finished.study) or None,
@@ -460,6 +468,14 @@ def _front_table(data: ReportData) -> str:
 
 
 def _dominance_text(data: ReportData) -> str:
+    if data.supernet is not None:
+        return (
+            "<p>This search scored its candidates with weights inherited from a supernet "
+            f"({html.escape(str(data.supernet.get('digest')))}, {data.supernet.get('steps')} training steps), "
+            "BatchNorm recalibrated on training images. A reference MobileNet is no sub-network of the space and "
+            "has no inherited score, so the front is set against the baselines only once verified "
+            "(<code>mbsearch verify STUDY</code> trains both alike).</p>"
+        )
     if data.dominance is None:
         return "<p>Baselines were not computed (<code>--no-baselines</code>).</p>"
     items = []
@@ -546,7 +562,8 @@ def _margins(dominance: pd.DataFrame, noise_points: float | None) -> str:
 def _verified_text(verified: VerifiedData | None, val_size: int | None = None) -> str:
     if verified is None:
         return (
-            "<p>No trial verified yet: accuracies above come from the brief proxy training only. "
+            "<p>No trial verified yet: accuracies above come from the search's own evaluator only (brief "
+            "training, or inherited supernet weights). "
             "<code>mbsearch verify STUDY</code> retrains the front at a longer budget.</p>"
         )
     budget = verified.budget

@@ -31,13 +31,15 @@ from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
 from mbsearch.search.rungs import Promoter
+from mbsearch.search.supernet import open_for_search
 from mbsearch.spec.sample import check_space_fits
 from mbsearch.spec.space import SearchSpace, load_space
 from mbsearch.study import records
-from mbsearch.study.config import IDENTITY_KEYS, RunConfig
+from mbsearch.study.config import IDENTITY_KEYS, RunConfig, stored_identity
 from mbsearch.study.storage import default_url, open_storage, redact
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.device import TrainingDevice, resolve_device
+from mbsearch.train.supernet import TrainedSupernet
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -166,10 +168,10 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
         # What accuracies depend on beyond the settings: thread counts and library versions. The same
         # command on the same machine repeats its numbers; another machine may differ (README).
         study.set_user_attr(f"{records.ENVIRONMENT_PREFIX}{socket.gethostname()}", environment(config))
-    if stored is not None and any(stored.get(key) != config.identity().get(key) for key in IDENTITY_KEYS):
-        # Compared key by key: a study made before a key existed stored no value for it (None).
-        changed = sorted(key for key in IDENTITY_KEYS if stored.get(key) != config.identity().get(key))
-        detail = ", ".join(f"{key}={stored.get(key)!r}" for key in changed)
+    if stored is not None and any(stored_identity(stored, k) != config.identity().get(k) for k in IDENTITY_KEYS):
+        # Compared key by key: a study made before a key existed stored no value for it (LEGACY_DEFAULTS).
+        changed = sorted(key for key in IDENTITY_KEYS if stored_identity(stored, key) != config.identity().get(key))
+        detail = ", ".join(f"{key}={stored_identity(stored, key)!r}" for key in changed)
         raise BadInput(
             f"study {config.study_name!r} was run with {detail}; rerun with those settings or use a new --study"
         )
@@ -217,6 +219,21 @@ def check_training(study: optuna.Study, training: TrainingDevice) -> None:
         )
 
 
+def check_supernet(study: optuna.Study, supernet: TrainedSupernet) -> None:
+    """A study scored by inherited weights keeps one supernet: its folder and digest are recorded once,
+    and a resume with another (retrained, or trained for longer) is refused, as its scores would differ."""
+    record = {"folder": str(supernet.folder.resolve()), "digest": supernet.digest, "steps": supernet.manifest["steps"]}
+    stored = study.user_attrs.get(records.SUPERNET)
+    if stored is None:
+        study.set_user_attr(records.SUPERNET, record)
+    elif stored.get("digest") != record["digest"]:
+        raise BadInput(
+            f"study {study.study_name!r} was scored with the supernet {stored.get('digest')} ({stored.get('steps')} "
+            f"steps, {stored.get('folder')}); {supernet.folder} holds {record['digest']}: use that supernet "
+            "(--supernet DIR) or a new --study"
+        )
+
+
 def environment(config: RunConfig) -> dict:
     import numpy
     import onnxruntime
@@ -261,16 +278,20 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
 def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
     """Run (or resume) the search described by `config`."""
     space, data, target = prepare(config)
+    # The supernet is found and checked before the study exists: a missing or foreign one writes nothing.
+    supernet = open_for_search(config, space, data) if config.evaluator == "supernet" else None
     study_dir = config.study_dir
     url = config.storage or default_url(study_dir)
     study = create_study(config, url, worker_id)
     check_device(study, target)
     training = resolve_device(config.device)
     check_training(study, training)
+    if supernet is not None:
+        check_supernet(study, supernet)
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
-    objective = Objective(config, space, data, cache, target, training)
+    objective = Objective(config, space, data, cache, target, training, supernet)
     promoter = Promoter(config, data, training) if config.rungs else None
     if reporter:
         reporter.start(study, config, complete_and_running(study)[0])

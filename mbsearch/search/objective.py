@@ -29,8 +29,9 @@ from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import evaluate
+from mbsearch.train.evaluate import Evaluation, evaluate
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
+from mbsearch.train.supernet import TrainedSupernet, score_inherited
 
 # Trials beyond the target, started by a worker that raced another: pruned before any work is done.
 SURPLUS = "surplus: other workers already reached the trial target"
@@ -62,6 +63,7 @@ class Objective:
     cache: LatencyCache | None
     target: Target
     training: TrainingDevice = CPU  # where candidates train
+    supernet: TrainedSupernet | None = None  # --evaluator supernet: scores by inherited weights instead
     normalizer: Normalizer = field(init=False)
     artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
@@ -142,8 +144,16 @@ class Objective:
         return self._values(result.accuracy, stats.median_ms)
 
     def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
-        """The proxy training; a diverged one prunes the trial."""
+        """The proxy training, or with --evaluator supernet the inherited weights' score; a diverged training
+        prunes the trial. Each trial records which of the two scored it."""
         started = time.perf_counter()
+        if self.supernet is not None:
+            with interrupts.interruptible():
+                inherited = score_inherited(self.supernet, arch, self.data, self.training)
+            trial.set_user_attr(records.EVALUATOR, "supernet")
+            timings["score"] = round(time.perf_counter() - started, 4)
+            return Evaluation(inherited.accuracy, inherited.seconds, 0.0, 0, self.config.budget, self.config.seed)
+        trial.set_user_attr(records.EVALUATOR, "brief")
         try:
             with interrupts.interruptible():
                 result = evaluate(

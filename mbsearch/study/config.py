@@ -45,7 +45,10 @@ IDENTITY_KEYS = (
     "latency",
     "latency_input_size",
     "skip_bad_images",
+    "evaluator",
 )
+# What a key meant in a study made before it existed (it stored no value for it).
+LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief"}
 
 
 def check_study_name(name: str, what: str = "study name") -> str:
@@ -151,6 +154,14 @@ class RunConfig(pydantic.BaseModel):
     )
     max_retry: Annotated[int, Field(ge=0, le=100)] = Field(2, description="Retries of a trial whose worker died.")
     # multi-fidelity: budget multipliers such as "1,3,9" (rungs.py)
+    evaluator: Literal["brief", "supernet"] = Field(
+        "brief",
+        description="How candidates are scored: brief (each trained briefly) or supernet (weights inherited from "
+        "'mbsearch supernet train', BatchNorm recalibrated: seconds each).",
+    )
+    supernet: Path | None = Field(
+        None, description="--evaluator supernet: its folder (default: RUNS_DIR/supernets/SPACE-DATASET-SIZE)."
+    )
     rungs: str | None = Field(
         None, description="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."
     )
@@ -167,6 +178,10 @@ class RunConfig(pydantic.BaseModel):
         for url in (self.target, self.confirm_on):
             if url is not None and "://" in url:
                 check_target_url(url)  # a password in the URL would reach the study name
+        if self.evaluator == "supernet" and self.rungs is not None:
+            raise ValueError("--rungs trains candidates at growing budgets; --evaluator supernet trains none")
+        if self.supernet is not None and self.evaluator != "supernet":
+            raise ValueError("--supernet is the supernet of --evaluator supernet; add --evaluator supernet")
         if self.rungs is not None:
             parse_rungs(self.rungs)  # raises ValueError with the flag's name
             if self.objective != "pareto":
@@ -205,6 +220,11 @@ class RunConfig(pydantic.BaseModel):
 
     def identity(self) -> dict:
         return self.model_dump(mode="json", include=set(IDENTITY_KEYS))
+
+
+def stored_identity(stored: dict[str, Any], key: str) -> Any:
+    """A stored setting, read as it was meant when the study was made (LEGACY_DEFAULTS for keys it predates)."""
+    return stored.get(key, LEGACY_DEFAULTS.get(key))
 
 
 def check_stored_settings(stored: Any, source: str) -> dict[str, Any]:

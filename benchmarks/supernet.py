@@ -1,0 +1,209 @@
+"""The supernet evaluator measured: its training time, candidates scored per hour against brief training,
+how its inherited accuracies rank against stand-alone training, and verified hypervolume of searches.
+
+    python benchmarks/supernet.py train --epochs 2          # the v3 supernet at 28x28 (resumable)
+    python benchmarks/supernet.py throughput --score 40 --brief 8
+    python benchmarks/supernet.py fidelity                  # tau vs fidelity.py's reference panel
+    python benchmarks/supernet.py search --minutes 5 --seed 0   # brief vs supernet search, then verify
+    python benchmarks/supernet.py summary --minutes 5       # across seeds
+
+Data: Fashion-MNIST, 50,000 training / 10,000 validation images (split seed 0, as fidelity.py), 28x28.
+Every figure is appended to benchmarks/supernet_results.json with the date and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fidelity import PROXY_FILE, REFERENCE_FILE, bootstrap_tau, machine, panel
+
+from mbsearch.ranking import kendall_tau
+from mbsearch.results.finished import open_finished
+from mbsearch.results.pareto import hypervolume
+from mbsearch.spec.decisions import random_decisions
+from mbsearch.spec.space import load_space
+from mbsearch.study.supernet_config import SupernetConfig
+from mbsearch.train.budget import DEFAULT_PROXY
+from mbsearch.train.data import load_dataset
+from mbsearch.train.evaluate import evaluate
+from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "supernet_results.json"
+RUNS = Path("runs/bench-supernet")
+VAL_SIZE, SPLIT_SEED = 10_000, 0
+
+
+def _record(kind: str, **values) -> None:
+    runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    runs.append({"kind": kind, "date": datetime.date.today().isoformat(), "machine": machine(), **values})
+    RESULTS.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def _supernet_folder() -> Path:
+    return default_dir(RUNS, load_space("v3"), "fashion-mnist", 28)
+
+
+def train(args: argparse.Namespace) -> None:
+    from mbsearch.search.supernet import train_for
+
+    config = SupernetConfig(epochs=args.epochs, runs_dir=RUNS, val_size=VAL_SIZE, seed=SPLIT_SEED, device="cpu",
+                            batch_size=args.batch_size, lr=args.lr)  # fmt: skip
+    started = time.perf_counter()
+    result = train_for(config, lambda step, total, loss: print(f"{step}/{total} loss {loss:.3f}", flush=True)
+                       if step % 50 == 0 or step == total else None)  # fmt: skip
+    print(f"{result.steps} steps in {result.seconds / 60:.1f} min (this call {time.perf_counter() - started:.0f} s)")
+    if not result.already_trained:
+        _record("train", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps=result.steps,
+                minutes=round(result.seconds / 60, 1), threads=torch.get_num_threads(), params=result.params,
+                sub_networks=result.sub_networks)  # fmt: skip
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """Scoring only, both ways, on the same machine and threads: inherited weights (copy, BatchNorm on
+    2,048 training images, the 10,000 validation images) against the default brief training."""
+    space = load_space("v3")
+    data = load_dataset("fashion-mnist", val_size=VAL_SIZE, seed=SPLIT_SEED)
+    trained = open_supernet(space, _supernet_folder())
+    draws = random.Random(123)
+    archs = [trained.supernet.arch(*random_decisions(space, draws)) for _ in range(max(args.score, args.brief))]
+    score_inherited(trained, archs[0], data)  # warm-up: the first call pays one-off costs
+    inherited = [score_inherited(trained, arch, data).seconds for arch in archs[: args.score]]
+    brief = []
+    for index, arch in enumerate(archs[: args.brief]):
+        torch.manual_seed(index)
+        brief.append(evaluate(arch, data, DEFAULT_PROXY, seed=index).seconds)
+    row = {
+        "threads": torch.get_num_threads(),
+        "inherited_s": statistics.median(inherited),
+        "brief_s": statistics.median(brief),
+        "inherited_per_hour": 3600 / statistics.mean(inherited),
+        "brief_per_hour": 3600 / statistics.mean(brief),
+        "scored": len(inherited),
+        "trained": len(brief),
+    }
+    row["ratio"] = row["inherited_per_hour"] / row["brief_per_hour"]
+    print(json.dumps(row, indent=1))
+    _record("throughput", **row)
+
+
+def fidelity(args: argparse.Namespace) -> None:
+    """Kendall tau of inherited accuracy against fidelity.py's reference (1 epoch x 50,000 images, its first
+    seed), on the random panel's v3 members (the four MobileNets are no sub-networks of v3: no inherited
+    score), beside the default brief proxy and the reference's second seed on the very same members."""
+    space = load_space("v3")
+    data = load_dataset("fashion-mnist", val_size=VAL_SIZE, seed=SPLIT_SEED)
+    trained = open_supernet(space, _supernet_folder())
+    reference = json.loads(REFERENCE_FILE.read_text())["runs"]
+    proxies = json.loads(PROXY_FILE.read_text())["runs"]
+    members = {name: arch for name, arch in panel().items() if name.startswith("v3-")}
+    first = {n: reference[f"{n}|ref=0"]["accuracy"] for n in members if f"{n}|ref=0" in reference}
+    second = {n: reference[f"{n}|ref=1"]["accuracy"] for n in members if f"{n}|ref=1" in reference}
+    brief = {n: proxies.get(f"e1-n8k-b64|{n}|seed=0", {}).get("accuracy") for n in members}
+    inherited = {n: score_inherited(trained, arch, data).accuracy for n, arch in members.items()}
+    names = [n for n in members if n in first and n in second and brief.get(n) is not None]
+    truth = [first[n] for n in names]
+    rows = {}
+    for label, values in (("inherited", inherited), ("brief (default proxy)", brief), ("reference seed 2", second)):
+        x = [values[n] for n in names]
+        rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
+        print(f"{label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
+              f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
+    _record("fidelity", members=len(names), rows=rows, inherited={n: inherited[n] for n in names},
+            steps=trained.manifest["steps"])  # fmt: skip
+
+
+def search(args: argparse.Namespace) -> None:
+    """One seed: a brief search and a supernet search, each stopped by --timeout after --minutes (one after
+    the other, alone on the machine), then each front verified with one common budget."""
+    arms = {"brief": [], "supernet": ["--evaluator", "supernet", "--supernet", str(_supernet_folder())]}
+    results = {}
+    for arm, extra in arms.items():
+        study = f"sn-{arm}-{args.minutes:g}-{args.seed}"
+        command = [sys.executable, "-m", "mbsearch", "run", "--space", "v3", "--trials", "100000", "--timeout",
+                   str(args.minutes * 60), "--runs-dir", str(RUNS), "--seed", str(args.seed), "--study", study,
+                   "--device", "cpu", *extra]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        verify = [sys.executable, "-m", "mbsearch", "verify", study, "--runs-dir", str(RUNS), "--top",
+                  str(args.top), "--epochs", str(args.verify_epochs), "--train-size", str(args.verify_train_size),
+                  "--device", "cpu"]  # fmt: skip
+        subprocess.run(verify, check=True, stdout=subprocess.DEVNULL)
+        frame = open_finished(study, RUNS, None).frame
+        verified = frame[frame["verified_accuracy"].notna()]
+        results[arm] = {
+            "search_seconds": round(wall, 1),
+            "trials": int((frame["state"] == "COMPLETE").sum()),
+            "verified": verified[["number", "val_accuracy", "verified_accuracy", "latency_ms"]].to_dict("records"),
+        }
+        print(arm, results[arm]["trials"], "trials;", len(results[arm]["verified"]), "verified", flush=True)
+    _record("search", minutes=args.minutes, seed=args.seed, top=args.top,
+            verify={"epochs": args.verify_epochs, "train_size": args.verify_train_size}, results=results)  # fmt: skip
+
+
+def summary(args: argparse.Namespace) -> None:
+    """Verified hypervolume of every seed's two arms against one common reference point (accuracy 0, 1.1x
+    the slowest verified latency of all runs), with mean, sd and the paired difference's t interval."""
+    runs = [r for r in json.loads(RESULTS.read_text()) if r["kind"] == "search" and r["minutes"] == args.minutes]
+    slowest = 1.1 * max(p["latency_ms"] for r in runs for arm in r["results"].values() for p in arm["verified"])
+    table: dict[str, list[float]] = {"brief": [], "supernet": []}
+    print(f"| seed | arm | trials | verified | verified hypervolume (reference {slowest:.3f} ms) |")
+    print("|---|---|---:|---:|---:|")
+    for run in runs:
+        for arm, result in run["results"].items():
+            points = result["verified"]
+            volume = hypervolume(np.array([p["verified_accuracy"] for p in points]),
+                                 np.array([p["latency_ms"] for p in points]), slowest)  # fmt: skip
+            table[arm].append(volume)
+            print(f"| {run['seed']} | {arm} | {result['trials']} | {len(points)} | {volume:.4f} |")
+    for arm, volumes in table.items():
+        spread = f", sd {np.std(volumes, ddof=1):.4f}" if len(volumes) > 1 else ""
+        print(f"{arm}: mean {np.mean(volumes):.4f}{spread} over {len(volumes)} seed(s)")
+    differences = np.array(table["supernet"]) - np.array(table["brief"])
+    if len(differences) > 1:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / np.sqrt(len(differences))
+        mean = float(np.mean(differences))
+        print(f"supernet - brief: mean {mean:+.4f}, 95% t interval [{mean - half:+.4f}, {mean + half:+.4f}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train")
+    p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.003)
+    p = commands.add_parser("throughput")
+    p.add_argument("--score", type=int, default=40)
+    p.add_argument("--brief", type=int, default=8)
+    commands.add_parser("fidelity")
+    for name in ("search", "summary"):
+        p = commands.add_parser(name)
+        p.add_argument("--minutes", type=float, default=5)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--top", type=int, default=4)
+        p.add_argument("--verify-epochs", type=float, default=1)
+        p.add_argument("--verify-train-size", type=int, default=8000)
+    args = parser.parse_args()
+    {"train": train, "throughput": throughput, "fidelity": fidelity, "search": search, "summary": summary}[
+        args.command
+    ](args)
+
+
+if __name__ == "__main__":
+    main()

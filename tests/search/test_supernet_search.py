@@ -1,0 +1,80 @@
+"""`mbsearch supernet train` then `run --evaluator supernet` end to end (issue 27): candidates scored by
+inherited weights in seconds, recorded as their own evaluation kind, refereed by `verify` as before; a
+search without a matching supernet is refused before anything is written."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from mbsearch.cli.app import app
+from mbsearch.study import records
+from mbsearch.study.storage import open_storage
+from tests.nn.test_supernet import TINY_SPACE
+
+pytestmark = pytest.mark.slow
+DATA = ["--val-size", "300", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny space's supernet, trained for 8 steps into its default folder."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("supernet")
+    (root / "tiny.yaml").write_text(TINY_SPACE)
+    command = ["supernet", "train", "--space", str(root / "tiny.yaml"), "--train-size", "512", "--epochs", "1",
+               "--batch-size", "64", "--threads", "1", "--runs-dir", str(root / "runs"), *DATA]  # fmt: skip
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "trained for 8 steps" in result.output
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0 and "already trained (8 steps)" in again.output
+    return root
+
+
+def _run(runner, root, study: str, *extra: str):
+    command = ["run", "--space", str(root / "tiny.yaml"), "--evaluator", "supernet", "--trials", "3",
+               "--runs-dir", str(root / "runs"), "--study", study, "--train-threads", "1", *DATA, *extra]  # fmt: skip
+    return runner.invoke(app, command)
+
+
+def test_a_search_scores_by_inherited_weights_and_verify_referees(runner, trained) -> None:
+    result = _run(runner, trained, "inherited")
+    assert result.exit_code == 0, result.output
+    url = f"sqlite:///{trained / 'runs' / 'inherited' / 'study.db'}"
+    study = optuna.load_study(study_name="inherited", storage=open_storage(url))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    assert all(t.user_attrs[records.EVALUATOR] == "supernet" and 0 <= t.values[0] <= 1 for t in complete)
+    assert all(t.user_attrs[records.EPOCHS_RUN] == 0.0 for t in complete)  # nothing was trained
+    assert study.user_attrs[records.SUPERNET]["steps"] == 8
+    report = runner.invoke(app, ["report", "inherited", "--runs-dir", str(trained / "runs"), "--no-baselines"])
+    assert report.exit_code == 0, report.output
+    assert "weights inherited from a supernet" in (trained / "runs" / "inherited" / "report.html").read_text()
+    verify = ["verify", "inherited", "--runs-dir", str(trained / "runs"), "--top", "1", "--epochs", "0.25",
+              "--train-size", "256", "--threads", "1", "--device", "cpu"]  # fmt: skip
+    verified = runner.invoke(app, verify)
+    assert verified.exit_code == 0, verified.output
+    assert "verified accuracy" in verified.output
+
+
+def test_a_search_without_its_supernet_is_refused_before_anything_is_written(runner, trained) -> None:
+    result = _run(runner, trained, "other-split", "--seed", "1")  # another validation split: another supernet
+    assert result.exit_code == 2, result.output
+    assert "split_seed 0 (the search: 1)" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (trained / "runs" / "other-split").exists()
+    missing = _run(runner, trained, "missing", "--supernet", str(trained / "nowhere"))
+    assert missing.exit_code == 2 and "no supernet in" in missing.output
+    rungs = _run(runner, trained, "rungs", "--rungs", "1,3")
+    assert rungs.exit_code == 2 and "--evaluator supernet trains none" in rungs.output
+
+
+def test_a_study_keeps_the_supernet_it_was_scored_with(runner, trained) -> None:
+    assert _run(runner, trained, "kept").exit_code == 0
+    longer = ["supernet", "train", "--space", str(trained / "tiny.yaml"), "--train-size", "512", "--epochs", "2",
+              "--batch-size", "64", "--threads", "1", "--runs-dir", str(trained / "runs"), "--out",
+              str(trained / "longer"), *DATA]  # fmt: skip
+    assert runner.invoke(app, longer).exit_code == 0
+    resumed = _run(runner, trained, "kept", "--supernet", str(trained / "longer"), "--trials", "4")
+    assert resumed.exit_code == 2 and "was scored with the supernet" in resumed.output
