@@ -306,6 +306,12 @@ def report(
         typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
     ] = None,
     device: TrainDevice = "auto",
+    seed_noise: Annotated[
+        int,
+        typer.Option(
+            min=0, max=10, help="Retrain the verified knee and two baselines with N more seeds: the seed noise."
+        ),
+    ] = 0,
 ) -> None:
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
     from mbsearch.adapt.adapted import adapted_frame
@@ -326,7 +332,16 @@ def report(
 
         target = study_target(finished, target_token)
         frame, verified_frame = study_baselines(finished, runs_dir, data_dir, target, progress, training)
-    path = write_report(finished, frame, records.verify_budget(finished.study), verified_frame, adapted_points)
+    noise = None
+    if seed_noise and verified_frame is not None:
+        from mbsearch.results.seed_noise import measure_seed_noise
+
+        console.print(f"seed noise: the verified knee and two baselines with {seed_noise} more seed(s)")
+        noise = measure_seed_noise(finished, verified_frame, runs_dir, seed_noise, data_dir, target, training)
+    elif seed_noise:
+        console.print("seed noise needs verified trials and baselines: run 'mbsearch verify' first", highlight=False)
+    budget = records.verify_budget(finished.study)
+    path = write_report(finished, frame, budget, verified_frame, adapted_points, noise)
     console.print(f"wrote {path}", highlight=False)
 
 
@@ -429,7 +444,9 @@ def export(
         f"{metrics['params']:,} params -> {output}",
         highlight=False,
     )
-    if onnx is not None:
+    if onnx is not None and (exported.arch.provenance or {}).get("precision") == "int8":
+        console.print(f"int8 ONNX (trained and quantized: the graph the search timed) -> {onnx}", highlight=False)
+    elif onnx is not None:
         console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)
     if exported.timm_arch_def is not None:
         sys.stdout.write(json.dumps(exported.timm_arch_def, indent=1) + "\n")

@@ -19,6 +19,7 @@ from mbsearch.results.baselines import dominance
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import at_proxy_budget, candidates, hypervolume_history, knee, pareto_front
 from mbsearch.results.retime import retimings
+from mbsearch.results.seed_noise import SeedNoise
 from mbsearch.study import records
 
 
@@ -53,10 +54,11 @@ class VerifiedData:
     budget: dict
     baselines: pd.DataFrame | None  # the baselines trained at the verification budget
     dominance: pd.DataFrame | None  # judged on verified accuracy
+    noise: SeedNoise | None = None  # the verification's seed-to-seed noise (report --seed-noise N)
 
 
 def compute_verified(
-    finished: FinishedStudy, budget: dict | None, baselines: pd.DataFrame | None
+    finished: FinishedStudy, budget: dict | None, baselines: pd.DataFrame | None, noise: SeedNoise | None = None
 ) -> VerifiedData | None:
     """Proxy vs verified, or None where nothing was verified."""
     frame = finished.frame
@@ -77,6 +79,7 @@ def compute_verified(
         budget=budget,
         baselines=baselines,
         dominance=dominance(front, baselines) if baselines is not None and not front.empty else None,
+        noise=noise,
     )
 
 
@@ -112,6 +115,7 @@ def compute(
     verify_budget: dict | None = None,
     verified_baselines: pd.DataFrame | None = None,
     adapted: pd.DataFrame | None = None,
+    noise: SeedNoise | None = None,
 ) -> ReportData:
     """Everything the page shows, as data."""
     frame = finished.frame
@@ -142,7 +146,7 @@ def compute(
         else None,
         supernet=supernet,
         counts={state: int((frame["state"] == state).sum()) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
-        verified=compute_verified(finished, verify_budget, verified_baselines),
+        verified=compute_verified(finished, verify_budget, verified_baselines, noise),
         device=records.device(finished.study) or None,
         confirmed=_confirmed_frame(finished),
         sources=_sources(complete),
@@ -464,10 +468,26 @@ def _front_table(data: ReportData) -> str:
     table["params"] = table["params"].map(lambda v: f"{int(v):,}")
     table["macs"] = table["macs"].map(lambda v: f"{v / 1e6:.1f}M")
     table["number"] = table["number"].map(lambda n: f"{n} (knee)" if n == data.knee_number else str(n))
+    if data.settings.get("precision") == "int8" and data.front[records.FLOAT_VAL_ACCURACY].notna().any():
+        # --precision int8: the objectives are the int8 graph's; the float network's numbers beside them
+        front = data.front
+        table = table.rename(columns={"val_accuracy": "int8 val_accuracy", "latency_ms": "int8 latency_ms"})
+        table.insert(2, "float val_accuracy", front[records.FLOAT_VAL_ACCURACY].map("{:.4f}".format))
+        drop = 100 * (front[records.FLOAT_VAL_ACCURACY] - front["val_accuracy"])
+        table.insert(3, "int8 drop (points)", drop.map("{:+.2f}".format))
+        table.insert(5, "float latency_ms", front[records.FLOAT_LATENCY_MS].map("{:.3f}".format))
+        speedup = front[records.FLOAT_LATENCY_MS] / front["latency_ms"]
+        table.insert(6, "int8 speed-up", speedup.map("{:.2f}x".format))
     return table.to_html(index=False, classes="front", border=0)
 
 
 def _dominance_text(data: ReportData) -> str:
+    if data.settings.get("precision") == "int8":
+        return (
+            "<p>This search's objectives are int8 accuracy and int8 latency; the baselines are trained and timed "
+            "in float, so the front is not set against them here. The front table gives each network's float "
+            "numbers beside its int8 ones (accuracy drop, speed-up).</p>"
+        )
     if data.supernet is not None:
         return (
             "<p>This search scored its candidates with weights inherited from a supernet "
@@ -535,27 +555,50 @@ def verified_figure(verified: VerifiedData) -> go.Figure:
     return figure
 
 
-def _margins(dominance: pd.DataFrame, noise_points: float | None) -> str:
-    """Each baseline's margin against the verified front, in points and in speed-up, with the noise."""
+def _margins(dominance: pd.DataFrame, noise_points: float | None, seed_noise: SeedNoise | None = None) -> str:
+    """Each baseline's margin against the verified front, in points and in speed-up, with the noise: the
+    validation sampling's, and where measured (report --seed-noise) the training seed's on top."""
+    band = (
+        seed_noise.margin_band(noise_points)
+        if seed_noise is not None and seed_noise.sd_points == seed_noise.sd_points
+        else None
+    )
     items = []
     for row in dominance.itertuples():
         gain = (
             "no front point as fast"
-            if row.accuracy_gain is None
+            if pd.isna(row.accuracy_gain)
             else f"{row.accuracy_gain:+.2f} points at no more latency"
         )
+        if band is not None and not pd.isna(row.accuracy_gain):
+            gain += f" ({'beyond' if abs(row.accuracy_gain) > band else 'within'} the ±{band:.2f}-point noise)"
+        # a speed-up exists only where some front point is at least as accurate (never "nanx")
         speed = (
-            "no front point as accurate" if row.speedup is None else f"{row.speedup:.2f}x faster at no less accuracy"
+            "no verified network is at least as accurate"
+            if pd.isna(row.speedup)
+            else f"{row.speedup:.2f}x faster at no less accuracy"
         )
         verdict = "dominated" if row.dominated else "not dominated"
         items.append(f"<li><b>{html.escape(row.name)}</b>: {verdict}; {gain}; {speed}</li>")
-    noise = (
-        f"<p>Noise: a difference of two accuracies on these validation images has a 95% sampling interval of "
-        f"about ±{noise_points:.2f} points; seed-to-seed noise of the training is not measured here and adds to "
-        "it, so margins inside that band are not evidence.</p>"
-        if noise_points is not None
-        else ""
-    )
+    noise = ""
+    if noise_points is not None and band is None:
+        noise = (
+            f"<p>Noise: a difference of two accuracies on these validation images has a 95% sampling interval of "
+            f"about ±{noise_points:.2f} points; seed-to-seed noise of the training is not measured here "
+            "(<code>mbsearch report --seed-noise 2</code> measures it) and adds to it, so margins inside that band "
+            "are not evidence.</p>"
+        )
+    elif band is not None and seed_noise is not None:
+        runs = "; ".join(
+            f"{html.escape(name)}: {', '.join(f'{100 * a:.2f}' for a in values)}"
+            for name, values in seed_noise.accuracies.items()
+        )
+        noise = (
+            f"<p>Noise: the training seed moves one verified accuracy by a standard deviation of "
+            f"{seed_noise.sd_points:.2f} points (pooled over the knee and two baselines, retrained with more seeds: "
+            f"{runs}); with the validation sampling's ±{noise_points or 0:.2f}, a margin's 95% band is "
+            f"±{band:.2f} points. Margins within it are not evidence.</p>"
+        )
     return f"<ul>{''.join(items)}</ul>{noise}"
 
 
@@ -575,7 +618,8 @@ def _verified_text(verified: VerifiedData | None, val_size: int | None = None) -
         noise = 100 * 1.96 * math.sqrt(2 * accuracy * (1 - accuracy) / val_size) if val_size else None
         dominance_html = (
             f"<p>On verified accuracy, the verified front dominates {count} of {len(verified.dominance)} "
-            f"baselines (trained at the same budget and seed rule).</p>{_margins(verified.dominance, noise)}"
+            f"baselines (trained at the same budget and seed rule).</p>"
+            f"{_margins(verified.dominance, noise, verified.noise)}"
         )
     return (
         f"<p>{len(verified.points)} trial(s) verified at {budget.get('epochs')} epoch(s) x "
@@ -642,7 +686,8 @@ def write_report(
     verify_budget: dict | None = None,
     verified_baselines: pd.DataFrame | None = None,
     adapted: pd.DataFrame | None = None,
+    noise: SeedNoise | None = None,
 ) -> Path:
     path = finished.study_dir / "report.html"
-    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines, adapted)))
+    write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines, adapted, noise)))
     return path

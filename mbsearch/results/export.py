@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from mbsearch.errors import BadInput
-from mbsearch.files import check_outputs
+from mbsearch.files import check_outputs, write_atomic
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.results.finished import FinishedStudy, open_finished
 from mbsearch.results.pareto import knee
 from mbsearch.spec.arch import Arch, write_arch
 from mbsearch.spec.blockstrings import timm_arch_def
 from mbsearch.study import records
+from mbsearch.study.dashboard import trial_artifact
 
 PICKS = ("knee", "max-accuracy", "min-latency")
 
@@ -49,6 +50,8 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
         "threads": settings["threads"],
         "dataset": settings["dataset"],
         "budget": {key: settings[key] for key in ("epochs", "train_size", "batch_size", "lr", "val_size")},
+        "precision": settings.get("precision", "fp32"),
+        "evaluator": settings.get("evaluator", "brief"),
     }
     proxy = finished.frame.set_index("number").loc[number]
     metrics = {
@@ -63,6 +66,9 @@ def chosen_arch(finished: FinishedStudy, row: pd.Series) -> Arch:
         metrics["decision_accuracy"] = float(row["val_accuracy"])
         metrics["decision_basis"] = finished.basis
     return arch.with_info(name=f"{finished.study.study_name}-trial-{number}", provenance=provenance, metrics=metrics)
+
+
+INT8_SUFFIX = ".int8.onnx"  # the trial artifact of --precision int8 (search/objective.py uploads it)
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,20 @@ def export_study(
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
     arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
     arch_def = timm_arch_def(arch) if timm else None  # refused before writing anything, never a wrong string
-    write_arch(arch, output)
-    if onnx is not None:
-        write_onnx(arch, onnx)
+    if onnx is not None and finished.settings.get("precision") == "int8":
+        number = int(arch.provenance["trial"])
+        graph = trial_artifact(finished.study, finished.study_dir, number, INT8_SUFFIX)
+        if graph is None:
+            raise BadInput(
+                f"trial {number}'s int8 graph is not in {finished.study_dir / 'artifacts'} (another machine's "
+                "search?); export on the machine that ran it"
+            )
+        write_arch(arch, output)
+        write_atomic(onnx, graph)  # the very graph the search quantized, scored and timed
+    else:
+        write_arch(arch, output)
+        if onnx is not None:
+            write_onnx(arch, onnx)
     metrics = arch.metrics or {}
     basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
         finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"

@@ -27,6 +27,8 @@ COLUMNS = [
     records.BLOCKS,
     records.SKIPPED,
     records.FAIL_REASON,
+    records.FLOAT_VAL_ACCURACY,
+    records.FLOAT_LATENCY_MS,
     "started",
     "completed",
 ]

@@ -219,6 +219,22 @@ def check_training(study: optuna.Study, training: TrainingDevice) -> None:
         )
 
 
+def check_precision(study: optuna.Study, precision: str) -> None:
+    """A study's numbers come from one precision and, for int8, one quantization recipe (ONNX Runtime's
+    version included: its kernels and calibration decide the int8 numbers): recorded once, another refused."""
+    from mbsearch.nn.quantize import int8_recipe
+
+    record = {"precision": precision} | ({"recipe": int8_recipe()} if precision == "int8" else {})
+    stored = study.user_attrs.get(records.PRECISION)
+    if stored is None:
+        study.set_user_attr(records.PRECISION, record)
+    elif stored != record:
+        raise BadInput(
+            f"study {study.study_name!r} was searched in {stored.get('precision')} with {stored.get('recipe')}; "
+            f"this run quantizes with {record.get('recipe')}: the numbers would not compare; use a new --study"
+        )
+
+
 def check_supernet(study: optuna.Study, supernet: TrainedSupernet) -> None:
     """A study scored by inherited weights keeps one supernet: its folder and digest are recorded once,
     and a resume with another (retrained, or trained for longer) is refused, as its scores would differ."""
@@ -288,6 +304,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     check_training(study, training)
     if supernet is not None:
         check_supernet(study, supernet)
+    check_precision(study, config.precision)
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")

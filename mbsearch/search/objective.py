@@ -20,6 +20,7 @@ from mbsearch import interrupts
 from mbsearch.errors import RuntimeFailure
 from mbsearch.latency.profiler import profile_candidate
 from mbsearch.latency.targets import LatencyCache, Target
+from mbsearch.search.int8 import Int8Step
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.blockstrings import block_strings
 from mbsearch.spec.sample import sample_arch
@@ -67,9 +68,15 @@ class Objective:
     normalizer: Normalizer = field(init=False)
     artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
+    int8: Int8Step | None = field(init=False, default=None)
+
     def __post_init__(self) -> None:
         self.normalizer = Normalizer.fit(self.data.train.images[: self.config.train_size])
+        if self.supernet is not None:  # inherited weights expect the inputs the supernet trained on
+            self.normalizer = self.supernet.normalizer
         self.artifacts = artifact_store(self.config.study_dir)
+        if self.config.precision == "int8":
+            self.int8 = Int8Step(self.data, self.normalizer, self.target, self.cache)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -121,7 +128,8 @@ class Objective:
             with interrupts.interruptible():
                 stats, cached = pending.result()
             self._store_measures(trial, arch, params, macs, stats, cached)
-            violations = self._set_constraints(trial, stats.median_ms, params)
+            # int8: the constraints apply to the int8 latency, known only once the trained network is quantized
+            violations = self._set_constraints(trial, stats.median_ms, params) if self.int8 is None else []
             if violations:
                 # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
                 trial.set_user_attr(records.SKIPPED, "; ".join(violations))
@@ -129,19 +137,37 @@ class Objective:
                 trial.set_user_attr(records.EPOCHS_RUN, 0.0)
                 trial.set_user_attr(records.TIMINGS, timings)
                 return self._values(0.0, stats.median_ms)
-        result = self._train(trial, trained_arch, model, timings)
+        result, trained = self._train(trial, trained_arch, model, timings)
         if overlap:
             waited = time.perf_counter()
             with interrupts.interruptible():
                 stats, cached = pending.result()  # a latency that never comes fails the trial: none is invented
             timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for the device
             self._store_measures(trial, arch, params, macs, stats, cached)
-            self._set_constraints(trial, stats.median_ms, params)
-        trial.set_user_attr(records.VAL_ACCURACY, result.accuracy)
+            if self.int8 is None:  # int8: set on the int8 latency below
+                self._set_constraints(trial, stats.median_ms, params)
         trial.set_user_attr(records.TRAIN_SECONDS, round(result.seconds, 3))
         trial.set_user_attr(records.EPOCHS_RUN, round(result.epochs_run, 4))
+        accuracy, latency_ms = result.accuracy, stats.median_ms
+        if self.int8 is not None:
+            accuracy, latency_ms = self._quantized(trial, trained, arch, params, result.accuracy, stats, timings)
+        trial.set_user_attr(records.VAL_ACCURACY, accuracy)
         trial.set_user_attr(records.TIMINGS, timings)
-        return self._values(result.accuracy, stats.median_ms)
+        return self._values(accuracy, latency_ms)
+
+    def _quantized(self, trial, model, arch, params, float_accuracy, float_stats, timings) -> tuple[float, float]:
+        """--precision int8: the trained network quantized, scored by ONNX Runtime and timed; the int8 numbers
+        replace the float ones as the trial's objectives, the float ones are kept beside them."""
+        assert self.int8 is not None
+        with interrupts.interruptible():
+            quantized = self.int8(model, arch, timings)
+        trial.set_user_attr(records.FLOAT_VAL_ACCURACY, float_accuracy)
+        trial.set_user_attr(records.FLOAT_LATENCY_MS, float_stats.median_ms)
+        self._store_measures(trial, arch, params, trial.user_attrs.get(records.MACS, 0), quantized.latency,
+                             quantized.cached, upload=False)  # fmt: skip
+        self._upload(trial, f"trial-{trial.number}.int8.onnx", quantized.graph, "application/octet-stream")
+        self._set_constraints(trial, quantized.latency.median_ms, params)
+        return quantized.accuracy, quantized.latency.median_ms
 
     def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
         """The proxy training, or with --evaluator supernet the inherited weights' score; a diverged training
@@ -152,7 +178,8 @@ class Objective:
                 inherited = score_inherited(self.supernet, arch, self.data, self.training)
             trial.set_user_attr(records.EVALUATOR, "supernet")
             timings["score"] = round(time.perf_counter() - started, 4)
-            return Evaluation(inherited.accuracy, inherited.seconds, 0.0, 0, self.config.budget, self.config.seed)
+            score = Evaluation(inherited.accuracy, inherited.seconds, 0.0, 0, self.config.budget, self.config.seed)
+            return score, inherited.model
         trial.set_user_attr(records.EVALUATOR, "brief")
         try:
             with interrupts.interruptible():
@@ -163,11 +190,14 @@ class Objective:
             trial.set_user_attr(records.FAIL_REASON, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         timings["train"] = round(time.perf_counter() - started, 4)
-        return result
+        return result, model
 
-    def _store_measures(self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool) -> None:
+    def _store_measures(
+        self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool, upload: bool = True
+    ) -> None:
         trial.set_user_attr(records.ARCH, arch.to_dict())
-        self._upload_arch(trial, arch)
+        if upload:
+            self._upload(trial, f"trial-{trial.number}.arch.json", arch.to_json().encode(), "application/json")
         trial.set_user_attr(records.BLOCKS, " ".join(block_strings(arch)))
         for key, value in {
             records.PARAMS: params,
@@ -180,13 +210,13 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
 
-    def _upload_arch(self, trial: optuna.Trial, arch: Arch) -> None:
-        """The arch JSON as a file artifact, downloadable from optuna-dashboard."""
+    def _upload(self, trial: optuna.Trial, name: str, content: bytes, mimetype: str) -> None:
+        """A file artifact of the trial (its arch JSON, its int8 graph), downloadable from optuna-dashboard."""
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"trial-{trial.number}.arch.json"
-            path.write_text(arch.to_json())
+            path = Path(folder) / name
+            path.write_bytes(content)
             optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="application/json"
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype=mimetype
             )
 
     def _set_constraints(self, trial: optuna.Trial, latency_ms: float, params: int) -> list[str]:

@@ -46,9 +46,10 @@ IDENTITY_KEYS = (
     "latency_input_size",
     "skip_bad_images",
     "evaluator",
+    "precision",
 )
 # What a key meant in a study made before it existed (it stored no value for it).
-LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief"}
+LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief", "precision": "fp32"}
 
 
 def check_study_name(name: str, what: str = "study name") -> str:
@@ -159,6 +160,11 @@ class RunConfig(pydantic.BaseModel):
         description="How candidates are scored: brief (each trained briefly) or supernet (weights inherited from "
         "'mbsearch supernet train', BatchNorm recalibrated: seconds each).",
     )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="fp32, or int8: each trained candidate quantized (ONNX Runtime static, QDQ, per-channel), "
+        "its int8 accuracy and int8 latency the objectives.",
+    )
     supernet: Path | None = Field(
         None, description="--evaluator supernet: its folder (default: RUNS_DIR/supernets/SPACE-DATASET-SIZE)."
     )
@@ -180,6 +186,16 @@ class RunConfig(pydantic.BaseModel):
                 check_target_url(url)  # a password in the URL would reach the study name
         if self.evaluator == "supernet" and self.rungs is not None:
             raise ValueError("--rungs trains candidates at growing budgets; --evaluator supernet trains none")
+        if self.precision == "int8":
+            if self.latency == "predicted":
+                raise ValueError("--precision int8: lookup tables time float parts; measure int8 on the target")
+            if self.runtime != "onnxruntime":
+                raise ValueError("--precision int8 is ONNX Runtime's quantization: use --runtime onnxruntime")
+            if self.latency_input_size is not None:
+                raise ValueError(
+                    "--precision int8 with --latency-input-size: the timed graph must be the scored one; "
+                    "search at the deployment's --input-size instead"
+                )
         if self.supernet is not None and self.evaluator != "supernet":
             raise ValueError("--supernet is the supernet of --evaluator supernet; add --evaluator supernet")
         if self.rungs is not None:

@@ -41,3 +41,17 @@ def serve(storage_url: str, study_dir: Path, host: str = "127.0.0.1", port: int 
 
     storage = open_storage(storage_url, read_only=True)
     run_server(storage, host=host, port=port, artifact_store=artifact_store(study_dir, create=False))
+
+
+def trial_artifact(study: optuna.Study, study_dir: Path, number: int, suffix: str) -> bytes | None:
+    """The content of trial `number`'s artifact whose file name ends with `suffix` (e.g. ".int8.onnx"), or
+    None where there is none (another machine's artifacts folder, or a trial made before it existed)."""
+    store = artifact_store(study_dir, create=False)
+    if store is None:
+        return None
+    trial = study.trials[number]
+    for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
+        if meta.filename.endswith(suffix):
+            with store.open_reader(meta.artifact_id) as reader:
+                return reader.read()
+    return None

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -442,6 +442,7 @@ class InheritedScore:
     accuracy: float
     seconds: float
     calibration_images: int
+    model: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the scored network, on the CPU
 
 
 def score_inherited(
@@ -463,4 +464,5 @@ def score_inherited(
         with lock():
             recalibrate_batchnorm(model, calibration, normalize, batches=math.ceil(len(calibration) / 256))
         accuracy = score(model, data.val, normalize, batch_lock=lock)
-    return InheritedScore(accuracy, time.perf_counter() - started, len(calibration))
+    model.to("cpu")
+    return InheritedScore(accuracy, time.perf_counter() - started, len(calibration), model)

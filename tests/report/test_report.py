@@ -182,3 +182,48 @@ def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_
     assert [list(trace.x) for trace in link] == [[row["source_latency_ms"], row["latency_ms"]]]
     page = (copy / name / "report.html").read_text()
     assert "id='adapted-table'" in page and adapted.name in page
+
+
+def test_a_margin_with_no_as_accurate_front_point_says_so_not_nan() -> None:
+    """Issue 29: a baseline no verified network is as accurate as printed "nanx faster at no less accuracy"
+    (pandas holds a missing speed-up as NaN, not None)."""
+    import pandas as pd
+
+    from mbsearch.report.page import _margins
+
+    row = {"name": "mobilenet_v3_large", "dominated": False, "accuracy_gain": -0.62, "speedup": None}
+    html_text = _margins(pd.DataFrame([row], columns=["name", "dominated", "accuracy_gain", "speedup"]), 0.88)
+    assert "nan" not in html_text.lower()
+    assert "no verified network is at least as accurate" in html_text and "-0.62 points" in html_text
+
+
+def test_seed_noise_is_measured_on_the_knee_and_two_baselines_and_shown_beside_each_margin(
+    runner, tiny_study, tmp_path
+) -> None:
+    """Issue 27: the verified knee and the two baselines nearest it are retrained with more seeds (stored,
+    reused by a rerun); their pooled sd becomes each margin's noise band."""
+    from mbsearch.report.page import compute, render
+    from mbsearch.results.seed_noise import measure_seed_noise, pooled_sd
+
+    assert pooled_sd([[0.80, 0.82], [0.70, 0.70, 0.73]]) == pytest.approx(((0.0002 + 0.0006) / 3) ** 0.5)
+    runs, name, _ = tiny_study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / name, copy / name)
+    verify = ["verify", name, "--runs-dir", str(copy), "--top", "3", "--epochs", "0.25", "--train-size", "256"]
+    assert runner.invoke(app, verify).exit_code == 0
+    finished = open_finished(name, copy, None)
+    budget = finished.study.user_attrs["verify_budget"]
+    settings = finished.settings | {key: budget[key] for key in ("epochs", "train_size", "batch_size", "lr")}
+    settings["train_seed"] = budget["seed"]
+    baselines = baseline_frame(
+        settings, copy, names=["mobilenet_v3_small_050", "mobilenet_v2_050", "mobilenet_v3_small"]
+    )
+    noise = measure_seed_noise(finished, baselines, copy, extra=1)
+    assert noise is not None and len(noise.accuracies) == 3
+    assert all(len(values) == 2 for values in noise.accuracies.values())
+    assert any(values[0] != values[1] for values in noise.accuracies.values())  # another seed, other numbers
+    assert noise.sd_points > 0
+    again = measure_seed_noise(open_finished(name, copy, None), baselines, copy, extra=1)
+    assert again.accuracies == noise.accuracies  # stored and cached: nothing trained twice
+    page = render(compute(finished, None, budget, baselines, noise=noise))
+    assert "the training seed moves one verified accuracy" in page and "noise)" in page
