@@ -150,12 +150,13 @@ class Objective:
         trial.set_user_attr(records.EPOCHS_RUN, round(result.epochs_run, 4))
         accuracy, latency_ms = result.accuracy, stats.median_ms
         if self.int8 is not None:
-            accuracy, latency_ms = self._quantized(trial, trained, arch, params, result.accuracy, stats, timings)
+            quantized = self._quantized(trial, trained, arch, params, macs, result.accuracy, stats, timings)
+            accuracy, latency_ms = quantized
         trial.set_user_attr(records.VAL_ACCURACY, accuracy)
         trial.set_user_attr(records.TIMINGS, timings)
         return self._values(accuracy, latency_ms)
 
-    def _quantized(self, trial, model, arch, params, float_accuracy, float_stats, timings) -> tuple[float, float]:
+    def _quantized(self, trial, model, arch, params, macs, float_accuracy, float_stats, timings) -> tuple[float, float]:
         """--precision int8: the trained network quantized, scored by ONNX Runtime and timed; the int8 numbers
         replace the float ones as the trial's objectives, the float ones are kept beside them."""
         assert self.int8 is not None
@@ -163,8 +164,7 @@ class Objective:
             quantized = self.int8(model, arch, timings)
         trial.set_user_attr(records.FLOAT_VAL_ACCURACY, float_accuracy)
         trial.set_user_attr(records.FLOAT_LATENCY_MS, float_stats.median_ms)
-        self._store_measures(trial, arch, params, trial.user_attrs.get(records.MACS, 0), quantized.latency,
-                             quantized.cached, upload=False)  # fmt: skip
+        self._store_measures(trial, arch, params, macs, quantized.latency, quantized.cached, upload=False)
         self._upload(trial, f"trial-{trial.number}.int8.onnx", quantized.graph, "application/octet-stream")
         self._set_constraints(trial, quantized.latency.median_ms, params)
         return quantized.accuracy, quantized.latency.median_ms

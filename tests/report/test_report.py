@@ -93,19 +93,24 @@ def test_report_bad_input(runner, tiny_study, tmp_path) -> None:
     assert not (runs / "missing").exists()
 
 
-def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_study, tmp_path) -> None:
-    """After `verify`: both fronts, this study's own tau, baselines at the verification budget, and
-    dominance judged on verified accuracy."""
-    from mbsearch.ranking import kendall_tau
-    from mbsearch.report.page import compute
-
+def _verified_copy(runner, tiny_study, tmp_path):
+    """A copy of the tiny study, its front verified: (name, runs folder, finished study, verify budget)."""
     runs, name, _ = tiny_study
     copy = tmp_path / "runs"
     shutil.copytree(runs / name, copy / name)
     verify = ["verify", name, "--runs-dir", str(copy), "--top", "3", "--epochs", "0.25", "--train-size", "256"]
     assert runner.invoke(app, verify).exit_code == 0
     finished = open_finished(name, copy, None)
-    budget = finished.study.user_attrs["verify_budget"]
+    return name, copy, finished, finished.study.user_attrs["verify_budget"]
+
+
+def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_study, tmp_path) -> None:
+    """After `verify`: both fronts, this study's own tau, baselines at the verification budget, and
+    dominance judged on verified accuracy."""
+    from mbsearch.ranking import kendall_tau
+    from mbsearch.report.page import compute
+
+    name, copy, finished, budget = _verified_copy(runner, tiny_study, tmp_path)
     names = ["mobilenet_v3_small_050", "mobilenet_v2_050"]
     settings = finished.settings | {key: budget[key] for key in ("epochs", "train_size", "batch_size", "lr")}
     verified_baselines = baseline_frame(settings, copy, names=names)
@@ -206,13 +211,7 @@ def test_seed_noise_is_measured_on_the_knee_and_two_baselines_and_shown_beside_e
     from mbsearch.results.seed_noise import measure_seed_noise, pooled_sd
 
     assert pooled_sd([[0.80, 0.82], [0.70, 0.70, 0.73]]) == pytest.approx(((0.0002 + 0.0006) / 3) ** 0.5)
-    runs, name, _ = tiny_study
-    copy = tmp_path / "runs"
-    shutil.copytree(runs / name, copy / name)
-    verify = ["verify", name, "--runs-dir", str(copy), "--top", "3", "--epochs", "0.25", "--train-size", "256"]
-    assert runner.invoke(app, verify).exit_code == 0
-    finished = open_finished(name, copy, None)
-    budget = finished.study.user_attrs["verify_budget"]
+    name, copy, finished, budget = _verified_copy(runner, tiny_study, tmp_path)
     settings = finished.settings | {key: budget[key] for key in ("epochs", "train_size", "batch_size", "lr")}
     settings["train_seed"] = budget["seed"]
     baselines = baseline_frame(
