@@ -1,0 +1,122 @@
+"""The host timing lock: a bounded wait that names its holder, and the take-over of a dead holder's lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mbsearch.device import hostlock
+
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from mbsearch.device import hostlock
+
+    lock = hostlock.timing()
+    lock.__enter__()
+    if sys.argv[1] == "fork":  # a child that keeps the lock's descriptor after its parent dies
+        child = os.fork()
+        if child == 0:
+            time.sleep(120)
+            os._exit(0)
+        print(child, flush=True)
+        os._exit(0)  # dies holding the lock: no release, its record left behind
+    print("held", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.fixture
+def lock_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MBSEARCH_LOCK_DIR", str(tmp_path))
+    (tmp_path / "holder.py").write_text(HOLDER)
+    return tmp_path
+
+
+def _start_holder(lock_dir: Path, mode: str) -> subprocess.Popen:
+    env = os.environ | {"MBSEARCH_LOCK_DIR": str(lock_dir)}
+    holder = subprocess.Popen(
+        [sys.executable, str(lock_dir / "holder.py"), mode], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert holder.stdout is not None
+    holder.first_line = holder.stdout.readline().strip()  # type: ignore[attr-defined]
+    return holder
+
+
+def _waiter(lock_dir: Path, timeout_s: float) -> subprocess.Popen:
+    code = "from mbsearch.device import hostlock\nwith hostlock.timing():\n    print('acquired', flush=True)\n"
+    env = os.environ | {"MBSEARCH_LOCK_DIR": str(lock_dir), "MBSEARCH_LOCK_TIMEOUT": str(timeout_s)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def test_waiter_names_a_stopped_holder_and_goes_on_once_it_is_dead(lock_dir) -> None:
+    holder = _start_holder(lock_dir, "hold")
+    os.kill(holder.pid, signal.SIGSTOP)  # Ctrl-Z while holding the lock
+    waiter = _waiter(lock_dir, timeout_s=60)
+    try:
+        line = waiter.stderr.readline()  # the waiting line, after the short grace
+        assert f"PID {holder.pid} on {socket.gethostname()}" in line
+        assert "holder.py hold" in line and "stopped" in line and "giving up after 60 s" in line
+        assert waiter.poll() is None  # still waiting: the holder is alive
+        holder.kill()
+        killed = time.monotonic()
+        out, _ = waiter.communicate(timeout=30)
+        assert out.strip() == "acquired" and waiter.returncode == 0
+        assert time.monotonic() - killed < 10  # well within its bound
+    finally:
+        holder.kill()
+        waiter.kill()
+
+
+def test_wait_is_bounded_and_the_error_names_the_holder(lock_dir, monkeypatch) -> None:
+    holder = _start_holder(lock_dir, "hold")
+    os.kill(holder.pid, signal.SIGSTOP)
+    monkeypatch.setenv("MBSEARCH_LOCK_TIMEOUT", "3")
+    try:
+        started = time.monotonic()
+        expected = rf"over 3 s by PID {holder.pid} on .*holder.py hold.*stopped"
+        with pytest.raises(hostlock.LockTimeout, match=expected), hostlock.timing():
+            pass
+        assert 3 <= time.monotonic() - started < 15
+        with pytest.raises(hostlock.LockTimeout), hostlock.training():  # a training step gives up too
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_of_a_dead_holder_kept_by_its_child_is_taken_over(lock_dir, capfd) -> None:
+    holder = _start_holder(lock_dir, "fork")
+    child = int(holder.first_line)
+    holder.wait()  # the holder is dead; its forked child still has the flock
+    try:
+        os.kill(child, 0)  # the child is alive, so the kernel has not released the lock
+        started = time.monotonic()
+        with hostlock.timing():
+            took = time.monotonic() - started
+        assert took < 10
+        assert "took over the host timing lock" in capfd.readouterr().err
+        with hostlock.timing():  # and the lock works as before afterwards
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_bad_timeout_setting_is_one_clear_error(lock_dir, monkeypatch) -> None:
+    monkeypatch.setenv("MBSEARCH_LOCK_TIMEOUT", "soon")
+    with (
+        pytest.raises(hostlock.RuntimeFailure, match="MBSEARCH_LOCK_TIMEOUT='soon' is not a number"),
+        hostlock.timing(),
+    ):
+        pass
