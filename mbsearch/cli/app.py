@@ -224,8 +224,17 @@ def _config(model: type[pydantic.BaseModel], **flags: Any) -> Any:
         raise BadInput(f"--{str(error['loc'][0]).replace('_', '-')}: {message}") from None
 
 
+# From the environment too, so that a cluster's worker command (docs/cluster.md) need not carry the password.
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MBSEARCH_STORAGE", help="Optuna storage URL (or the env var; default: RUNS_DIR/STUDY/study.db)."
+    ),
+]
+
+
 @app.command()
-@options_from(RunConfig, {"target_token": TargetToken, "latency_input_size": LatencyInputSize})
+@options_from(RunConfig, {"target_token": TargetToken, "latency_input_size": LatencyInputSize, "storage": Storage})
 def run(**flags: Any) -> None:
     """Search a space: train each candidate briefly, time it on the target, keep the Pareto front."""
     config = _config(RunConfig, **flags)
@@ -290,7 +299,6 @@ StudyName = Annotated[
     str, typer.Argument(help="Study name (as given to or derived by 'mbsearch run').", callback=_study_name)
 ]
 RunsDir = Annotated[Path, typer.Option(help="Folder of study outputs.")]
-Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default: RUNS_DIR/STUDY/study.db).")]
 
 
 @app.command()

@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,11 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     # A resumed run or another worker must not replay the same random draws: offset the seed by the
     # trials already stored and by the worker number (still reproducible for a given history).
     offset = len(study.get_trials(deepcopy=False)) + 1000 * worker_id
-    study.sampler = make_sampler(config.sampler, config.seed + offset, config.trials)
+    if config.storage is not None:
+        # A shared storage has workers on other hosts (a SLURM array, a Kubernetes Job), each worker 0 of its
+        # own command, that may start at one moment on the same history: the process tells them apart.
+        offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    study.sampler = make_sampler(config.sampler, (config.seed + offset) % 2**32, config.trials)
     stored = study.user_attrs.get(records.CONFIG)
     if stored is None:
         study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])
