@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,6 +124,17 @@ TargetToken = Annotated[
 AdaptArch = Annotated[Path, typer.Argument(help="Arch JSON file (e.g. from 'mbsearch export').")]
 TrainDevice = Annotated[
     str, typer.Option(help="Where to train: auto (a GPU when one is visible), cpu, cuda, cuda:N or mps.")
+]
+
+
+class PrecisionChoice(StrEnum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+Precision = Annotated[
+    PrecisionChoice,
+    typer.Option(help="fp32, or int8: ONNX Runtime static quantization (QDQ, per-channel), as --precision of run."),
 ]
 LatencyInputSize = Annotated[
     int | None, typer.Option(min=8, max=1024, help="Time at this input size (the deployment resolution).")
@@ -380,6 +392,10 @@ def verify(
     ] = None,
     target_token: TargetToken = None,
     device: TrainDevice = "auto",
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option(help="fp32 or int8 (default: the study's; an int8 study scores the int8 graph)."),
+    ] = None,
 ) -> None:
     """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
     split, scored on the search's validation split. Stored in the study; rerun to resume."""
@@ -387,6 +403,12 @@ def verify(
     from mbsearch.results.verify import plan_verify, verify_study
 
     finished = open_finished(study, runs_dir, storage)
+    searched = finished.settings.get("precision", "fp32")
+    if precision is not None and precision.value != searched:
+        raise BadInput(
+            f"study {study!r} searched in {searched}: its verification is in {searched} too; drop --precision "
+            f"or give --precision {searched}"
+        )
     # opened first: an unknown or absent target is refused before any training
     retime_on = _open_study_target(finished, target, target_token) if target is not None else None
     plan = plan_verify(finished, data_dir, epochs, train_size, workers, threads, device)
@@ -522,14 +544,16 @@ def train_command(
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Skip unreadable images of a folder dataset (counted).")
     ] = False,
+    precision: Precision = PrecisionChoice.fp32,
 ) -> None:
-    """Train an architecture fully and report its test accuracy (the only command that reads the test set)."""
+    """Train an architecture fully and report its test accuracy (the only command that reads the test set).
+    With --precision int8, also its int8 graph (model.int8.onnx) and that graph's test accuracy."""
     from mbsearch.train.fulltrain import train_arch_file
 
     with _training_progress(f"training {arch.name}") as on_step:
         _, result = train_arch_file(
             arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device,
-            skip_bad_images, runs_dir / "image-cache",
+            skip_bad_images, runs_dir / "image-cache", precision.value,
         )  # fmt: skip
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
@@ -538,6 +562,12 @@ def train_command(
         f"weights, ONNX and metrics in {result.out_dir}",
         highlight=False,
     )
+    if result.int8_test_accuracy is not None:
+        console.print(
+            f"int8 (ONNX Runtime static, per-channel): test accuracy {result.int8_test_accuracy:.4f} "
+            f"({100 * (result.int8_test_accuracy - result.test_accuracy):+.2f} points); model.int8.onnx",
+            highlight=False,
+        )
 
 
 @contextmanager
@@ -605,6 +635,7 @@ def measure(
     ] = None,
     target_token: TargetToken = None,
     latency_input_size: LatencyInputSize = None,
+    precision: Precision = PrecisionChoice.fp32,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Time batch-1 inference of an architecture on a target and print latency statistics."""
@@ -613,17 +644,20 @@ def measure(
     from mbsearch.latency.factory import open_target
     from mbsearch.latency.profiler import latency_of
 
+    if precision == PrecisionChoice.int8 and runtime != "onnxruntime":
+        raise BadInput("--precision int8 is ONNX Runtime's quantization: use --runtime onnxruntime")
     device = open_target(target, runtime, threads, target_token)
     spec = _load_arch_or_reference(arch, None, None, None).at_resolution(latency_input_size)
-    stats = latency_of(spec, device, runs=runs)
+    stats = latency_of(spec, device, runs=runs, precision=precision.value)
     info = device.device()
     if as_json:
-        sys.stdout.write(json.dumps(asdict(stats) | {"device": info}) + "\n")
+        sys.stdout.write(json.dumps(asdict(stats) | {"precision": precision.value, "device": info}) + "\n")
         return
     console.print(
         f"{_printable(spec.name or arch)} at {spec.input.size}x{spec.input.size}: median {stats.median_ms:.3f} ms, "
         f"IQR {stats.iqr_ms:.3f} ms ({stats.relative_iqr:.1%}), mean {stats.mean_ms:.3f} ms, min {stats.min_ms:.3f} ms "
-        f"over {stats.runs} runs (attempt {stats.attempts}) on {device.name}/{stats.runtime} with {stats.threads} "
+        f"over {stats.runs} runs (attempt {stats.attempts}) on {device.name}/{stats.runtime}"
+        f"{' in int8' if precision == PrecisionChoice.int8 else ''} with {stats.threads} "
         f"thread(s); device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s)",
         highlight=False,
     )

@@ -9,15 +9,28 @@ calibration and `mbsearch measure`; so a network is built, costed and timed one 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
 from mbsearch.device.timing import LatencyStats
-from mbsearch.latency.targets import LatencyCache, PendingLatency, Target, measure_on, start_latency
+from mbsearch.latency.targets import (
+    LatencyCache,
+    PendingLatency,
+    Prepared,
+    Target,
+    input_shape,
+    measure_on,
+    recipe_of,
+    start_latency,
+    time_network,
+)
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
+from mbsearch.nn.onnx_export import export_onnx
+from mbsearch.nn.quantize import quantize_int8
 from mbsearch.spec.arch import Arch
 
 
@@ -56,6 +69,20 @@ def profile_candidate(
     return CandidateProfile(model, params, macs, start_latency(model, arch, cache, target, timings, background))
 
 
-def latency_of(arch: Arch, target: Target, runs: int | None = None) -> LatencyStats:
-    """The latency of `arch` on `target`, measured now (no cache): weights do not change timing, so seed 0."""
-    return measure_on(target, build_seeded(arch, 0), arch, runs=runs)
+def latency_of(arch: Arch, target: Target, runs: int | None = None, precision: str = "fp32") -> LatencyStats:
+    """The latency of `arch` on `target`, measured now (no cache): weights do not change timing, so seed 0.
+
+    With `precision` int8 the timed graph is ONNX Runtime's static int8 quantization of it (the search's
+    recipe), calibrated on seeded noise images: calibration sets the scales, not the kernels that run, so
+    the latency is the deployed int8 network's (its accuracy is not: `train --precision int8` gives that)."""
+    model = build_seeded(arch, 0)
+    if precision != "int8":
+        return measure_on(target, model, arch, runs=runs)
+    shape = input_shape(arch)
+    noise = np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32)
+    graph = quantize_int8(export_onnx(model, arch).data, noise)
+    prepared = Prepared(graph, shape, arch)
+    recipe = recipe_of(target)
+    if runs is not None:
+        recipe, prepared = recipe | {"runs": runs}, replace(prepared, runs=runs)
+    return time_network(target, prepared, recipe)

@@ -6,6 +6,7 @@ target, runtime, threads, training device and precision, model), so a report com
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import pandas as pd
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.profiler import profile_candidate
-from mbsearch.latency.targets import LatencyCache, Target
+from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
+from mbsearch.nn.quantize import QuantizationFailed, int8_recipe
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates
 from mbsearch.spec.zoo import reference_arch, reference_names
@@ -25,9 +27,13 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
-from mbsearch.train.loop import TrainingFailed
+from mbsearch.train.int8 import Int8Scorer
+from mbsearch.train.loop import Normalizer, TrainingFailed
 
-COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs"]
+# With --precision int8, val_accuracy and latency_ms are the int8 graph's (as for the trials), the float
+# network's beside them; NaN for a float study.
+COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "macs", "float_val_accuracy",
+           "float_latency_ms"]  # fmt: skip
 
 
 def _cache_key(
@@ -51,11 +57,17 @@ def _cache_key(
     described = ",".join(f"{key}={settings.get(key)}" for key in fields)
     if settings.get("train_seed") is not None:  # a verification's seed (keys of proxy baselines unchanged)
         described += f",train_seed={settings['train_seed']}"
+    if settings.get("precision", "fp32") != "fp32":  # int8 baselines apart (keys of float ones unchanged)
+        described += f",precision={settings['precision']},recipe={_int8_recipe_digest()}"
     # The data the baselines trained on (two folder datasets of one size are different data) and the
     # training instrument (cpu/fp32 and cuda/bf16 give different accuracies).
     folder = str(Path(data_dir).resolve()) if data_dir is not None else "default"
     described += f",data_dir={folder},training={training.instrument}"
     return f"{device}|{described}|{name}"
+
+
+def _int8_recipe_digest() -> str:
+    return hashlib.sha256(repr(sorted(int8_recipe().items())).encode()).hexdigest()[:12]
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
@@ -93,6 +105,8 @@ def baseline_frame(
             lr=settings["lr"],
         )
         latency_cache = LatencyCache(runs_dir / "latency-cache.sqlite")
+        normalizer = Normalizer.fit(data.train.images[: budget.train_size])  # the one train() would fit
+        int8 = Int8Scorer(data.train.images, normalizer, data.val) if settings.get("precision") == "int8" else None
         try:
             for name in missing:
                 if on_progress:
@@ -106,26 +120,27 @@ def baseline_frame(
                 train_seed = settings.get("train_seed", settings.get("seed", 0))
                 profile = profile_candidate(arch, target, train_seed, latency_cache)
                 stats, _ = profile.latency.result()
+                nan = float("nan")
+                row = {"name": name, "latency_ms": stats.median_ms, "latency_iqr_ms": stats.iqr_ms,
+                       "params": profile.params, "macs": profile.macs}  # fmt: skip
                 try:
                     trained = arch.at_resolution(data.size)
-                    accuracy = evaluate(
-                        trained, data, budget, train_seed, model=profile.model, device=training
+                    row["val_accuracy"] = evaluate(
+                        trained, data, budget, train_seed, normalizer, model=profile.model, device=training
                     ).accuracy
-                except TrainingFailed:  # diverged or too large for the device: no accuracy, cached as such
-                    accuracy = float("nan")
-                cache[_cache_key(settings, name, device, data_dir, training)] = {
-                    "name": name,
-                    "val_accuracy": accuracy,
-                    "latency_ms": stats.median_ms,
-                    "latency_iqr_ms": stats.iqr_ms,
-                    "params": profile.params,
-                    "macs": profile.macs,
-                }
+                    if int8 is not None:  # quantized and timed as a trial is: the int8 graph's numbers
+                        row["float_val_accuracy"], row["float_latency_ms"] = row["val_accuracy"], stats.median_ms
+                        row["val_accuracy"], graph = int8(profile.model.cpu(), trained)
+                        timed = time_network(target, Prepared(graph, input_shape(trained), trained))
+                        row["latency_ms"], row["latency_iqr_ms"] = timed.median_ms, timed.iqr_ms
+                except (TrainingFailed, QuantizationFailed):  # no accuracy (diverged, too large, not quantizable)
+                    row["val_accuracy"] = nan
+                cache[_cache_key(settings, name, device, data_dir, training)] = row
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:
             latency_cache.close()
     rows = [cache[_cache_key(settings, name, device, data_dir, training)] for name in names]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS)  # a float study's rows lack the float_ columns: NaN
 
 
 def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:

@@ -87,7 +87,16 @@ def measure_seed_noise(
         if record is None:
             data = data or load_study_data(finished.settings, data_dir, runs_dir / "image-cache")
             result = evaluations.evaluate_claimed(
-                finished.study, tag, number, finished.arch(number), data, budget, seed, GRACE_SECONDS, device=training
+                finished.study,
+                tag,
+                number,
+                finished.arch(number),
+                data,
+                budget,
+                seed,
+                GRACE_SECONDS,
+                device=training,
+                precision=finished.settings.get("precision", "fp32"),
             )
             record = {"accuracy": result.accuracy} if isinstance(result, Evaluation) else {"accuracy": None}
         if record.get("accuracy") is not None:

@@ -172,7 +172,17 @@ def run_verify(
                 continue
             start = (lambda n=number: on_event("start", n, None)) if on_event else None
             result = evaluations.evaluate_claimed(
-                study, VERIFY_TAG, number, finished.arch(number), data, budget, seed, grace_seconds, start, device
+                study,
+                VERIFY_TAG,
+                number,
+                finished.arch(number),
+                data,
+                budget,
+                seed,
+                grace_seconds,
+                start,
+                device,
+                finished.settings.get("precision", "fp32"),
             )
             if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)

@@ -8,15 +8,14 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
-from mbsearch.nn.onnx_export import export_onnx
-from mbsearch.nn.quantize import CALIBRATION_IMAGES, int8_recipe, onnx_accuracy, quantize_int8
+from mbsearch.nn.quantize import int8_recipe, onnx_accuracy
 from mbsearch.spec.arch import Arch
 from mbsearch.train.data import Dataset
+from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer
 
 
@@ -40,16 +39,13 @@ class Int8Step:
 
     def __init__(self, data: Dataset, normalizer: Normalizer, target: Target, cache: LatencyCache | None) -> None:
         self.target, self.cache = target, cache
-        with torch.no_grad():
-            self.calibration = normalizer(data.train.images[:CALIBRATION_IMAGES]).numpy()  # training images only
-            self.val_images = normalizer(data.val.images).numpy()
-        self.val_labels = data.val.labels.numpy().astype(np.int64)
+        self.scorer = Int8Scorer(data.train.images, normalizer, data.val)
 
     def __call__(self, model: torch.nn.Module, arch: Arch, timings: dict[str, float]) -> Int8Result:
         started = time.perf_counter()
-        graph = quantize_int8(export_onnx(model, arch).data, self.calibration)
+        graph = self.scorer.quantize(model, arch)
         timings["quantize"] = round(time.perf_counter() - started, 4)
-        accuracy = onnx_accuracy(graph, self.val_images, self.val_labels)
+        accuracy = onnx_accuracy(graph, self.scorer.images, self.scorer.labels)
         timings["int8_score"] = round(time.perf_counter() - started - timings["quantize"], 4)
         key = int8_cache_key(arch, self.target)
         hit = self.cache.get(key) if self.cache is not None else None

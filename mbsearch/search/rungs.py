@@ -86,7 +86,7 @@ class Promoter:
             budget = self.budget(rung)
             result = evaluations.evaluate_claimed(
                 study, rung_tag(rung), number, arch, self.data, budget, derived_seed(self.config.seed, rung_tag(rung)),
-                grace_seconds=self.config.grace_period * 20, device=self.training,
+                grace_seconds=self.config.grace_period * 20, device=self.training, precision=self.config.precision,
             )  # fmt: skip
             if result is None:
                 continue  # done already, or another worker holds it

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 
 from mbsearch import interrupts
+from mbsearch.nn.quantize import QuantizationFailed
 from mbsearch.spec.arch import Arch
 from mbsearch.study import claims, records
 from mbsearch.train.budget import Budget
@@ -94,6 +95,7 @@ def evaluate_claimed(
     grace_seconds: float,
     on_start: Callable[[], None] | None = None,
     device: TrainingDevice = CPU,
+    precision: str = "fp32",
 ) -> Evaluation | str | None:
     """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged or out of memory,
     stored so it is not retried forever), or None when it is done, held by another worker, or was taken
@@ -105,8 +107,8 @@ def evaluate_claimed(
         on_start()
     try:
         with claims.heartbeat(study, tag, number, grace_seconds) as lease, interrupts.interruptible():
-            result = evaluate(arch, data, budget, seed, device=device)
-    except TrainingFailed as exc:  # diverged, or too large for the device: stored, so a rerun does not retry
+            result = evaluate(arch, data, budget, seed, device=device, precision=precision)
+    except (TrainingFailed, QuantizationFailed) as exc:  # diverged, too large, not quantizable: stored
         reason = f"diverged: {exc}" if isinstance(exc, Diverged) else str(exc)
         store_failure(study, tag, number, reason)
         release(study, tag, number)

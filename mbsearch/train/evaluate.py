@@ -8,7 +8,7 @@ nothing of Optuna.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from mbsearch.spec.arch import Arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
+from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer, train
 
 
@@ -31,9 +32,13 @@ class Evaluation:
     steps: int
     budget: Budget
     seed: int
+    float_accuracy: float | None = None  # int8 evaluations: `accuracy` is the int8 graph's, this the float one's
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if values["float_accuracy"] is None:
+            del values["float_accuracy"]  # a float evaluation is stored as it always was
+        return values
 
 
 def derived_seed(seed: int, tag: str) -> int:
@@ -54,16 +59,24 @@ def evaluate(
     normalizer: Normalizer | None = None,
     model: torch.nn.Module | None = None,
     device: TrainingDevice = CPU,
+    precision: str = "fp32",
 ) -> Evaluation:
     """Build (seeded initial weights) and train `arch` on the train split, score on the validation split.
 
     On the CPU every training step holds the host lock shared, so latency timing on this host never
     overlaps it and waits at most one step; on a GPU (`device`) nothing is held. Raises
     train.Diverged on a non-finite loss. `model` reuses a network already built from `arch` with the
-    same seed (the search builds it first to count and time it).
+    same seed (the search builds it first to count and time it). With `precision` int8 the trained network
+    is quantized and its int8 graph scored by ONNX Runtime: that is `accuracy`, the float one kept beside it.
     """
     if model is None:
         torch.manual_seed(seed)  # the same initial weights for the same architecture and seed
         model = build_model(arch)
+    if precision == "int8":
+        normalizer = normalizer or Normalizer.fit(data.train.images[: budget.train_size])  # what train() fits
     result = train(model, data.train, data.val, budget, seed, normalizer, device=device)
-    return Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)
+    evaluation = Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)
+    if precision != "int8":
+        return evaluation
+    int8_accuracy, _ = Int8Scorer(data.train.images, normalizer, data.val)(model.cpu(), arch)
+    return replace(evaluation, accuracy=int8_accuracy, float_accuracy=result.accuracy)

@@ -25,10 +25,11 @@ from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device
-from mbsearch.train.loop import Diverged, OutOfMemory, train
+from mbsearch.train.int8 import Int8Scorer
+from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory, train
 
 CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
-OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "metrics.json", "arch.json")
+OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "model.int8.onnx", "metrics.json", "arch.json")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class FullTrainResult:
     params: int
     resumed_from_epoch: int
     out_dir: str
+    int8_test_accuracy: float | None = None  # --precision int8: the int8 graph (model.int8.onnx) on the test set
 
 
 def _data(
@@ -67,9 +69,11 @@ def train_full(
     device: TrainingDevice = CPU,
     skip_bad: bool = False,
     cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> FullTrainResult:
     """Train `arch` for `epochs` on the whole training set; resume from out_dir/checkpoint.pt if present.
-    A folder dataset is decoded into (or mapped from) `cache_dir`, skipping unreadable images with `skip_bad`."""
+    A folder dataset is decoded into (or mapped from) `cache_dir`, skipping unreadable images with `skip_bad`.
+    With `precision` int8 the trained network is also quantized (model.int8.onnx) and scored on the test set."""
     train_split, test_split = _data(arch, dataset, data_dir, skip_bad, cache_dir)
     budget = Budget(epochs=epochs, train_size=len(train_split), batch_size=batch_size, lr=lr, augment=True)
     if out_dir.exists() and not out_dir.is_dir():
@@ -89,7 +93,9 @@ def train_full(
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_into(arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step, device)
+        return _train_into(
+            arch, out_dir, train_split, test_split, budget, seed, identity, resume, on_step, device, precision
+        )
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # nothing half-done: no empty --out folder after a failure before epoch 1
@@ -110,6 +116,7 @@ def train_arch_file(
     device: str = "auto",
     skip_bad: bool = False,
     cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> tuple[Arch, FullTrainResult]:
     """`mbsearch train`: the arch of a file on its own dataset (unless told), into `out_dir` (default: beside
     it), with every output checked first. The thread count is restored."""
@@ -134,6 +141,7 @@ def train_arch_file(
             training_device,
             skip_bad,
             cache_dir,
+            precision,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -150,6 +158,7 @@ def _train_into(
     resume: dict[str, Any] | None,
     on_step: Callable[[int, int, float, float], None] | None,
     device: TrainingDevice,
+    precision: str,
 ) -> FullTrainResult:
     checkpoint_path = out_dir / CHECKPOINT
     batch_size = budget.batch_size
@@ -163,6 +172,7 @@ def _train_into(
 
     torch.manual_seed(seed)
     model = build_model(arch)
+    normalizer = Normalizer.fit(train_split.images[: budget.train_size])  # the one train() fits; int8 needs it
     try:
         # On the CPU the host lock is held per step: a search on this host times latency between two steps.
         result = train(
@@ -171,6 +181,7 @@ def _train_into(
             test_split,
             budget,
             seed,
+            normalizer,
             on_step=on_step,
             on_epoch=save_checkpoint,
             resume=resume,
@@ -183,8 +194,18 @@ def _train_into(
     model = model.to(memory_format=torch.contiguous_format)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out_dir / "model.safetensors")
     write_onnx(arch, out_dir / "model.onnx", model)
+    int8_accuracy = None
+    if precision == "int8":  # calibrated on training images; the test set only scores the int8 graph
+        int8_accuracy, graph = Int8Scorer(train_split.images, normalizer, test_split)(model.cpu(), arch)
+        write_atomic(out_dir / "model.int8.onnx", graph)
     outcome = FullTrainResult(
-        result.accuracy, result.epochs_run, round(result.seconds, 1), count_params(model), resumed_from, str(out_dir)
+        result.accuracy,
+        result.epochs_run,
+        round(result.seconds, 1),
+        count_params(model),
+        resumed_from,
+        str(out_dir),
+        int8_accuracy,
     )
     write_atomic(out_dir / "metrics.json", json.dumps(asdict(outcome) | {"arch": arch.name}, indent=2) + "\n")
     write_atomic(out_dir / "arch.json", arch.to_json())

@@ -323,3 +323,14 @@ def test_sessions_pool_the_runs_of_several_fresh_sessions(agent) -> None:
     status, answer = _request(agent, "POST", "/v1/measure?runs=10&sessions=3&attempts=1", _onnx(), _auth(agent))
     assert status == 200 and answer["stats"]["runs"] == 30 and answer["stats"]["attempts"] == 1
     assert _request(agent, "POST", "/v1/measure?sessions=11", _onnx(), _auth(agent))[0] == 400
+
+
+def test_agent_times_the_int8_graph_of_measure_precision_int8(agent) -> None:
+    """An int8 (QDQ) graph is standard ONNX: the agent, which has no torch, times it as the local CPU does,
+    and it is not the float graph's latency."""
+    from mbsearch.latency.profiler import latency_of
+
+    target = RemoteTarget(agent.url, agent.token)
+    arch = reference_arch("mobilenet_v3_small", 28, 1, 10)
+    int8, fp32 = latency_of(arch, target, precision="int8"), latency_of(arch, target)
+    assert int8.target == agent.url and int8.median_ms > 0 and int8.median_ms != fp32.median_ms

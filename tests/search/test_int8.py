@@ -56,6 +56,30 @@ def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runn
     resumed = runner.invoke(app, [*command[: -len(BUDGET)], *BUDGET[:-2], "--device", "cpu", "--precision", "fp32"])
     assert resumed.exit_code == 2 and "precision='int8'" in resumed.output  # a study keeps its precision
 
+    # verify of an int8 study scores the retrained network's int8 graph, the float accuracy beside it
+    verified = runner.invoke(app, ["verify", "q", "--runs-dir", str(runs), "--top", "1", "--epochs", "1",
+                                   "--train-size", "4096", "--device", "cpu"])  # fmt: skip
+    assert verified.exit_code == 0, verified.output
+    from mbsearch.results.finished import open_finished
+    from mbsearch.study import evaluations
+
+    finished = open_finished("q", runs, None)
+    for record in evaluations.stored(finished.study, "verify")["verify"].values():  # the front: 1 or 2 trials
+        assert record["float_accuracy"] > 0.3 and record["accuracy"] != record["float_accuracy"]
+        assert abs(record["accuracy"] - record["float_accuracy"]) <= INT8_BOUND
+
+    # the report's baselines of an int8 study are quantized, scored and timed as its trials are
+    from mbsearch.report.page import _int8_baselines_text
+    from mbsearch.results.baselines import baseline_frame
+
+    int8_rows = baseline_frame(finished.settings, runs, names=["mobilenet_v3_small_050"])
+    float_rows = baseline_frame(finished.settings | {"precision": "fp32"}, runs, names=["mobilenet_v3_small_050"])
+    (int8_row,), (float_row,) = int8_rows.to_dict("records"), float_rows.to_dict("records")
+    assert int8_row["float_val_accuracy"] == float_row["val_accuracy"]  # the same training, then quantized
+    assert abs(int8_row["val_accuracy"] - float_row["val_accuracy"]) <= INT8_BOUND
+    assert int8_row["latency_ms"] != int8_row["float_latency_ms"] and np.isnan(float_row["float_latency_ms"])
+    assert "int8 speed-up" in _int8_baselines_text(int8_rows)
+
 
 @pytest.mark.parametrize(
     ("flags", "message"),
@@ -68,3 +92,10 @@ def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runn
 def test_int8_refuses_what_it_cannot_do_in_one_line(runner, tmp_path, flags, message) -> None:
     result = runner.invoke(app, ["run", "--precision", "int8", "--runs-dir", str(tmp_path), *flags])
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_verify_of_a_float_study_refuses_another_precision(runner, tiny_study) -> None:
+    runs, name, _ = tiny_study
+    result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), "--precision", "int8"])
+    assert result.exit_code == 2 and "searched in fp32" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -105,3 +105,38 @@ def test_train_reads_a_folder_through_the_runs_image_cache_and_can_skip_bad_imag
     assert result.exit_code == 0, result.output
     assert "skipped 1 unreadable image" in result.output
     assert any((tmp_path / "runs" / "image-cache").iterdir())
+
+
+def test_train_precision_int8_writes_the_int8_graph_and_its_test_accuracy(runner, tmp_path) -> None:
+    """--precision int8 (issue 28): the fully trained network quantized (calibrated on training images) into
+    model.int8.onnx; the test accuracy printed and stored is that graph's as ONNX Runtime runs it."""
+    from mbsearch.nn.quantize import onnx_accuracy
+    from mbsearch.train.data import load_whole_split
+    from mbsearch.train.loop import Normalizer
+
+    arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10).with_info(name="small")
+    path = tmp_path / "small.json"
+    path.write_text(arch.to_json())
+    command = ["train", str(path), "--epochs", "0.1", "--threads", "1", "--device", "cpu", "--precision", "int8"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "int8 (ONNX Runtime static, per-channel): test accuracy" in result.stdout
+    out = tmp_path / "small-trained"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.5 and abs(metrics["int8_test_accuracy"] - metrics["test_accuracy"]) <= 0.03
+    graph = (out / "model.int8.onnx").read_bytes()
+    assert b"QuantizeLinear" in graph and graph != (out / "model.onnx").read_bytes()
+    train_split, _ = load_whole_split("fashion-mnist", None, "train", 28, 1, False, None)
+    test_split, _ = load_whole_split("fashion-mnist", None, "test", 28, 1, False, None)
+    normalize = Normalizer.fit(train_split.images)
+    images, labels = normalize(test_split.images).numpy(), test_split.labels.numpy()
+    assert onnx_accuracy(graph, images, labels) == metrics["int8_test_accuracy"]  # ONNX Runtime gives it back
+
+
+def test_measure_precision_int8_times_the_quantized_graph(runner) -> None:
+    result = runner.invoke(app, ["measure", "mobilenet_v3_small_050", "--precision", "int8", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["precision"] == "int8" and stats["median_ms"] > 0
+    refused = runner.invoke(app, ["measure", "mobilenet_v3_small_050", "--precision", "int8", "--runtime", "torch"])
+    assert refused.exit_code == 2 and "use --runtime onnxruntime" in refused.stderr
