@@ -18,11 +18,15 @@ pytestmark = pytest.mark.slow
 
 
 def documented_install() -> list[str]:
-    """The packages of the README's device install line (`pip install --no-deps mbsearch && pip install ...`)."""
-    text = (REPO / "README.md").read_text()
-    found = re.search(r"pip install --no-deps mbsearch && pip install ([^\n`]+)", text)
-    assert found, "the README has no device install line"
-    return found.group(1).split()
+    """The packages of the device install line (`pip install --no-deps mbsearch && pip install ...`), which
+    the README and docs/latency.md both give: they must give the same one."""
+    lines = []
+    for page in (REPO / "README.md", REPO / "docs" / "latency.md"):
+        found = re.search(r"pip install --no-deps mbsearch && pip install ([^\n`]+)", page.read_text())
+        assert found, f"{page.name} has no device install line"
+        lines.append(found.group(1).split())
+    assert lines[0] == lines[1], lines
+    return lines[0]
 
 
 def closure(names: list[str]) -> set[str]:
