@@ -34,6 +34,7 @@ from mbsearch.results.finished import open_finished
 from mbsearch.results.pareto import hypervolume
 from mbsearch.spec.decisions import random_decisions
 from mbsearch.spec.space import load_space
+from mbsearch.study.config import INHERITED_VAL_SIZE
 from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import DEFAULT_PROXY
 from mbsearch.train.data import load_dataset
@@ -73,14 +74,17 @@ def train(args: argparse.Namespace) -> None:
 
 def throughput(args: argparse.Namespace) -> None:
     """Scoring only, both ways, on the same machine and threads: inherited weights (copy, BatchNorm on
-    2,048 training images, the 10,000 validation images) against the default brief training."""
+    2,048 training images, the first --val-images validation images) against the default brief training
+    (scored on all 10,000)."""
     space = load_space("v3")
     data = load_dataset("fashion-mnist", val_size=VAL_SIZE, seed=SPLIT_SEED)
     trained = open_supernet(space, _supernet_folder())
     draws = random.Random(123)
     archs = [trained.supernet.arch(*random_decisions(space, draws)) for _ in range(max(args.score, args.brief))]
     score_inherited(trained, archs[0], data)  # warm-up: the first call pays one-off costs
-    inherited = [score_inherited(trained, arch, data).seconds for arch in archs[: args.score]]
+    inherited = [
+        score_inherited(trained, arch, data, val_images=args.val_images).seconds for arch in archs[: args.score]
+    ]
     brief = []
     for index, arch in enumerate(archs[: args.brief]):
         torch.manual_seed(index)
@@ -92,6 +96,7 @@ def throughput(args: argparse.Namespace) -> None:
         "inherited_per_hour": 3600 / statistics.mean(inherited),
         "brief_per_hour": 3600 / statistics.mean(brief),
         "scored": len(inherited),
+        "val_images": args.val_images,
         "trained": len(brief),
     }
     row["ratio"] = row["inherited_per_hour"] / row["brief_per_hour"]
@@ -112,7 +117,8 @@ def fidelity(args: argparse.Namespace) -> None:
     first = {n: reference[f"{n}|ref=0"]["accuracy"] for n in members if f"{n}|ref=0" in reference}
     second = {n: reference[f"{n}|ref=1"]["accuracy"] for n in members if f"{n}|ref=1" in reference}
     brief = {n: proxies.get(f"e1-n8k-b64|{n}|seed=0", {}).get("accuracy") for n in members}
-    inherited = {n: score_inherited(trained, arch, data).accuracy for n, arch in members.items()}
+    inherited = {n: score_inherited(trained, arch, data, val_images=args.val_images).accuracy
+                 for n, arch in members.items()}  # fmt: skip
     names = [n for n in members if n in first and n in second and brief.get(n) is not None]
     truth = [first[n] for n in names]
     rows = {}
@@ -121,8 +127,8 @@ def fidelity(args: argparse.Namespace) -> None:
         rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
         print(f"{label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
               f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
-    _record("fidelity", members=len(names), rows=rows, inherited={n: inherited[n] for n in names},
-            steps=trained.manifest["steps"])  # fmt: skip
+    _record("fidelity", members=len(names), rows=rows, val_images=args.val_images,
+            inherited={n: inherited[n] for n in names}, steps=trained.manifest["steps"])  # fmt: skip
 
 
 def search(args: argparse.Namespace) -> None:
@@ -191,7 +197,9 @@ def main() -> None:
     p = commands.add_parser("throughput")
     p.add_argument("--score", type=int, default=40)
     p.add_argument("--brief", type=int, default=8)
-    commands.add_parser("fidelity")
+    fidelity_parser = commands.add_parser("fidelity")
+    for q in (p, fidelity_parser):  # the search's default (RunConfig); 10000 for the whole validation split
+        q.add_argument("--val-images", type=int, default=INHERITED_VAL_SIZE)
     for name in ("search", "summary"):
         p = commands.add_parser(name)
         p.add_argument("--minutes", type=float, default=5)

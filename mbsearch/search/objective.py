@@ -175,7 +175,9 @@ class Objective:
         started = time.perf_counter()
         if self.supernet is not None:
             with interrupts.interruptible():
-                inherited = score_inherited(self.supernet, arch, self.data, self.training)
+                inherited = score_inherited(
+                    self.supernet, arch, self.data, self.training, val_images=self.config.scoring_val_size
+                )
             trial.set_user_attr(records.EVALUATOR, "supernet")
             timings["score"] = round(time.perf_counter() - started, 4)
             score = Evaluation(inherited.accuracy, inherited.seconds, 0.0, 0, self.config.budget, self.config.seed)

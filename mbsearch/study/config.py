@@ -47,7 +47,12 @@ IDENTITY_KEYS = (
     "skip_bad_images",
     "evaluator",
     "precision",
+    "inherited_val_size",
 )
+# --evaluator supernet scores on this many validation images by default: on the 20 v3 members of the
+# fidelity panel, tau against the reference was 0.421 with the first 2,000 and 0.417 with all 10,000, at a
+# third of the scoring time (2026-12-03, benchmarks/README.md, supernet section; one panel, a weak figure).
+INHERITED_VAL_SIZE = 2000
 # What a key meant in a study made before it existed (it stored no value for it).
 LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief", "precision": "fp32"}
 
@@ -168,6 +173,11 @@ class RunConfig(pydantic.BaseModel):
     supernet: Path | None = Field(
         None, description="--evaluator supernet: its folder (default: RUNS_DIR/supernets/SPACE-DATASET-SIZE)."
     )
+    inherited_val_size: Annotated[int, Field(ge=100)] | None = Field(
+        None,
+        description="--evaluator supernet: score on the first N validation images (default 2,000: on the "
+        "benchmark panel they ranked as all 10,000 did, at a third of the cost).",
+    )
     rungs: str | None = Field(
         None, description="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."
     )
@@ -198,6 +208,11 @@ class RunConfig(pydantic.BaseModel):
                 )
         if self.supernet is not None and self.evaluator != "supernet":
             raise ValueError("--supernet is the supernet of --evaluator supernet; add --evaluator supernet")
+        if self.inherited_val_size is not None:
+            if self.evaluator != "supernet":
+                raise ValueError("--inherited-val-size is for --evaluator supernet; add it or drop the flag")
+            if self.inherited_val_size > self.val_size:
+                raise ValueError(f"--inherited-val-size {self.inherited_val_size} exceeds --val-size {self.val_size}")
         if self.rungs is not None:
             parse_rungs(self.rungs)  # raises ValueError with the flag's name
             if self.objective != "pareto":
@@ -234,8 +249,15 @@ class RunConfig(pydantic.BaseModel):
     def budget(self) -> Budget:
         return Budget(epochs=self.epochs, train_size=self.train_size, batch_size=self.batch_size, lr=self.lr)
 
+    @property
+    def scoring_val_size(self) -> int | None:
+        """Validation images an inherited score is taken on (None: a brief training scores on all of them)."""
+        if self.evaluator != "supernet":
+            return None
+        return min(self.inherited_val_size or INHERITED_VAL_SIZE, self.val_size)
+
     def identity(self) -> dict:
-        return self.model_dump(mode="json", include=set(IDENTITY_KEYS))
+        return self.model_dump(mode="json", include=set(IDENTITY_KEYS)) | {"inherited_val_size": self.scoring_val_size}
 
 
 def stored_identity(stored: dict[str, Any], key: str) -> Any:

@@ -37,7 +37,7 @@ from mbsearch.spec.arch import Arch
 from mbsearch.spec.decisions import every_layout, random_decisions
 from mbsearch.spec.space import SearchSpace
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Dataset
+from mbsearch.train.data import Dataset, Split
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.loop import Diverged, Normalizer, recalibrate_batchnorm, score
 
@@ -451,9 +451,10 @@ def score_inherited(
     data: Dataset,
     device: TrainingDevice = CPU,
     calibration_images: int = CALIBRATION_IMAGES,
+    val_images: int | None = None,
 ) -> InheritedScore:
     """Copy `arch`'s weights out of the supernet, recompute its BatchNorm statistics on the first
-    `calibration_images` training images, and score it on the validation split."""
+    `calibration_images` training images, and score it on the validation split (its first `val_images`)."""
     started = time.perf_counter()
     model = trained.supernet.extract(arch)
     normalize = trained.normalizer.to(device.device)
@@ -463,6 +464,7 @@ def score_inherited(
         calibration = data.train.to(device.device, calibration_images)
         with lock():
             recalibrate_batchnorm(model, calibration, normalize, batches=math.ceil(len(calibration) / 256))
-        accuracy = score(model, data.val, normalize, batch_lock=lock)
+        val = data.val if val_images is None else Split(data.val.images[:val_images], data.val.labels[:val_images])
+        accuracy = score(model, val, normalize, batch_lock=lock)
     model.to("cpu")
     return InheritedScore(accuracy, time.perf_counter() - started, len(calibration), model)

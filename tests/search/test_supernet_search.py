@@ -78,3 +78,29 @@ def test_a_study_keeps_the_supernet_it_was_scored_with(runner, trained) -> None:
     assert runner.invoke(app, longer).exit_code == 0
     resumed = _run(runner, trained, "kept", "--supernet", str(trained / "longer"), "--trials", "4")
     assert resumed.exit_code == 2 and "was scored with the supernet" in resumed.output
+
+
+def test_inherited_scores_use_the_first_inherited_val_size_validation_images(runner, trained) -> None:
+    """--inherited-val-size N: each candidate is scored on the first N validation images, the number is part
+    of the study's identity, and the flag is refused where no supernet scores."""
+    from mbsearch.spec.space import load_space
+    from mbsearch.study.config import RunConfig
+    from mbsearch.train.data import load_dataset
+    from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+
+    result = _run(runner, trained, "subset", "--inherited-val-size", "120")
+    assert result.exit_code == 0, result.output
+    url = f"sqlite:///{trained / 'runs' / 'subset' / 'study.db'}"
+    study = optuna.load_study(study_name="subset", storage=open_storage(url))
+    space = load_space(str(trained / "tiny.yaml"))
+    supernet = open_supernet(space, default_dir(trained / "runs", space, "fashion-mnist", 28))
+    data = load_dataset("fashion-mnist", val_size=300, seed=0)
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        arch = records.trial_arch(trial)
+        assert trial.values[0] == score_inherited(supernet, arch, data, val_images=120).accuracy
+        assert abs(trial.values[0] * 120 - round(trial.values[0] * 120)) < 1e-9  # a count out of 120 images
+    again = _run(runner, trained, "subset", "--inherited-val-size", "300")
+    assert again.exit_code == 2 and "inherited_val_size=120" in again.output
+    assert RunConfig(evaluator="supernet").scoring_val_size == 2000 and RunConfig().scoring_val_size is None
+    brief = runner.invoke(app, ["run", "--inherited-val-size", "500", "--runs-dir", str(trained / "runs")])
+    assert brief.exit_code == 2 and "--inherited-val-size is for --evaluator supernet" in brief.output
