@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from mbsearch.files import write_atomic
@@ -647,7 +648,9 @@ def _verified_text(verified: VerifiedData | None, val_size: int | None = None) -
 
 
 def render(data: ReportData) -> str:
-    """One self-contained page: plotly's JavaScript is inlined once, so it opens offline."""
+    """One self-contained page: plotly's JavaScript is inlined once, in the head, so it opens offline and
+    every figure finds it wherever it sits (a figure placed above the one that carried the library was
+    left blank: the verified front, once it led the page)."""
     figures = [
         ("pareto-plot", pareto_figure(data)),
         ("cost-plot", cost_figure(data)),
@@ -658,9 +661,10 @@ def render(data: ReportData) -> str:
     if data.verified is not None:
         figures.append(("verified-plot", verified_figure(data.verified)))
     parts = [
-        figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=div_id, config={"displaylogo": False})
-        for index, (div_id, figure) in enumerate(figures)
+        figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+        for div_id, figure in figures
     ]
+    plotly_js = get_plotlyjs()
     settings = ", ".join(f"{key}={value}" for key, value in data.settings.items() if value is not None)
     counts = ", ".join(f"{count} {state.lower()}" for state, count in data.counts.items() if count)
     verified_html = _verified_text(data.verified, data.settings.get("val_size"))
@@ -674,6 +678,7 @@ def render(data: ReportData) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} table.front td,table.front th
 {{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;font-size:13px}} code{{background:#f1f3f4}}</style>
+<script type="text/javascript">{plotly_js}</script>
 </head><body>
 <h1>{html.escape(data.title)}</h1>
 <p>Trials: {html.escape(counts)}. Pareto front: {len(data.front)} point(s).</p>

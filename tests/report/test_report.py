@@ -129,6 +129,12 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     assert page.index("Verified front (the longer training)") < page.index('id="verified-plot"')
     assert page.index('id="verified-plot"') < page.index('id="pareto-plot"')
     assert page.index("Proxy front (brief training") < page.index('id="pareto-plot"')
+    if CHROMIUM is not None:  # and the leading plot is drawn: plotly.js must be loaded before it runs
+        dom = _chromium("--virtual-time-budget=20000", "--dump-dom", (copy / name / "report.html").as_uri(),
+                        profile=tmp_path / "p1")  # fmt: skip
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        verified_plot = dom.stdout[dom.stdout.index('id="verified-plot"') : dom.stdout.index('id="pareto-plot"')]
+        assert "main-svg" in verified_plot and len(re.findall(r'class="point"', verified_plot)) >= len(points)
     margins = compute(finished, None, budget, verified_baselines)
     from mbsearch.report.page import render
 
