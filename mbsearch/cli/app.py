@@ -462,11 +462,16 @@ def export(
     timm: Annotated[bool, typer.Option("--timm", help="Also print timm's arch_def strings.")] = False,
     runs_dir: RunsDir = Path("runs"),
     storage: Storage = None,
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option(help="The --onnx graph: int8 (an int8 study's timed graph, its default) or fp32."),
+    ] = None,
 ) -> None:
     """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
     from mbsearch.results.export import export_study
 
-    exported = export_study(study, runs_dir, storage, pick, output, onnx, max_latency, timm)
+    chosen = precision.value if precision is not None else None
+    exported = export_study(study, runs_dir, storage, pick, output, onnx, max_latency, timm, chosen)
     metrics, trial = exported.arch.metrics or {}, exported.arch.provenance["trial"]
     console.print(f"picked by {exported.basis}", highlight=False)
     console.print(
@@ -474,7 +479,7 @@ def export(
         f"{metrics['params']:,} params -> {output}",
         highlight=False,
     )
-    if onnx is not None and (exported.arch.provenance or {}).get("precision") == "int8":
+    if exported.int8_onnx:
         console.print(f"int8 ONNX (trained and quantized: the graph the search timed) -> {onnx}", highlight=False)
     elif onnx is not None:
         console.print(f"ONNX (untrained weights; 'mbsearch train' writes trained ones) -> {onnx}", highlight=False)

@@ -76,6 +76,7 @@ class Exported:
     arch: Arch
     basis: str  # what the pick was judged on, in words
     timm_arch_def: list | None  # timm's arch_def of the arch, when asked for
+    int8_onnx: bool = False  # --onnx holds the int8 graph the search timed, not the float one
 
 
 def export_study(
@@ -87,6 +88,7 @@ def export_study(
     onnx: Path | None = None,
     max_latency: float | None = None,
     timm: bool = False,
+    precision: str | None = None,
 ) -> Exported:
     """`mbsearch export`: pick a trial of the decision front, write its arch JSON (and ONNX). Every output is
     checked before anything is read or written: never a study's database, an input or another command's file."""
@@ -101,11 +103,18 @@ def export_study(
         kinds={"--output": "json:mbsearch.spec.arch/", "--onnx": "onnx"},
     )
     finished = open_finished(study, runs_dir, storage)
+    searched = finished.settings.get("precision", "fp32")
+    if precision == "int8" and searched != "int8":
+        raise BadInput(
+            f"study {study!r} searched in fp32: its trials have no int8 graph; search with --precision int8, or "
+            "quantize the trained network with 'mbsearch train ARCH.json --precision int8'"
+        )
+    int8_graph = onnx is not None and searched == "int8" and precision != "fp32"
     if finished.decision.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
     arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
     arch_def = timm_arch_def(arch) if timm else None  # refused before writing anything, never a wrong string
-    if onnx is not None and finished.settings.get("precision") == "int8":
+    if int8_graph:
         number = int(arch.provenance["trial"])
         graph = trial_artifact(finished.study, finished.study_dir, number, INT8_SUFFIX)
         if graph is None:
@@ -123,4 +132,4 @@ def export_study(
     basis = {"proxy": "proxy accuracy (no trial verified; 'mbsearch verify' checks the front)"}.get(
         finished.basis, f"{finished.basis} accuracy {metrics.get('decision_accuracy', 0):.4f}"
     )
-    return Exported(arch, basis, arch_def)
+    return Exported(arch, basis, arch_def, int8_graph)

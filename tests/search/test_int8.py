@@ -48,6 +48,11 @@ def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runn
     from mbsearch.study.dashboard import trial_artifact
 
     assert graph.read_bytes() == trial_artifact(study, runs / "q", best.number, ".int8.onnx")  # the timed graph
+    as_float = runner.invoke(app, ["export", "q", "--runs-dir", str(runs), "--pick", "max-accuracy", "--output",
+                                   str(tmp_path / "f.json"), "--onnx", str(tmp_path / "f.onnx"),
+                                   "--precision", "fp32"])  # fmt: skip
+    assert as_float.exit_code == 0 and "untrained weights" in as_float.output
+    assert not any(node.op_type == "QuantizeLinear" for node in onnx.load(tmp_path / "f.onnx").graph.node)
     data = load_dataset("fashion-mnist", val_size=1000, seed=0)
     normalize = Normalizer.fit(data.train.images[:4096])
     rescored = onnx_accuracy(graph.read_bytes(), normalize(data.val.images).numpy(), data.val.labels.numpy())
@@ -99,3 +104,7 @@ def test_verify_of_a_float_study_refuses_another_precision(runner, tiny_study) -
     result = runner.invoke(app, ["verify", name, "--runs-dir", str(runs), "--precision", "int8"])
     assert result.exit_code == 2 and "searched in fp32" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    exported = runner.invoke(app, ["export", name, "--runs-dir", str(runs), "--precision", "int8", "--onnx",
+                                   str(runs / "x.onnx"), "--output", str(runs / "x.json")])  # fmt: skip
+    assert exported.exit_code == 2 and "searched in fp32: its trials have no int8 graph" in exported.output
+    assert not (runs / "x.json").exists() and not (runs / "x.onnx").exists()
