@@ -139,7 +139,7 @@ def search(args: argparse.Namespace) -> None:
     for arm, extra in arms.items():
         study = f"sn-{arm}-{args.minutes:g}-{args.seed}"
         command = [sys.executable, "-m", "mbsearch", "run", "--space", "v3", "--trials", "100000", "--timeout",
-                   str(args.minutes * 60), "--runs-dir", str(RUNS), "--seed", str(args.seed), "--study", study,
+                   str(args.minutes * 60), "--runs-dir", str(RUNS), "--sampler-seed", str(args.seed), "--study", study,
                    "--device", "cpu", *extra]  # fmt: skip
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -161,7 +161,8 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
         # A shared storage has workers on other hosts (a SLURM array, a Kubernetes Job), each worker 0 of its
         # own command, that may start at one moment on the same history: the process tells them apart.
         offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
-    study.sampler = make_sampler(config.sampler, (config.seed + offset) % 2**32, config.trials)
+    base = config.seed if config.sampler_seed is None else config.sampler_seed
+    study.sampler = make_sampler(config.sampler, (base + offset) % 2**32, config.trials)
     stored = study.user_attrs.get(records.CONFIG)
     if stored is None:
         study.set_metric_names(["val_accuracy", "latency_ms"] if multi else ["mnas_reward"])

@@ -131,6 +131,9 @@ class RunConfig(pydantic.BaseModel):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
         0, description="Seed for the sampler, the split and training."
     )
+    sampler_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = Field(
+        None, description="Seed for the sampler alone (default: --seed); repeats a search on the same split."
+    )
     trials: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         30, description="Complete trials to reach in total (a rerun resumes)."
     )

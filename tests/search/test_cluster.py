@@ -119,3 +119,18 @@ def test_workers_of_separate_commands_on_a_shared_storage_draw_apart(tmp_path, m
         loop._open_study(RunConfig(runs_dir=tmp_path, study="l"), local, worker_id=0)
     assert seeds[0] != seeds[1]
     assert seeds[2] == seeds[3]
+
+
+def test_sampler_seed_moves_the_sampler_alone(tmp_path, monkeypatch) -> None:
+    """--sampler-seed repeats a search on the same split (a supernet is trained for one split) with other
+    draws; without it the sampler follows --seed."""
+    from mbsearch.search import loop
+    from mbsearch.study.config import RunConfig
+
+    seeds: list[int] = []
+    monkeypatch.setattr(loop, "make_sampler", lambda name, seed, trials: seeds.append(seed) or None)
+    for study, extra in (("a", {}), ("b", {"sampler_seed": 7})):
+        url = f"sqlite:///{tmp_path / study}.db"
+        loop._open_study(RunConfig(runs_dir=tmp_path, study=study, **extra), url, worker_id=0)
+    assert seeds == [0, 7]
+    assert "sampler_seed" not in RunConfig(sampler_seed=7).identity()  # resumable with other draws
