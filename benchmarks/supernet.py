@@ -138,6 +138,13 @@ def search(args: argparse.Namespace) -> None:
     results = {}
     for arm, extra in arms.items():
         study = f"sn-{arm}-{args.minutes:g}-{args.seed}"
+        if arm not in args.arms:  # searched and verified already (a run stopped in the other arm): read it
+            frame = open_finished(study, RUNS, None).frame
+            verified = frame[frame["verified_accuracy"].notna()]
+            results[arm] = {"search_seconds": None, "trials": int((frame["state"] == "COMPLETE").sum()),
+                            "verified": verified[["number", "val_accuracy", "verified_accuracy",
+                                                  "latency_ms"]].to_dict("records")}  # fmt: skip
+            continue
         command = [sys.executable, "-m", "mbsearch", "run", "--space", "v3", "--trials", "100000", "--timeout",
                    str(args.minutes * 60), "--runs-dir", str(RUNS), "--sampler-seed", str(args.seed), "--study", study,
                    "--device", "cpu", *extra]  # fmt: skip
@@ -207,6 +214,7 @@ def main() -> None:
         p.add_argument("--top", type=int, default=4)
         p.add_argument("--verify-epochs", type=float, default=1)
         p.add_argument("--verify-train-size", type=int, default=8000)
+        p.add_argument("--arms", nargs="+", default=["brief", "supernet"], help="arms to run (others: read back)")
     args = parser.parse_args()
     {"train": train, "throughput": throughput, "fidelity": fidelity, "search": search, "summary": summary}[
         args.command
