@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mbsearch.errors import RuntimeFailure
+from mbsearch.urls import redact_command
 
 DEFAULT_TIMEOUT_S = 600.0  # a timer waits for one step of each training; a training for one timing
 POLL_S = 0.05
@@ -98,7 +99,7 @@ class Holder:
     @classmethod
     def me(cls) -> Holder:
         pid = os.getpid()
-        return cls(socket.gethostname(), pid, _start_time(pid), shlex.join(sys.argv) or sys.executable)
+        return cls(socket.gethostname(), pid, _start_time(pid), shlex.join(redact_command(sys.argv)) or sys.executable)
 
     def state(self) -> str:
         if self.host != socket.gethostname():
@@ -136,15 +137,11 @@ class _Records:
                 continue  # removed while we read it, or not ours
         return found
 
-    def prune(self) -> list[Holder]:
-        """Remove the records of dead holders; return the live ones."""
-        live = []
+    def prune(self) -> None:
+        """Remove the records of dead holders."""
         for record, holder in self.read():
             if holder.state() == "dead":
                 record.unlink(missing_ok=True)
-            else:
-                live.append(holder)
-        return live
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -13,28 +13,9 @@ import optuna
 import sqlalchemy.exc
 
 from mbsearch.errors import BadInput, RuntimeFailure
+from mbsearch.urls import DSN_SECRET, QUERY_SECRET, redact
 
-_QUERY_SECRET = re.compile(r"((?:^|[?&;])(?:password|passwd|sslpassword|sslkey)=)[^&;#]*", re.IGNORECASE)
-_DSN_SECRET = re.compile(r"((?:^|\s)password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The URL with every credential masked, for logs, progress lines, errors and reports.
-
-    Covers what SQLAlchemy and libpq accept: `user:PW@host`, an empty user (`:PW@host`), a password
-    that itself holds `@`, `:` or `/` (the user info ends at the last `@` before the query), the query
-    form `?password=PW`, and libpq's `password=PW` keyword strings.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _DSN_SECRET.sub(r"\1***", url)
-    query_at = rest.find("?")
-    head, query = (rest, "") if query_at < 0 else (rest[:query_at], rest[query_at:])
-    at = head.rfind("@")
-    if at >= 0:
-        user, colon, _ = head[:at].partition(":")
-        head = f"{user}:***{head[at:]}" if colon else head
-    return f"{scheme}://{head}" + _QUERY_SECRET.sub(r"\1***", query)
+__all__ = ["redact"]  # re-exported: callers of the study wing read it here
 
 
 def _secrets(url: str) -> list[str]:
@@ -44,8 +25,8 @@ def _secrets(url: str) -> list[str]:
     head = rest.split("?", 1)[0] if sep else ""
     if "@" in head and ":" in head[: head.rfind("@")]:
         found.append(head[: head.rfind("@")].partition(":")[2])
-    found += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
-    found += [m.group(2) for m in _DSN_SECRET.finditer(url)]
+    found += [m.group(0).split("=", 1)[1] for m in QUERY_SECRET.finditer(url)]
+    found += [m.group(2) for m in DSN_SECRET.finditer(url)]
     # Drivers split a password holding '@', ':' or '/' wrongly and quote the pieces (as a host name, say).
     pieces = [piece for secret in found for piece in re.split(r"[@:/]", secret) if len(piece) >= 3]
     return sorted({secret for secret in found + pieces if secret}, key=len, reverse=True)

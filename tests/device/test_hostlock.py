@@ -42,10 +42,10 @@ def lock_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _start_holder(lock_dir: Path, mode: str) -> subprocess.Popen:
+def _start_holder(lock_dir: Path, mode: str, *args: str) -> subprocess.Popen:
     env = os.environ | {"MBSEARCH_LOCK_DIR": str(lock_dir)}
     holder = subprocess.Popen(
-        [sys.executable, str(lock_dir / "holder.py"), mode], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, str(lock_dir / "holder.py"), mode, *args], stdout=subprocess.PIPE, text=True, env=env
     )
     assert holder.stdout is not None
     holder.first_line = holder.stdout.readline().strip()  # type: ignore[attr-defined]
@@ -74,6 +74,33 @@ def test_waiter_names_a_stopped_holder_and_goes_on_once_it_is_dead(lock_dir) -> 
         out, _ = waiter.communicate(timeout=30)
         assert out.strip() == "acquired" and waiter.returncode == 0
         assert time.monotonic() - killed < 10  # well within its bound
+    finally:
+        holder.kill()
+        waiter.kill()
+
+
+def test_the_holders_command_is_shown_without_its_secrets(lock_dir) -> None:
+    # Workers of a distributed search hold the lock with a storage URL (and perhaps an agent token) on
+    # their command line; other users of the host read the waiting line and the records.
+    secrets = ("pg-s3cret", "tok-s3cret-0123456789", "kw-s3cret")
+    holder = _start_holder(
+        lock_dir,
+        "hold",
+        "--storage",
+        f"postgresql://mbsearch:{secrets[0]}@db:5432/nas",
+        f"--target-token={secrets[1]}",
+        "--dsn",
+        f"host=db password={secrets[2]}",
+    )
+    os.kill(holder.pid, signal.SIGSTOP)
+    waiter = _waiter(lock_dir, timeout_s=60)
+    try:
+        line = waiter.stderr.readline()
+        assert f"PID {holder.pid}" in line and "postgresql://mbsearch:***@db" in line
+        records = "".join(path.read_text() for path in lock_dir.rglob("*.json"))
+        assert "postgresql://mbsearch:***@db:5432/nas" in records and "--target-token=***" in records
+        for secret in secrets:
+            assert secret not in line and secret not in records
     finally:
         holder.kill()
         waiter.kill()
