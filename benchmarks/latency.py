@@ -2,7 +2,7 @@
 held-out networks against a ground truth with its own noise floor.
 
 Usage: python benchmarks/latency.py [--archs 30] [--held-out 100] [--netadapt 20] [--calibrate 30]
-                                   [--adaptive 60] [--sample 0] [--sizes 28,224] [--seed 0]
+                                   [--adaptive 60] [--sample 0] [--sizes 28,224] [--seed 0] [--precision int8]
                                    [--target http://HOST:PORT --target-token T]   (measure your own device)
        python benchmarks/latency.py --table benchmarks/latency_v2_results.json   (print the README tables)
 Writes benchmarks/latency_v2_results.json. Run it on a quiet machine: every figure is a timing.
@@ -169,11 +169,22 @@ def repeatability(networks: list[Arch], target: Target) -> dict:
 
 
 def predictor(
-    size: int, calibrate: int, held_out: int, netadapt: int, adaptive: int, sample: int, target: Target, seed: int
+    size: int,
+    calibrate: int,
+    held_out: int,
+    netadapt: int,
+    adaptive: int,
+    sample: int,
+    target: Target,
+    seed: int,
+    precision: str = "fp32",
 ) -> dict:
     space = load_space(SPACE)
     started = time.perf_counter()
-    table = profile(space, target, size, 1, 10, calibrate=calibrate, seed=seed, adaptive=adaptive, sample=sample)
+    table = profile(
+        space, target, size, 1, 10, calibrate=calibrate, seed=seed, adaptive=adaptive, sample=sample,
+        precision=precision,
+    )  # fmt: skip
     minutes = (time.perf_counter() - started) / 60
     first = seed * SEED_STRIDE
     groups = {
@@ -181,11 +192,12 @@ def predictor(
         "netadapt": netadapt_shaped(netadapt, size, NETADAPT_SEED + first),
     }
     networks = groups["sampled"] + groups["netadapt"]
-    truth = whole_network_latencies(target, networks)
-    again = whole_network_latencies(target, networks)
+    truth = whole_network_latencies(target, networks, precision)
+    again = whole_network_latencies(target, networks, precision)
     predictions = [table.prediction(arch) for arch in networks]
     result: dict = {
         "input_size": size,
+        "precision": precision,
         "sample": sample,
         "seed": seed,
         "profiling": table.data.profiling | {"minutes": minutes},
@@ -245,9 +257,12 @@ def markdown(results: dict) -> str:
     for lut in results["predictor"]:
         size = lut["input_size"]
         table = "full table" if lut.get("sample") == 0 else f"{lut.get('sample', 400)} blocks + regressors"
+        table += ", int8" if lut.get("precision") == "int8" else ""
         for group in ("all", "sampled", "netadapt"):
             for name in ("predictor", "noise_floor"):
                 e = lut[group][name]
+                if not e.get("networks"):
+                    continue  # a group of none (--netadapt 0)
                 label = f"in context, {table}" if name == "predictor" else "noise floor (pass 2 vs pass 1)"
                 low, high = wilson(e["within_10pct"], e["networks"])
                 lines.append(
@@ -278,6 +293,7 @@ def main() -> None:
     parser.add_argument("--reverse", action="store_true", help="the recipes in reverse order")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="the recipes compared (default: all)")
     parser.add_argument("--skip-predictor", action="store_true", help="the repeatability table alone")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="the predictor's graphs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--target", default="cpu", help="the device measured: cpu, or http://HOST:PORT of 'mbsearch agent' on it"
@@ -311,7 +327,15 @@ def main() -> None:
         for size in [] if args.skip_predictor else sizes:  # written after each size: a long run keeps it
             results["predictor"].append(
                 predictor(
-                    size, args.calibrate, args.held_out, args.netadapt, args.adaptive, args.sample, device, args.seed
+                    size,
+                    args.calibrate,
+                    args.held_out,
+                    args.netadapt,
+                    args.adaptive,
+                    args.sample,
+                    device,
+                    args.seed,
+                    args.precision,
                 )
             )
             args.out.write_text(json.dumps(results, indent=1) + "\n")

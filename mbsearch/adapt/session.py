@@ -19,6 +19,7 @@ from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, Step
 from mbsearch.errors import BadInput
 from mbsearch.files import check_output_folder
 from mbsearch.latency.factory import open_target
+from mbsearch.latency.targets import check_target_precision
 from mbsearch.nn.model import build_model
 from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
@@ -57,6 +58,7 @@ def run_adapt(config: AdaptConfig, on_event: Callable[[str], None]) -> AdaptOutc
         raise BadInput(f"{config.arch}: every width is at its floor of 8 channels; nothing to trim")
     training = resolve_device(config.device)  # refused before the target is contacted or data loaded
     device = open_target(config.target, "onnxruntime", config.threads, config.target_token)
+    check_target_precision(device, "fp32")  # NetAdapt times float networks: not an agent kept for int8
     dataset = config.dataset or (spec.provenance or {}).get("dataset", "fashion-mnist")
     data = load_dataset(dataset, config.data_dir, None, spec.input.channels, config.val_size, config.seed)
     previous_threads = torch.get_num_threads()

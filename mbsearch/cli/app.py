@@ -132,6 +132,12 @@ class PrecisionChoice(StrEnum):
     int8 = "int8"
 
 
+class AgentPrecision(StrEnum):
+    any = "any"
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 Precision = Annotated[
     PrecisionChoice,
     typer.Option(help="fp32, or int8: ONNX Runtime static quantization (QDQ, per-channel), as --precision of run."),
@@ -427,8 +433,11 @@ def verify(
 
 def _open_study_target(finished, target: str, token: str | None):
     from mbsearch.latency.factory import open_target
+    from mbsearch.latency.targets import check_target_precision
 
-    return open_target(target, finished.settings["runtime"], finished.settings["threads"], token)
+    device = open_target(target, finished.settings["runtime"], finished.settings["threads"], token)
+    check_target_precision(device, finished.settings.get("precision", "fp32"))
+    return device
 
 
 def _retime(finished, numbers: list[int], device, target: str) -> None:
@@ -437,7 +446,7 @@ def _retime(finished, numbers: list[int], device, target: str) -> None:
     def timed(number: int, searched: float, measured: float) -> None:
         console.print(f"trial {number}: latency {searched:.3f} ms in the search, {measured:.3f} ms on {target}")
 
-    retime(finished.study, numbers, device, on_done=timed)
+    retime(finished.study, numbers, device, on_done=timed, precision=finished.settings.get("precision", "fp32"))
 
 
 def _print_verified(result) -> None:
@@ -648,10 +657,12 @@ def measure(
 
     from mbsearch.latency.factory import open_target
     from mbsearch.latency.profiler import latency_of
+    from mbsearch.latency.targets import check_target_precision
 
     if precision == PrecisionChoice.int8 and runtime != "onnxruntime":
         raise BadInput("--precision int8 is ONNX Runtime's quantization: use --runtime onnxruntime")
     device = open_target(target, runtime, threads, target_token)
+    check_target_precision(device, precision.value)
     spec = _load_arch_or_reference(arch, None, None, None).at_resolution(latency_input_size)
     stats = latency_of(spec, device, runs=runs, precision=precision.value)
     info = device.device()
@@ -697,9 +708,11 @@ def profile(
         int, typer.Option(min=0, max=1_000_000, help="Time this many blocks of the space (0: all); the rest predicted.")
     ] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Lookup table file to write.")] = Path("lut.json"),
+    precision: Precision = PrecisionChoice.fp32,
 ) -> None:
     """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
-    Interrupted, the same command resumes from OUTPUT.partial."""
+    With --precision int8 the parts are timed as int8 graphs, for int8 searches. Interrupted, the same
+    command resumes from OUTPUT.partial."""
     from mbsearch.latency.profiling import profile_to_file
 
     def say(line: str) -> None:
@@ -719,6 +732,7 @@ def profile(
         say,
         adaptive,
         sample,
+        precision.value,
     )
     for line in (table.calibration_line(), table.quiet_line()):
         if line is not None:
@@ -738,6 +752,10 @@ def agent(
     provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider.")] = "CPUExecutionProvider",
     max_model_mb: Annotated[float, typer.Option(min=0.01, max=4096, help="Largest model accepted, in MB.")] = 64,
     max_seconds: Annotated[float, typer.Option(min=1, max=86400, help="Longest timing of one request.")] = 120,
+    precision: Annotated[
+        AgentPrecision,
+        typer.Option(help="Graphs it times: any, or fp32 or int8 only (a device kept for one deployment)."),
+    ] = AgentPrecision.any,
 ) -> None:
     """Serve latency measurements on this device (run it on the target: a Pi, a Jetson, a server, a phone).
     Needs onnxruntime, numpy, bottle, typer, rich and pydantic, not torch."""
@@ -759,7 +777,9 @@ def agent(
             "keep the token secret",
             file=sys.stderr,
         )
-    config = AgentConfig(token or new_token(), threads, provider, int(max_model_mb * 1024 * 1024), max_seconds)
+    config = AgentConfig(
+        token or new_token(), threads, provider, int(max_model_mb * 1024 * 1024), max_seconds, precision=precision.value
+    )
     try:
         serve(host, port, config, announce=lambda line: print(line, flush=True), token_chosen=token is not None)
     except OSError as exc:

@@ -7,7 +7,8 @@ Raspberry Pi, a Jetson or a phone under Termux.
 
 Protocol (JSON answers; `Authorization: Bearer TOKEN` on every call but /v1/health):
   GET  /v1/health                  {"ok": true}
-  GET  /v1/device                  the device fingerprint (CPU, cores, runtime, providers, threads)
+  GET  /v1/device                  the device fingerprint (CPU, cores, runtime, providers, threads), and the
+                                   precision it serves (any, fp32 or int8: its --precision)
   POST /v1/measure?warmup=&runs=&attempts=&sessions=   body: the ONNX model  ->  {"stats": {...}, "device": {...}}
 
 Security: binds 127.0.0.1 unless told otherwise; every call needs the token (compared in constant time);
@@ -48,6 +49,18 @@ class AgentConfig:
     max_model_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 120.0  # timing budget of one request; a slower model is refused, not timed for hours
     read_timeout: float = 60.0  # a client that stops sending mid-request loses its connection, not a thread
+    # The graphs it times: any, or only float (fp32) or only int8 (QDQ) ones, so that a device kept for one
+    # deployment precision is never used to rank networks in the other.
+    precision: str = "any"
+
+
+PRECISIONS = ("any", "fp32", "int8")
+
+
+def graph_precision(model: bytes) -> str:
+    """int8 for a QDQ graph (ONNX Runtime's static quantization), else fp32. Read from the serialized
+    operator names, since the agent has no onnx package: a float graph mbsearch exports holds none."""
+    return "int8" if b"QuantizeLinear" in model else "fp32"
 
 
 class _Refused(Exception):
@@ -87,7 +100,7 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
     @guarded
     def device_route() -> dict[str, Any]:
         # max_seconds lets a client bound its wait for an answer (it is not part of the fingerprint)
-        return device | {"max_seconds": config.max_seconds}
+        return device | {"max_seconds": config.max_seconds, "precision": config.precision}
 
     @app.post(f"/{API}/measure")
     @guarded
@@ -96,6 +109,12 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
         # answer to a reset connection.
         model = _read_body(bottle.request, config.max_model_bytes)
         settings = {name: _query_int(bottle.request, name, *limits) for name, limits in QUERY_LIMITS.items()}
+        if config.precision != "any" and (sent := graph_precision(model)) != config.precision:
+            raise _Refused(
+                422,
+                f"this agent times {config.precision} graphs only (its --precision) and this is an {sent} graph; "
+                "start an agent with --precision any or the study's precision",
+            )
         with timing_lock, hostlock.timing():
             session = _load(model, config)
             shape = _input_shape(session)
@@ -285,7 +304,7 @@ def serve(host: str, port: int, config: AgentConfig, announce: Any = print, toke
     announce(f"mbsearch agent on http://{shown}:{bound_port}/ ({time.strftime('%Y-%m-%d %H:%M:%S')})")
     announce(
         f"device {device['fingerprint']}: {device['cpu']}, {device['cores']} core(s), {device['runtime']}, "
-        f"{config.provider}, {config.threads} thread(s)"
+        f"{config.provider}, {config.threads} thread(s), {config.precision} graph(s)"
     )
     announce("token (yours, from --token or MBSEARCH_AGENT_TOKEN)" if token_chosen else f"token {config.token}")
     try:
@@ -313,7 +332,12 @@ class LocalAgent:
 
 
 def start_local_agent(
-    threads: int = 1, cpus: str | None = None, port: int = 0, token: str | None = None, env: dict | None = None
+    threads: int = 1,
+    cpus: str | None = None,
+    port: int = 0,
+    token: str | None = None,
+    env: dict | None = None,
+    precision: str = "any",
 ) -> LocalAgent:
     """Start `mbsearch agent` in a subprocess on 127.0.0.1, pinned to `cpus` with taskset when given
     (another core count stands in for another device), and wait until it serves."""
@@ -323,6 +347,7 @@ def start_local_agent(
 
     token = token or new_token()
     command = [sys.executable, "-m", "mbsearch", "agent", "--port", str(port), "--threads", str(threads)]
+    command += ["--precision", precision]
     if cpus is not None:
         taskset = shutil.which("taskset")
         if taskset is None:

@@ -20,7 +20,10 @@ fitted on (k-fold). Every prediction says whether it is a table hit, interpolate
 the regressor was trained on.
 
 The file is versioned JSON keyed by the device fingerprint, the timing recipe and the exporter; a table
-from another recipe or exporter is refused with one line.
+from another recipe or exporter is refused with one line. With `--precision int8` every timed graph (part
+in its host, host alone, calibration network) is first quantized by the search's int8 recipe, calibrated
+on seeded noise (scales, not kernels); the table records its precision and quantization settings, and a
+search of the other precision, or under other settings, is refused with one line.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from mbsearch.latency.targets import (
 )
 from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.nn.onnx_export import export_module, exporter_identity
+from mbsearch.nn.quantize import int8_recipe, noise_calibration, quantize_int8
 from mbsearch.spec.arch import Arch
 from mbsearch.spec.plan import plan_layers
 from mbsearch.spec.rules import has_shortcut, output_size, se_channels
@@ -319,32 +323,40 @@ class _Host(nn.Module):
         return self.post(self.part(self.pre(x)))
 
 
-def _prepared(module: nn.Module, shape: tuple[int, ...]) -> Prepared:
-    return Prepared(export_module(module.eval(), shape).data, shape, None)
+def _graph(graph: bytes, shape: tuple[int, ...], precision: str) -> bytes:
+    """The graph as a network of this precision runs it: int8 quantized by the search's recipe."""
+    return quantize_int8(graph, noise_calibration(shape)) if precision == "int8" else graph
 
 
-def _input_only(shape: tuple[int, ...]) -> Prepared:
+def _prepared(module: nn.Module, shape: tuple[int, ...], precision: str = "fp32") -> Prepared:
+    return Prepared(_graph(export_module(module.eval(), shape).data, shape, precision), shape, None)
+
+
+def _input_only(shape: tuple[int, ...], precision: str = "fp32") -> Prepared:
     """The image through a global pool: what any network of this input costs before its first layer."""
-    return _prepared(nn.AdaptiveAvgPool2d(1), shape)
+    return _prepared(nn.AdaptiveAvgPool2d(1), shape, precision)
 
 
-def _with_and_without(part: PartConfig) -> list[Prepared]:
+def _with_and_without(part: PartConfig, precision: str = "fp32") -> list[Prepared]:
     """The part in its host (see _Host) and the host alone (the stem: the network's input alone)."""
     shape = (1, part.in_chs, part.size, part.size)
     module = part.build()
     if part.kind == "stem":
-        return [_prepared(nn.Sequential(module, nn.AdaptiveAvgPool2d(1)), shape), _input_only(shape)]
+        stem = nn.Sequential(module, nn.AdaptiveAvgPool2d(1))
+        return [_prepared(stem, shape, precision), _input_only(shape, precision)]
     return [
-        _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape),
-        _prepared(_Host(part.in_chs, None, pooled=False), shape),
+        _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape, precision),
+        _prepared(_Host(part.in_chs, None, pooled=False), shape, precision),
     ]
 
 
-def time_parts_in_context(target: Target, parts: list[PartConfig], recipe: dict[str, Any] = PART_RECIPE) -> GatedTurns:
+def time_parts_in_context(
+    target: Target, parts: list[PartConfig], recipe: dict[str, Any] = PART_RECIPE, precision: str = "fp32"
+) -> GatedTurns:
     """Each part's cost in ms inside its host, the parts' turns interleaved: the median over the gated turns
     of the difference between the host with the part and without it. Returns the gated turns, whose
     `minima` are replaced by the parts' costs."""
-    result = gated_turns(target, [_with_and_without(part) for part in parts], recipe)
+    result = gated_turns(target, [_with_and_without(part, precision) for part in parts], recipe)
     costs = [
         max(statistics.median(a - b for a, b in zip(with_part, without, strict=True)), PART_FLOOR_MS)
         for with_part, without in result.minima
@@ -384,6 +396,9 @@ class LutFile(pydantic.BaseModel):
     recipe: dict[str, Any]  # how parts were timed (PART_RECIPE)
     network_recipe: dict[str, Any]  # how whole networks were timed (ROUNDS_RECIPE)
     exporter: dict[str, Any]  # the exporter, its torch version and the opset of the timed graphs
+    # fp32, or int8: every timed graph quantized by `quantization` (nn.quantize.int8_recipe)
+    precision: Literal["fp32", "int8"] = "fp32"
+    quantization: dict[str, Any] = {}
     # the input alone through a pool: every network's cost before its first layer
     input_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     # the network-level correction: coefficients of `correction_features`, then the intercept
@@ -510,6 +525,19 @@ class LookupTable:
             raise BadInput(
                 f"{self.name} timed graphs of exporter {data.exporter} (this version exports {wanted}); rebuild it "
                 "with 'mbsearch profile'"
+            )
+        if data.precision == "int8" and data.quantization != int8_recipe():
+            raise BadInput(
+                f"{self.name} timed int8 graphs quantized with {data.quantization} (this version: "
+                f"{int8_recipe()}); rebuild it with 'mbsearch profile --precision int8'"
+            )
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse a search of another precision than the table's: int8 and float parts cost differently."""
+        if precision != self.data.precision:
+            raise BadInput(
+                f"--lut {self.name} times {self.data.precision} graphs and this search is --precision {precision}; "
+                f"build a table with 'mbsearch profile --precision {precision}'"
             )
 
     def calibration_line(self) -> str | None:
@@ -667,11 +695,12 @@ def profile(
     on_progress: Callable[[str, int, int], None] | None = None,
     adaptive: int = 0,
     sample: int = 0,
+    precision: str = "fp32",
 ) -> LookupTable:
     """Time every part of the space in context on `target` (or, with `sample`, every stem and head and a
     seeded sample of that many blocks: the regressors predict the rest, as nn-Meter's do), then `adaptive`
     more parts where a first fit errs most, then calibrate on `calibrate` whole networks (timed by the
-    interleaved recipe).
+    interleaved recipe). With `precision` int8 every timed graph is the int8 one.
 
     `partial` keeps the entries timed so far (written every 25 parts), so an interrupted profile resumes."""
     parts = sampled_parts(space_parts(space, input_size, channels, num_classes), sample, seed)
@@ -681,6 +710,8 @@ def profile(
         "input": f"{channels}x{input_size}",
         "device": device["fingerprint"],
         "recipe": PART_RECIPE,
+        "precision": precision,
+        "quantization": int8_recipe() if precision == "int8" else {},
     }
     entries: dict[str, float] = _read_partial(partial, header)
     timings = 0
@@ -691,7 +722,7 @@ def profile(
         chunk = PART_RECIPE["chunk"]
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
-            result = time_parts_in_context(target, batch)
+            result = time_parts_in_context(target, batch, precision=precision)
             entries.update({part.key: cost for part, cost in zip(batch, result.minima, strict=True)})
             timings += result.turns
             quiet.append(result.quiet_share)
@@ -703,21 +734,21 @@ def profile(
     input_key = "input-only"
     if input_key not in entries:
         shape = (1, channels, input_size, input_size)
-        entries[input_key] = latencies_by_rounds(target, [_input_only(shape)])[0]
+        entries[input_key] = latencies_by_rounds(target, [_input_only(shape, precision)])[0]
     todo = [part for key, part in parts.items() if key not in entries]
     time_all(todo, "part", len(parts), len(parts) - len(todo))
     input_ms = entries.pop(input_key)
     added = [key for key in entries if key not in parts]
     if adaptive > len(added):
-        table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added)
+        table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added, precision)
         extra = adaptive_samples(table, adaptive - len(added), seed)
         time_all(extra, "adaptive part", adaptive, len(added))
         added += [part.key for part in extra]
-    table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added)
+    table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added, precision)
     calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
     measured: list[float] = []
     if calibration:
-        networks = gated_one_by_one(target, [_network(arch) for arch in calibration], ROUNDS_RECIPE)
+        networks = gated_one_by_one(target, [_network(arch, precision) for arch in calibration], ROUNDS_RECIPE)
         measured = [statistics.median(group[0]) for group in networks.minima]
         timings += networks.turns
         quiet.append(networks.quiet_share)
@@ -753,6 +784,7 @@ def _table(
     input_ms: float,
     entries: dict[str, float],
     added: list[str],
+    precision: str = "fp32",
 ) -> LookupTable:
     return LookupTable(
         LutFile(
@@ -768,6 +800,8 @@ def _table(
             input_ms=input_ms,
             entries=dict(entries),
             adaptive=list(added),
+            precision=precision,
+            quantization=int8_recipe() if precision == "int8" else {},
         )
     )
 
@@ -791,13 +825,14 @@ def adaptive_samples(table: LookupTable, count: int, seed: int = 0) -> list[Part
     return list(chosen.values())
 
 
-def _network(arch: Arch) -> Prepared:
-    return exported(build_seeded(arch, 0), arch)
+def _network(arch: Arch, precision: str = "fp32") -> Prepared:
+    prepared = exported(build_seeded(arch, 0), arch)
+    return replace(prepared, payload=_graph(prepared.payload, prepared.shape, precision))
 
 
-def whole_network_latencies(target: Target, archs: list[Arch]) -> list[float]:
+def whole_network_latencies(target: Target, archs: list[Arch], precision: str = "fp32") -> list[float]:
     """Networks timed whole by the gated rounds recipe: the ground truth tables are calibrated and judged on."""
-    return latencies_by_rounds(target, [_network(arch) for arch in archs]) if archs else []
+    return latencies_by_rounds(target, [_network(arch, precision) for arch in archs]) if archs else []
 
 
 def calibration_archs(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +29,7 @@ from mbsearch.latency.targets import (
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx
-from mbsearch.nn.quantize import quantize_int8
+from mbsearch.nn.quantize import noise_calibration, quantize_int8
 from mbsearch.spec.arch import Arch
 
 
@@ -79,8 +78,7 @@ def latency_of(arch: Arch, target: Target, runs: int | None = None, precision: s
     if precision != "int8":
         return measure_on(target, model, arch, runs=runs)
     shape = input_shape(arch)
-    noise = np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32)
-    graph = quantize_int8(export_onnx(model, arch).data, noise)
+    graph = quantize_int8(export_onnx(model, arch).data, noise_calibration(shape))
     prepared = Prepared(graph, shape, arch)
     recipe = recipe_of(target)
     if runs is not None:

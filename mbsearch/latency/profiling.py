@@ -28,9 +28,11 @@ def profile_to_file(
     on_event: Callable[[str], None],
     adaptive: int = 0,
     sample: int = 0,
+    precision: str = "fp32",
 ) -> LookupTable:
     """Build the lookup table of `space` on `target` and write it to `output`; every output is checked first,
-    and an interrupted run resumes from OUTPUT.partial. Timing runs single-threaded in torch (restored)."""
+    and an interrupted run resumes from OUTPUT.partial. Timing runs single-threaded in torch (restored).
+    With `precision` int8 every timed graph is quantized first (the search's int8 recipe)."""
     partial = output.with_name(output.name + ".partial")
     space_file = Path(space) if space.endswith((".yaml", ".yml")) or "/" in space else None
     check_outputs(
@@ -43,7 +45,7 @@ def profile_to_file(
     info = device.device()
     count = len(sampled_parts(space_parts(search_space, input_size, channels, classes), sample, seed))
     on_event(
-        f"profiling {count} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
+        f"profiling {count} {precision} parts of space {search_space.name} at {channels}x{input_size}x{input_size} on "
         f"{device.name} (device {info['fingerprint']}: {info['cpu']}, {info['cores']} core(s), "
         f"{info['threads']} thread(s)), in context; then {adaptive} adaptive part(s) and {calibrate} calibration "
         "network(s)"
@@ -59,7 +61,18 @@ def profile_to_file(
     torch.set_num_threads(1)
     try:
         table = profile(
-            search_space, device, input_size, channels, classes, calibrate, seed, partial, progress, adaptive, sample
+            search_space,
+            device,
+            input_size,
+            channels,
+            classes,
+            calibrate,
+            seed,
+            partial,
+            progress,
+            adaptive,
+            sample,
+            precision,
         )
     finally:
         torch.set_num_threads(previous_threads)

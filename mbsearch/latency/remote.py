@@ -56,6 +56,7 @@ class DeviceAnswer(pydantic.BaseModel):
     threads: Annotated[int, Field(ge=1, le=100_000)]
     fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
     max_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None  # the agent's --max-seconds
+    precision: Literal["any", "fp32", "int8"] | None = None  # the graphs it times (older agents: any)
 
 
 _Milliseconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -134,8 +135,17 @@ class RemoteTarget:
         except RuntimeFailure as exc:
             raise BadInput(str(exc)) from None
         self.max_seconds = device.max_seconds or DEFAULT_AGENT_MAX_SECONDS
-        self._device = device.model_dump(exclude={"max_seconds"})
+        self.precision = device.precision or "any"
+        self._device = device.model_dump(exclude={"max_seconds", "precision"})
         self.threads = device.threads
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, before a search or measurement starts, an agent kept for the other precision."""
+        if self.precision not in ("any", precision):
+            raise BadInput(
+                f"--target {self.name} times {self.precision} graphs only (the agent's --precision) and this is "
+                f"--precision {precision}; start the agent with --precision {precision} or any"
+            )
 
     @property
     def answer_timeout(self) -> float:

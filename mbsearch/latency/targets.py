@@ -84,6 +84,14 @@ class Target(Protocol):
     def time(self, prepared: Prepared) -> LatencyStats: ...
 
 
+def check_target_precision(target: Target, precision: str) -> None:
+    """Refuse, with one line, a target kept for the other precision: a lookup table of the other precision,
+    or an agent started with the other --precision. A local device times either."""
+    check = getattr(target, "check_precision", None)
+    if check is not None:
+        check(precision)
+
+
 class LocalTarget:
     """This machine's CPU or GPU, through ONNX Runtime or torch eager."""
 

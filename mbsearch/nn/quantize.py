@@ -36,6 +36,12 @@ def int8_recipe() -> dict[str, Any]:
     }
 
 
+def noise_calibration(shape: tuple[int, ...], count: int = 32) -> np.ndarray:
+    """Seeded noise images of a batch-1 input shape: calibration for a graph that is timed, not scored.
+    Calibration sets the scales, not the kernels that run, so the latency is the deployed graph's."""
+    return np.random.default_rng(0).standard_normal((count, *shape[1:])).astype(np.float32)
+
+
 class QuantizationFailed(RuntimeFailure):
     """A graph ONNX Runtime could not quantize (an operator without int8 kernels, a failed calibration)."""
 

@@ -34,8 +34,10 @@ def retime(
     numbers: Iterable[int],
     target: Target,
     on_done: Callable[[int, float, float], None] | None = None,
+    precision: str = "fp32",
 ) -> dict[int, dict]:
-    """Time each trial's arch on `target` (skipping those already timed on this device); returns them all."""
+    """Time each trial's arch on `target` in the study's `precision` (an int8 study's graph is the int8 one),
+    skipping those already timed on this device; returns them all."""
     device = target.device()
     done = retimings(study)
     for number in numbers:
@@ -43,13 +45,14 @@ def retime(
             continue  # a rerun resumes: what was timed on this device stays
         trial = study.trials[number]
         arch = records.trial_arch(trial)
-        stats = latency_of(arch, target)
+        stats = latency_of(arch, target, precision=precision)
         record = {
             "latency_ms": stats.median_ms,
             "iqr_ms": stats.iqr_ms,
             "target": target.name,
             "fingerprint": device["fingerprint"],
             "cpu": device.get("cpu"),
+            "precision": precision,
             "timed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         study.set_user_attr(f"{records.CONFIRMED_PREFIX}{number}", record)

@@ -27,7 +27,14 @@ from mbsearch import interrupts
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import KNOWN_RECIPES, POOLED_RECIPE, LatencyCache, Target, timing_identity
+from mbsearch.latency.targets import (
+    KNOWN_RECIPES,
+    POOLED_RECIPE,
+    LatencyCache,
+    Target,
+    check_target_precision,
+    timing_identity,
+)
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
@@ -92,8 +99,10 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
     """Everything that can be wrong with the input is found here, before anything is written."""
     space = load_space(config.space)
     target = open_config_target(config)
+    check_target_precision(target, config.precision)  # an agent or a table kept for the other precision
     if config.confirm_on is not None:
         confirming = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
+        check_target_precision(confirming, config.precision)
         made_for = target.device().get("predicts_for")
         if made_for is not None and made_for != confirming.device()["fingerprint"]:
             raise BadInput(
@@ -355,7 +364,7 @@ def _confirmer(config: RunConfig) -> Callable[..., None]:
             )
 
         try:
-            retime(study, to_confirm(trials_frame(study)), device, said)
+            retime(study, to_confirm(trials_frame(study)), device, said, config.precision)
         except RuntimeFailure as exc:
             if strict:
                 raise

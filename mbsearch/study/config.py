@@ -200,8 +200,6 @@ class RunConfig(pydantic.BaseModel):
         if self.evaluator == "supernet" and self.rungs is not None:
             raise ValueError("--rungs trains candidates at growing budgets; --evaluator supernet trains none")
         if self.precision == "int8":
-            if self.latency == "predicted":
-                raise ValueError("--precision int8: lookup tables time float parts; measure int8 on the target")
             if self.runtime != "onnxruntime":
                 raise ValueError("--precision int8 is ONNX Runtime's quantization: use --runtime onnxruntime")
             if self.latency_input_size is not None:

@@ -334,3 +334,31 @@ def test_agent_times_the_int8_graph_of_measure_precision_int8(agent) -> None:
     arch = reference_arch("mobilenet_v3_small", 28, 1, 10)
     int8, fp32 = latency_of(arch, target, precision="int8"), latency_of(arch, target)
     assert int8.target == agent.url and int8.median_ms > 0 and int8.median_ms != fp32.median_ms
+
+
+def test_an_agent_kept_for_one_precision_refuses_the_other(no_torch, lock_dir, runner, tmp_path) -> None:
+    """`agent --precision fp32` times float graphs only: an int8 graph sent to it is refused with the reason,
+    and an int8 search or measurement against it is refused with one line before anything starts."""
+    from mbsearch.cli.app import app
+    from mbsearch.nn.quantize import noise_calibration, quantize_int8
+
+    env = os.environ | {"PYTHONPATH": f"{no_torch}:{Path(__file__).parents[2]}", "MBSEARCH_LOCK_DIR": str(lock_dir)}
+    fp32_only = start_local_agent(threads=1, cpus=ONE_CORE, env=env, precision="fp32")
+    try:
+        target = RemoteTarget(fp32_only.url, fp32_only.token)
+        assert target.precision == "fp32" and "precision" not in target.device()  # not part of the fingerprint
+        graph = _onnx()
+        status, body = _request(fp32_only, "POST", "/v1/measure?runs=5", graph, _auth(fp32_only))
+        assert status == 200 and body["stats"]["median_ms"] > 0
+        quantized = quantize_int8(graph, noise_calibration((1, 1, 28, 28)))
+        status, body = _request(fp32_only, "POST", "/v1/measure?runs=5", quantized, _auth(fp32_only))
+        assert status == 422 and "times fp32 graphs only" in body["error"] and "int8 graph" in body["error"]
+        runs = tmp_path / "runs"
+        common = ["--target", fp32_only.url, "--target-token", fp32_only.token, "--precision", "int8"]
+        for command in (["run", *common, "--runs-dir", str(runs)], ["measure", "mobilenet_v3_small", *common]):
+            result = runner.invoke(app, command)
+            assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+            assert "times fp32 graphs only (the agent's --precision)" in result.output
+        assert not runs.exists() or not any(runs.iterdir())
+    finally:
+        fp32_only.stop()

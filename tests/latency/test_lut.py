@@ -4,6 +4,7 @@ used by a search; widths it never timed are predicted by its regressors, with th
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import optuna
@@ -270,6 +271,8 @@ def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(smal
         "input": "1x28",
         "device": LocalTarget().device()["fingerprint"],
         "recipe": PART_RECIPE,
+        "precision": "fp32",
+        "quantization": {},
     }
     entries = dict.fromkeys(keys, 0.125) | {"input-only": 0.01}
     (tmp_path / "lut.json.partial").write_text(json.dumps({"header": header, "entries": entries}))
@@ -278,7 +281,7 @@ def test_profile_command_writes_the_table_and_resumes_from_its_partial_file(smal
     table = LookupTable.load(output)
     assert table.data.entries == dict.fromkeys(keys, 0.125) and table.data.input_ms == 0.01
     assert not (tmp_path / "lut.json.partial").exists()
-    assert f"profiling {len(keys)} parts of space small" in outcome.output
+    assert f"profiling {len(keys)} fp32 parts of space small" in outcome.output
 
 
 @pytest.mark.parametrize(
@@ -407,3 +410,91 @@ def test_the_reported_held_out_error_is_not_the_minimum_over_candidates() -> Non
         _, errors = _best_correction(feature_sets, plain, truth, np.arange(30))
         gaps.append(rmspe(_nested_error(feature_sets, plain, truth)) - min(map(rmspe, errors.values())))
     assert np.mean(gaps) > 0.005 and sum(gap > 0 for gap in gaps) >= 15
+
+
+@pytest.fixture(scope="module")
+def small_int8(small):
+    """An int8 table of the small space: every stem and head, 8 sampled blocks, 6 calibration networks."""
+    space_path, lut_path, _ = small
+    target = LocalTarget("cpu", "onnxruntime", 1)
+    table = profile(load_space(space_path), target, 28, 1, 10, calibrate=6, sample=8, precision="int8")
+    path = lut_path.with_name("small-lut-int8.json")
+    table.save(path)
+    return path, table
+
+
+def test_an_int8_table_times_int8_graphs_and_predicts_int8_latency(small, small_int8) -> None:
+    from mbsearch.latency.lut import whole_network_latencies
+    from mbsearch.nn.quantize import int8_recipe
+
+    space_path, _, float_table = small
+    path, table = small_int8
+    loaded = LookupTable.load(path)
+    assert loaded.data.precision == "int8" and loaded.data.quantization == int8_recipe()
+    assert float_table.data.precision == "fp32" and float_table.data.quantization == {}
+    # The same parts cost otherwise as int8 graphs (quantize/dequantize pairs, int8 kernels).
+    shared = sorted(set(table.data.entries) & set(float_table.data.entries))
+    assert len(shared) >= 8
+    ratios = sorted(table.data.entries[key] / float_table.data.entries[key] for key in shared)
+    assert ratios[len(ratios) // 2] != pytest.approx(1.0, abs=0.05)
+    # Networks the table never saw are predicted at their int8 latency, not their float one. How close is
+    # benchmarks/latency.py --precision int8's figure: this table (8 blocks, 6 calibration networks, networks
+    # of some 30-90 us where per-operator overhead rules) overestimates both precisions.
+    archs = [random_arch(load_space(space_path), 700 + seed, 28, 1, 10) for seed in range(4)]
+    target = LocalTarget("cpu", "onnxruntime", 1)
+    as_int8 = whole_network_latencies(target, archs, precision="int8")
+    as_float = whole_network_latencies(target, archs)
+    for arch, int8_ms, float_ms in zip(archs, as_int8, as_float, strict=True):
+        predicted = loaded.predict(arch)
+        assert abs(math.log(predicted / int8_ms)) < abs(math.log(predicted / float_ms))
+
+
+def test_an_int8_search_predicts_with_an_int8_table(small, small_int8, tmp_path) -> None:
+    space_path, _, _ = small
+    path, table = small_int8
+    config = RunConfig(
+        space=str(space_path), latency="predicted", lut=path, precision="int8", confirm_on="cpu",
+        runs_dir=tmp_path, trials=2, sampler="random", **TINY_BUDGET,
+    )  # fmt: skip
+    result = run_search(config)
+    trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.user_attrs["latency_ms"] == table.prediction(Arch.from_dict(trial.user_attrs["arch"])).ms
+        assert trial.user_attrs["latency_source"].startswith("predicted:")
+        assert 0 < trial.user_attrs["float_val_accuracy"] <= 1  # the float accuracy kept beside the int8 one
+    # --confirm-on times the front as the int8 graphs it predicted, not as float ones
+    from mbsearch.results.retime import retimings
+
+    confirmed = retimings(result.study)
+    assert confirmed and all(record["precision"] == "int8" for record in confirmed.values())
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_a_table_of_the_other_precision_is_refused_before_anything_starts(
+    small, small_int8, tmp_path, runner, precision
+) -> None:
+    from mbsearch.cli.app import app
+
+    space_path, float_lut, _ = small
+    lut = float_lut if precision == "int8" else small_int8[0]
+    runs = tmp_path / "runs"
+    flags = ["run", "--space", str(space_path), "--latency", "predicted", "--lut", str(lut), "--precision", precision]
+    result = runner.invoke(app, [*flags, "--runs-dir", str(runs), "--trials", "1"])
+    other = "fp32" if precision == "int8" else "int8"
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"times {other} graphs and this search is --precision {precision}" in result.output
+    assert f"profile --precision {precision}" in result.output
+    assert not runs.exists() or not any(runs.iterdir())  # no study, no half-made folder
+
+
+def test_an_int8_table_of_other_quantization_settings_is_refused(small_int8, tmp_path) -> None:
+    path, _ = small_int8
+    raw = json.loads(path.read_text())
+    raw["quantization"]["per_channel"] = False
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(raw))
+    with pytest.raises(
+        BadInput, match="timed int8 graphs quantized with .* rebuild it with 'mbsearch profile --precision int8'"
+    ):
+        LookupTable.load(other)

@@ -89,7 +89,6 @@ def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runn
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--latency", "predicted", "--lut", "x.json"], "lookup tables time float parts"),
         (["--runtime", "torch"], "use --runtime onnxruntime"),
         (["--latency-input-size", "224"], "search at the deployment's --input-size"),
     ],
