@@ -54,9 +54,6 @@ class AgentConfig:
     precision: str = "any"
 
 
-PRECISIONS = ("any", "fp32", "int8")
-
-
 def graph_precision(model: bytes) -> str:
     """int8 for a QDQ graph (ONNX Runtime's static quantization), else fp32. Read from the serialized
     operator names, since the agent has no onnx package: a float graph mbsearch exports holds none."""

@@ -12,8 +12,6 @@ from mbsearch.spec.arch import Arch
 from mbsearch.train.data import Split
 from mbsearch.train.loop import Normalizer
 
-PRECISIONS = ("fp32", "int8")
-
 
 class Int8Scorer:
     """Quantize trained networks (activation ranges calibrated on the first training images, never
