@@ -86,7 +86,8 @@ def throughput(args: argparse.Namespace) -> None:
     archs = [trained.supernet.arch(*random_decisions(space, draws)) for _ in range(max(args.score, args.brief))]
     score_inherited(trained, archs[0], data)  # warm-up: the first call pays one-off costs
     inherited = [
-        score_inherited(trained, arch, data, val_images=args.val_images).seconds for arch in archs[: args.score]
+        score_inherited(trained, arch, data, val_images=args.val_images, finetune_steps=args.finetune_steps[0]).seconds
+        for arch in archs[: args.score]
     ]
     brief = []
     for index, arch in enumerate(archs[: args.brief]):
@@ -100,6 +101,7 @@ def throughput(args: argparse.Namespace) -> None:
         "brief_per_hour": 3600 / statistics.mean(brief),
         "scored": len(inherited),
         "val_images": args.val_images,
+        "finetune_steps": args.finetune_steps[0],
         "trained": len(brief),
     }
     row["ratio"] = row["inherited_per_hour"] / row["brief_per_hour"]
@@ -120,18 +122,25 @@ def fidelity(args: argparse.Namespace) -> None:
     first = {n: reference[f"{n}|ref=0"]["accuracy"] for n in members if f"{n}|ref=0" in reference}
     second = {n: reference[f"{n}|ref=1"]["accuracy"] for n in members if f"{n}|ref=1" in reference}
     brief = {n: proxies.get(f"e1-n8k-b64|{n}|seed=0", {}).get("accuracy") for n in members}
-    inherited = {n: score_inherited(trained, arch, data, val_images=args.val_images).accuracy
-                 for n, arch in members.items()}  # fmt: skip
     names = [n for n in members if n in first and n in second and brief.get(n) is not None]
     truth = [first[n] for n in names]
+    scored, seconds = {}, {}
+    for steps in args.finetune_steps:  # 0: the inherited weights as they are
+        label = "inherited" if steps == 0 else f"inherited + {steps} fine-tune steps"
+        scores = [score_inherited(trained, members[n], data, val_images=args.val_images, finetune_steps=steps)
+                  for n in names]  # fmt: skip
+        scored[label] = {n: s.accuracy for n, s in zip(names, scores, strict=True)}
+        seconds[label] = statistics.median(s.seconds for s in scores)
     rows = {}
-    for label, values in (("inherited", inherited), ("brief (default proxy)", brief), ("reference seed 2", second)):
+    for label, values in (*scored.items(), ("brief (default proxy)", brief), ("reference seed 2", second)):
         x = [values[n] for n in names]
         rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
+        if label in seconds:
+            rows[label] |= {"median_s": seconds[label], "mean_accuracy": statistics.mean(x)}
         print(f"{label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
               f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
-    _record("fidelity", members=len(names), rows=rows, val_images=args.val_images,
-            inherited={n: inherited[n] for n in names}, steps=trained.manifest["steps"])  # fmt: skip
+    _record("fidelity", members=len(names), rows=rows, val_images=args.val_images, inherited=scored,
+            steps=trained.manifest["steps"])  # fmt: skip
 
 
 def search(args: argparse.Namespace) -> None:
@@ -213,6 +222,7 @@ def main() -> None:
     fidelity_parser = commands.add_parser("fidelity")
     for q in (p, fidelity_parser):  # the search's default (RunConfig); 10000 for the whole validation split
         q.add_argument("--val-images", type=int, default=INHERITED_VAL_SIZE)
+        q.add_argument("--finetune-steps", type=int, nargs="+", default=[0], help="0: inherited weights as they are")
     for name in ("search", "summary"):
         p = commands.add_parser(name)
         p.add_argument("--minutes", type=float, default=5)

@@ -32,7 +32,7 @@ from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Evaluation, evaluate
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
-from mbsearch.train.supernet import TrainedSupernet, score_inherited
+from mbsearch.train.supernet import TrainedSupernet, finetune_budget, score_inherited
 
 # Trials beyond the target, started by a worker that raced another: pruned before any work is done.
 SURPLUS = "surplus: other workers already reached the trial target"
@@ -170,29 +170,37 @@ class Objective:
         return quantized.accuracy, quantized.latency.median_ms
 
     def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):
-        """The proxy training, or with --evaluator supernet the inherited weights' score; a diverged training
-        prunes the trial. Each trial records which of the two scored it."""
+        """The proxy training, or with --evaluator supernet the inherited weights' score (after
+        --finetune-steps of training); a diverged training prunes the trial. Each trial records which of the
+        two scored it."""
         started = time.perf_counter()
-        if self.supernet is not None:
-            with interrupts.interruptible():
-                inherited = score_inherited(
-                    self.supernet, arch, self.data, self.training, val_images=self.config.scoring_val_size
-                )
-            trial.set_user_attr(records.EVALUATOR, "supernet")
-            timings["score"] = round(time.perf_counter() - started, 4)
-            score = Evaluation(inherited.accuracy, inherited.seconds, 0.0, 0, self.config.budget, self.config.seed)
-            return score, inherited.model
-        trial.set_user_attr(records.EVALUATOR, "brief")
+        evaluator = "supernet" if self.supernet is not None else "brief"
+        trial.set_user_attr(records.EVALUATOR, evaluator)
         try:
             with interrupts.interruptible():
-                result = evaluate(
-                    arch, self.data, self.config.budget, self.config.seed, self.normalizer, model, self.training
+                result, model = (
+                    self._inherited(arch) if self.supernet is not None else (self._brief(arch, model), model)
                 )
         except Diverged as exc:
             trial.set_user_attr(records.FAIL_REASON, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None
-        timings["train"] = round(time.perf_counter() - started, 4)
+        timings["score" if evaluator == "supernet" else "train"] = round(time.perf_counter() - started, 4)
         return result, model
+
+    def _brief(self, arch: Arch, model: torch.nn.Module) -> Evaluation:
+        return evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model, self.training)
+
+    def _inherited(self, arch: Arch) -> tuple[Evaluation, torch.nn.Module | None]:
+        assert self.supernet is not None
+        steps = self.config.finetune_steps
+        inherited = score_inherited(self.supernet, arch, self.data, self.training,
+                                    val_images=self.config.scoring_val_size, finetune_steps=steps,
+                                    seed=self.config.seed)  # fmt: skip
+        budget = finetune_budget(steps) if steps else self.config.budget
+        evaluation = Evaluation(
+            inherited.accuracy, inherited.seconds, float(steps > 0), steps, budget, self.config.seed
+        )
+        return evaluation, inherited.model
 
     def _store_measures(
         self, trial: optuna.Trial, arch: Arch, params: int, macs: int, stats, cached: bool, upload: bool = True

@@ -48,13 +48,14 @@ IDENTITY_KEYS = (
     "evaluator",
     "precision",
     "inherited_val_size",
+    "finetune_steps",
 )
 # --evaluator supernet scores on this many validation images by default: on the 20 v3 members of the
 # fidelity panel, tau against the reference was 0.421 with the first 2,000 and 0.417 with all 10,000, at a
 # third of the scoring time (2026-12-03, benchmarks/README.md, supernet section; one panel, a weak figure).
 INHERITED_VAL_SIZE = 2000
 # What a key meant in a study made before it existed (it stored no value for it).
-LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief", "precision": "fp32"}
+LEGACY_DEFAULTS: dict[str, Any] = {"evaluator": "brief", "precision": "fp32", "finetune_steps": 0}
 
 
 def check_study_name(name: str, what: str = "study name") -> str:
@@ -181,6 +182,11 @@ class RunConfig(pydantic.BaseModel):
         description="--evaluator supernet: score on the first N validation images (default 2,000: on the "
         "benchmark panel they ranked as all 10,000 did, at a third of the cost).",
     )
+    finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        0,
+        description="--evaluator supernet: train each inherited network this many steps (batch 64) before "
+        "scoring it (0: inherited weights as they are).",
+    )
     rungs: str | None = Field(
         None, description="Multi-fidelity: budget multipliers, e.g. 1,3,9 (train many briefly, promote the best)."
     )
@@ -209,6 +215,8 @@ class RunConfig(pydantic.BaseModel):
                 )
         if self.supernet is not None and self.evaluator != "supernet":
             raise ValueError("--supernet is the supernet of --evaluator supernet; add --evaluator supernet")
+        if self.finetune_steps and self.evaluator != "supernet":
+            raise ValueError("--finetune-steps trains inherited weights; add --evaluator supernet or drop the flag")
         if self.inherited_val_size is not None:
             if self.evaluator != "supernet":
                 raise ValueError("--inherited-val-size is for --evaluator supernet; add it or drop the flag")

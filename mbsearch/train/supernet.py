@@ -39,7 +39,7 @@ from mbsearch.spec.space import SearchSpace
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, Split
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.loop import Diverged, Normalizer, recalibrate_batchnorm, score
+from mbsearch.train.loop import Diverged, Normalizer, recalibrate_batchnorm, score, train
 
 FORMAT = "mbsearch.supernet/1"
 WEIGHTS_FILE = "supernet.safetensors"
@@ -47,6 +47,11 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 RANDOM_PER_STEP = 2  # the sandwich rule: largest, smallest and two random sub-networks per step
 CALIBRATION_IMAGES = 2048  # training images BatchNorm statistics are recomputed on, per scored sub-network
+# --finetune-steps: a short training from the inherited weights before scoring, on batches of this size at
+# this peak rate (one-cycle, as every training here). Lower than a brief training's 0.003: it starts from
+# trained weights (2026-12-06, 20-member panel: benchmarks/README.md, supernet section).
+FINETUNE_BATCH = 64
+FINETUNE_LR = 0.001
 CHECKPOINT_EVERY_S = 60.0  # seconds of training between checkpoints (and at every epoch's end)
 GRAD_CLIP = 5.0  # BigNAS clips: one step sums four sub-networks' gradients
 
@@ -443,6 +448,12 @@ class InheritedScore:
     seconds: float
     calibration_images: int
     model: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the scored network, on the CPU
+    finetune_steps: int = 0
+
+
+def finetune_budget(steps: int) -> Budget:
+    """The short training of --finetune-steps: `steps` batches of FINETUNE_BATCH, each image seen once."""
+    return Budget(epochs=1, train_size=steps * FINETUNE_BATCH, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR)
 
 
 def score_inherited(
@@ -452,11 +463,23 @@ def score_inherited(
     device: TrainingDevice = CPU,
     calibration_images: int = CALIBRATION_IMAGES,
     val_images: int | None = None,
+    finetune_steps: int = 0,
+    seed: int = 0,
 ) -> InheritedScore:
     """Copy `arch`'s weights out of the supernet, recompute its BatchNorm statistics on the first
-    `calibration_images` training images, and score it on the validation split (its first `val_images`)."""
+    `calibration_images` training images, and score it on the validation split (its first `val_images`).
+
+    With `finetune_steps`, the inherited network first trains that many steps (seeded by `seed`) on the first
+    training images, and its statistics are recomputed on those: inherited weights of a sub-network that
+    the supernet's training rarely drew are a poor start, and a few steps repair much of it (measured)."""
     started = time.perf_counter()
     model = trained.supernet.extract(arch)
+    val = data.val if val_images is None else Split(data.val.images[:val_images], data.val.labels[:val_images])
+    if finetune_steps:
+        result = train(model, data.train, val, finetune_budget(finetune_steps), seed, trained.normalizer,
+                       device=device)  # fmt: skip
+        return InheritedScore(result.accuracy, time.perf_counter() - started,
+                              min(len(data.train), finetune_steps * FINETUNE_BATCH), model, finetune_steps)  # fmt: skip
     normalize = trained.normalizer.to(device.device)
     lock = device.step_lock()
     with device.session():
@@ -464,7 +487,6 @@ def score_inherited(
         calibration = data.train.to(device.device, calibration_images)
         with lock():
             recalibrate_batchnorm(model, calibration, normalize, batches=math.ceil(len(calibration) / 256))
-        val = data.val if val_images is None else Split(data.val.images[:val_images], data.val.labels[:val_images])
         accuracy = score(model, val, normalize, batch_lock=lock)
     model.to("cpu")
     return InheritedScore(accuracy, time.perf_counter() - started, len(calibration), model)

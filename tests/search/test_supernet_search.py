@@ -104,3 +104,42 @@ def test_inherited_scores_use_the_first_inherited_val_size_validation_images(run
     assert RunConfig(evaluator="supernet").scoring_val_size == 2000 and RunConfig().scoring_val_size is None
     brief = runner.invoke(app, ["run", "--inherited-val-size", "500", "--runs-dir", str(trained / "runs")])
     assert brief.exit_code == 2 and "--inherited-val-size is for --evaluator supernet" in brief.output
+
+
+def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, trained) -> None:
+    """--finetune-steps N: each inherited network trains N steps (seeded by --seed) before scoring; the
+    stored score is exactly that, differs from the inherited weights' own, and N is part of the identity."""
+    import torch
+
+    from mbsearch.spec.space import load_space
+    from mbsearch.train.data import load_dataset
+    from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+
+    result = _run(runner, trained, "tuned", "--finetune-steps", "4", "--trials", "2")
+    assert result.exit_code == 0, result.output
+    url = f"sqlite:///{trained / 'runs' / 'tuned' / 'study.db'}"
+    study = optuna.load_study(study_name="tuned", storage=open_storage(url))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2
+    space = load_space(str(trained / "tiny.yaml"))
+    supernet = open_supernet(space, default_dir(trained / "runs", space, "fashion-mnist", 28))
+    data = load_dataset("fashion-mnist", val_size=300, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the search trained (--train-threads 1): the same arithmetic
+    try:
+        for trial in complete:
+            arch = records.trial_arch(trial)
+            assert trial.user_attrs[records.EVALUATOR] == "supernet" and trial.user_attrs[records.EPOCHS_RUN] == 1.0
+            tuned = score_inherited(supernet, arch, data, val_images=300, finetune_steps=4, seed=0)
+            assert tuned.finetune_steps == 4 and trial.values[0] == tuned.accuracy
+            assert tuned.model is not None and tuned.calibration_images == 4 * 64
+            inherited = supernet.supernet.extract(arch).state_dict()  # the steps changed the weights scored
+            assert any(
+                not torch.equal(inherited[k], v) for k, v in tuned.model.state_dict().items() if v.is_floating_point()
+            )
+    finally:
+        torch.set_num_threads(threads)
+    again = _run(runner, trained, "tuned", "--finetune-steps", "8", "--trials", "3")
+    assert again.exit_code == 2 and "finetune_steps=4" in again.output
+    brief = runner.invoke(app, ["run", "--finetune-steps", "5", "--runs-dir", str(trained / "runs")])
+    assert brief.exit_code == 2 and "--finetune-steps trains inherited weights" in brief.output
