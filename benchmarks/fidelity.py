@@ -219,6 +219,8 @@ def run_jobs(args: argparse.Namespace) -> None:
                 store["runs"].pop(key, None)
             raise
         print(f"  {result}", flush=True)
+        if name.startswith("front-"):  # drawn from studies outside the repository: keep what was trained
+            result["arch"] = members[name].to_dict()
         with _locked(path) as store:
             store["runs"][key] = result
 

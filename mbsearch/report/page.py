@@ -484,9 +484,11 @@ def _front_table(data: ReportData) -> str:
 
 def _dominance_text(data: ReportData) -> str:
     if data.supernet is not None:
+        steps = int(data.settings.get("finetune_steps") or 0)
+        tuned = f", each fine-tuned for {steps} steps," if steps else ""
         return (
             "<p>This search scored its candidates with weights inherited from a supernet "
-            f"({html.escape(str(data.supernet.get('digest')))}, {data.supernet.get('steps')} training steps), "
+            f"({html.escape(str(data.supernet.get('digest')))}, {data.supernet.get('steps')} training steps){tuned} "
             "BatchNorm recalibrated on training images. A reference MobileNet is no sub-network of the space and "
             "has no inherited score, so the front is set against the baselines only once verified "
             "(<code>mbsearch verify STUDY</code> trains both alike).</p>"

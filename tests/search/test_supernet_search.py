@@ -139,6 +139,9 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
             )
     finally:
         torch.set_num_threads(threads)
+    report = runner.invoke(app, ["report", "tuned", "--runs-dir", str(trained / "runs"), "--no-baselines"])
+    assert report.exit_code == 0, report.output
+    assert "each fine-tuned for 4 steps" in (trained / "runs" / "tuned" / "report.html").read_text()
     again = _run(runner, trained, "tuned", "--finetune-steps", "8", "--trials", "3")
     assert again.exit_code == 2 and "finetune_steps=4" in again.output
     brief = runner.invoke(app, ["run", "--finetune-steps", "5", "--runs-dir", str(trained / "runs")])
