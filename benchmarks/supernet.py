@@ -3,8 +3,10 @@ how its inherited accuracies rank against stand-alone training, and verified hyp
 
     python benchmarks/supernet.py train --epochs 2          # the v3 supernet at 28x28 (resumable)
     python benchmarks/supernet.py throughput --score 40 --brief 8
-    python benchmarks/supernet.py fidelity                  # tau vs fidelity.py's reference panel
+    python benchmarks/supernet.py fidelity --finetune-steps 0 10 30 60   # tau vs fidelity.py's reference panel
+    python benchmarks/supernet.py front --front-study runs/bench-supernet/sn-brief-5-2 ...   # front-region panel
     python benchmarks/supernet.py search --minutes 5 --seed 0   # brief vs supernet search, then verify
+    python benchmarks/supernet.py search --minutes 5 --seed 2 --arms brief supernet tuned   # + --finetune-steps 30
     python benchmarks/supernet.py summary --minutes 5       # across seeds
     python benchmarks/supernet.py search --minutes 27.3 --seed 1 --arms brief --supernet-minutes 5
         # the supernet's training counted: brief search for 5 min + the training's 22.3, against that seed's
@@ -30,7 +32,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import PROXY_FILE, REFERENCE_FILE, bootstrap_tau, machine, panel
+from fidelity import (
+    PROXY_FILE,
+    REFERENCE_BUDGET,
+    REFERENCE_FILE,
+    REFERENCE_SEEDS,
+    _train_one,
+    bootstrap_tau,
+    front_panel,
+    machine,
+    panel,
+)
 
 from mbsearch.ranking import kendall_tau
 from mbsearch.results.finished import open_finished
@@ -143,12 +155,66 @@ def fidelity(args: argparse.Namespace) -> None:
             steps=trained.manifest["steps"])  # fmt: skip
 
 
+FRONT_FILE = HERE / "supernet_front.json"
+
+
+def front(args: argparse.Namespace) -> None:
+    """The front-region panel: near-equal networks of real searches (fidelity.py's front_panel over
+    --front-study), each trained by fidelity.py's reference recipe with its two seeds and by the default
+    brief proxy (seed 0), and scored with inherited weights (and --finetune-steps). Resumable: every result
+    is kept in benchmarks/supernet_front.json with the member's architecture, and a rerun trains only what
+    is missing."""
+    space = load_space("v3")
+    data = load_dataset("fashion-mnist", val_size=VAL_SIZE, seed=SPLIT_SEED)
+    store = json.loads(FRONT_FILE.read_text()) if FRONT_FILE.is_file() else {"members": {}, "runs": {}}
+    if not store["members"]:
+        members = front_panel([Path(p) for p in args.front_study])
+        store["members"] = {name: arch.to_dict() for name, arch in members.items()}
+        store["studies"] = args.front_study
+    from mbsearch.spec.arch import Arch
+
+    members = {name: Arch.from_dict(raw) for name, raw in store["members"].items()}
+    trained = open_supernet(space, _supernet_folder())
+
+    def save() -> None:
+        FRONT_FILE.write_text(json.dumps(store, indent=1) + "\n")
+
+    jobs = [(f"{n}|ref={i}", n, REFERENCE_BUDGET, seed) for i, seed in enumerate(REFERENCE_SEEDS) for n in members]
+    jobs += [(f"{n}|brief", n, DEFAULT_PROXY, 0) for n in members]
+    for key, name, budget, seed in jobs:
+        if key not in store["runs"]:
+            store["runs"][key] = _train_one(members[name], data, budget, seed) | {"machine": machine()}
+            print(key, store["runs"][key]["accuracy"], flush=True)
+            save()
+    for steps in args.finetune_steps:
+        for name, arch in members.items():
+            score = score_inherited(trained, arch, data, val_images=args.val_images, finetune_steps=steps)
+            store["runs"][f"{name}|inherited+{steps}"] = {"accuracy": score.accuracy, "seconds": score.seconds,
+                                                          "supernet_steps": trained.manifest["steps"]}  # fmt: skip
+    save()
+    names = [n for n in members if all(store["runs"][f"{n}|ref={i}"]["accuracy"] is not None for i in (0, 1))]
+    truth = [store["runs"][f"{n}|ref=0"]["accuracy"] for n in names]
+    labels = {f"inherited+{k}": f"inherited + {k} fine-tune steps" if k else "inherited" for k in args.finetune_steps}
+    labels |= {"brief": "brief (default proxy)", "ref=1": "reference seed 2"}
+    rows = {}
+    for suffix, label in labels.items():
+        x = [store["runs"][f"{n}|{suffix}"]["accuracy"] for n in names]
+        rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
+        print(f"front region, {label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
+              f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
+    _record("front", members=len(names), rows=rows, val_images=args.val_images, steps=trained.manifest["steps"],
+            studies=store.get("studies"))  # fmt: skip
+
+
 def search(args: argparse.Namespace) -> None:
     """One seed: a brief search and a supernet search, each stopped by --timeout after --minutes (one after
     the other, alone on the machine), then each front verified with one common budget."""
-    arms = {"brief": [], "supernet": ["--evaluator", "supernet", "--supernet", str(_supernet_folder())]}
+    inherit = ["--evaluator", "supernet", "--supernet", str(_supernet_folder())]
+    arms = {"brief": [], "supernet": inherit, "tuned": [*inherit, "--finetune-steps", str(args.finetune_steps)]}
     results = {}
     for arm, extra in arms.items():
+        if arm == "tuned" and arm not in args.arms:
+            continue  # added 2026-12-06: runs of earlier seeds have no such arm to read back
         minutes = args.supernet_minutes if arm == "supernet" and args.supernet_minutes is not None else args.minutes
         study = f"sn-{arm}-{minutes:g}-{args.seed}"
         if arm not in args.arms:  # searched and verified already (a run stopped in the other arm): read it
@@ -187,7 +253,7 @@ def summary(args: argparse.Namespace) -> None:
     the slowest verified latency of all runs), with mean, sd and the paired difference's t interval."""
     runs = [r for r in json.loads(RESULTS.read_text()) if r["kind"] == "search" and r["minutes"] == args.minutes]
     slowest = 1.1 * max(p["latency_ms"] for r in runs for arm in r["results"].values() for p in arm["verified"])
-    table: dict[str, list[float]] = {"brief": [], "supernet": []}
+    table: dict[str, dict[int, float]] = {}
     print(f"| seed | arm | trials | verified | verified hypervolume (reference {slowest:.3f} ms) |")
     print("|---|---|---:|---:|---:|")
     for run in runs:
@@ -195,18 +261,24 @@ def summary(args: argparse.Namespace) -> None:
             points = result["verified"]
             volume = hypervolume(np.array([p["verified_accuracy"] for p in points]),
                                  np.array([p["latency_ms"] for p in points]), slowest)  # fmt: skip
-            table[arm].append(volume)
+            table.setdefault(arm, {})[run["seed"]] = volume
             print(f"| {run['seed']} | {arm} | {result['trials']} | {len(points)} | {volume:.4f} |")
-    for arm, volumes in table.items():
+    for arm, by_seed in table.items():
+        volumes = list(by_seed.values())
         spread = f", sd {np.std(volumes, ddof=1):.4f}" if len(volumes) > 1 else ""
         print(f"{arm}: mean {np.mean(volumes):.4f}{spread} over {len(volumes)} seed(s)")
-    differences = np.array(table["supernet"]) - np.array(table["brief"])
-    if len(differences) > 1:
-        from scipy import stats
+    for arm in (a for a in table if a != "brief"):
+        seeds = sorted(set(table[arm]) & set(table.get("brief", {})))
+        differences = np.array([table[arm][s] - table["brief"][s] for s in seeds])
+        if len(differences) > 1:
+            from scipy import stats
 
-        half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / np.sqrt(len(differences))
-        mean = float(np.mean(differences))
-        print(f"supernet - brief: mean {mean:+.4f}, 95% t interval [{mean - half:+.4f}, {mean + half:+.4f}]")
+            half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / np.sqrt(len(differences))
+            mean = float(np.mean(differences))
+            print(f"{arm} - brief: mean {mean:+.4f}, 95% t interval [{mean - half:+.4f}, {mean + half:+.4f}] "
+                  f"over seeds {seeds}")  # fmt: skip
+        elif len(differences) == 1:
+            print(f"{arm} - brief: {differences[0]:+.4f} (seed {seeds[0]} only)")
 
 
 def main() -> None:
@@ -220,7 +292,9 @@ def main() -> None:
     p.add_argument("--score", type=int, default=40)
     p.add_argument("--brief", type=int, default=8)
     fidelity_parser = commands.add_parser("fidelity")
-    for q in (p, fidelity_parser):  # the search's default (RunConfig); 10000 for the whole validation split
+    front_parser = commands.add_parser("front")
+    front_parser.add_argument("--front-study", nargs="+", default=[], help="runs/STUDY folders to draw the panel from")
+    for q in (p, fidelity_parser, front_parser):  # the search's default (RunConfig); 10000 for the whole split
         q.add_argument("--val-images", type=int, default=INHERITED_VAL_SIZE)
         q.add_argument("--finetune-steps", type=int, nargs="+", default=[0], help="0: inherited weights as they are")
     for name in ("search", "summary"):
@@ -231,12 +305,18 @@ def main() -> None:
         p.add_argument("--verify-epochs", type=float, default=1)
         p.add_argument("--verify-train-size", type=int, default=8000)
         p.add_argument("--arms", nargs="+", default=["brief", "supernet"], help="arms to run (others: read back)")
+        p.add_argument("--finetune-steps", type=int, default=30, help="the tuned arm's --finetune-steps")
         counted = "read back the supernet arm searched this long (--minutes then counts its training)"
         p.add_argument("--supernet-minutes", type=float, default=None, help=counted)
     args = parser.parse_args()
-    {"train": train, "throughput": throughput, "fidelity": fidelity, "search": search, "summary": summary}[
-        args.command
-    ](args)
+    {
+        "train": train,
+        "throughput": throughput,
+        "fidelity": fidelity,
+        "front": front,
+        "search": search,
+        "summary": summary,
+    }[args.command](args)
 
 
 if __name__ == "__main__":
