@@ -44,9 +44,11 @@ from fidelity import (
     panel,
 )
 
+from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau
 from mbsearch.results.finished import open_finished
 from mbsearch.results.pareto import hypervolume
+from mbsearch.spec.arch import Arch
 from mbsearch.spec.decisions import random_decisions
 from mbsearch.spec.space import load_space
 from mbsearch.study.config import INHERITED_VAL_SIZE
@@ -143,16 +145,23 @@ def fidelity(args: argparse.Namespace) -> None:
                   for n in names]  # fmt: skip
         scored[label] = {n: s.accuracy for n, s in zip(names, scores, strict=True)}
         seconds[label] = statistics.median(s.seconds for s in scores)
-    rows = {}
-    for label, values in (*scored.items(), ("brief (default proxy)", brief), ("reference seed 2", second)):
-        x = [values[n] for n in names]
-        rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
-        if label in seconds:
-            rows[label] |= {"median_s": seconds[label], "mean_accuracy": statistics.mean(x)}
-        print(f"{label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
-              f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
+    rows = _tau_rows(scored | {"brief (default proxy)": brief, "reference seed 2": second}, names, truth)
+    for label, median_s in seconds.items():
+        rows[label] |= {"median_s": median_s, "mean_accuracy": statistics.mean(scored[label][n] for n in names)}
     _record("fidelity", members=len(names), rows=rows, val_images=args.val_images, inherited=scored,
             steps=trained.manifest["steps"])  # fmt: skip
+
+
+def _tau_rows(series: dict[str, dict[str, float]], names: list[str], truth: list[float], panel_name: str = ""):
+    """Kendall tau of each labelled set of accuracies against `truth` over `names`, with its bootstrap
+    interval, printed as it goes."""
+    rows = {}
+    for label, values in series.items():
+        x = [values[n] for n in names]
+        rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
+        print(f"{panel_name}{label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
+              f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
+    return rows
 
 
 FRONT_FILE = HERE / "supernet_front.json"
@@ -171,13 +180,11 @@ def front(args: argparse.Namespace) -> None:
         members = front_panel([Path(p) for p in args.front_study])
         store["members"] = {name: arch.to_dict() for name, arch in members.items()}
         store["studies"] = args.front_study
-    from mbsearch.spec.arch import Arch
-
     members = {name: Arch.from_dict(raw) for name, raw in store["members"].items()}
     trained = open_supernet(space, _supernet_folder())
 
     def save() -> None:
-        FRONT_FILE.write_text(json.dumps(store, indent=1) + "\n")
+        write_atomic(FRONT_FILE, json.dumps(store, indent=1) + "\n")  # a stopped run keeps what it trained
 
     jobs = [(f"{n}|ref={i}", n, REFERENCE_BUDGET, seed) for i, seed in enumerate(REFERENCE_SEEDS) for n in members]
     jobs += [(f"{n}|brief", n, DEFAULT_PROXY, 0) for n in members]
@@ -196,12 +203,8 @@ def front(args: argparse.Namespace) -> None:
     truth = [store["runs"][f"{n}|ref=0"]["accuracy"] for n in names]
     labels = {f"inherited+{k}": f"inherited + {k} fine-tune steps" if k else "inherited" for k in args.finetune_steps}
     labels |= {"brief": "brief (default proxy)", "ref=1": "reference seed 2"}
-    rows = {}
-    for suffix, label in labels.items():
-        x = [store["runs"][f"{n}|{suffix}"]["accuracy"] for n in names]
-        rows[label] = {"tau": kendall_tau(x, truth), "interval": bootstrap_tau(x, truth)}
-        print(f"front region, {label}: tau {rows[label]['tau']:.3f} [{rows[label]['interval'][0]:.3f}, "
-              f"{rows[label]['interval'][1]:.3f}] over {len(names)} members")  # fmt: skip
+    series = {label: {n: store["runs"][f"{n}|{suffix}"]["accuracy"] for n in names} for suffix, label in labels.items()}
+    rows = _tau_rows(series, names, truth, "front region, ")
     _record("front", members=len(names), rows=rows, val_images=args.val_images, steps=trained.manifest["steps"],
             studies=store.get("studies"))  # fmt: skip
 

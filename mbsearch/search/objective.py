@@ -178,17 +178,16 @@ class Objective:
         trial.set_user_attr(records.EVALUATOR, evaluator)
         try:
             with interrupts.interruptible():
-                result, model = (
-                    self._inherited(arch) if self.supernet is not None else (self._brief(arch, model), model)
-                )
+                result, model = self._inherited(arch) if self.supernet is not None else self._brief(arch, model)
         except Diverged as exc:
             trial.set_user_attr(records.FAIL_REASON, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         timings["score" if evaluator == "supernet" else "train"] = round(time.perf_counter() - started, 4)
         return result, model
 
-    def _brief(self, arch: Arch, model: torch.nn.Module) -> Evaluation:
-        return evaluate(arch, self.data, self.config.budget, self.config.seed, self.normalizer, model, self.training)
+    def _brief(self, arch: Arch, model: torch.nn.Module) -> tuple[Evaluation, torch.nn.Module]:
+        config = self.config
+        return evaluate(arch, self.data, config.budget, config.seed, self.normalizer, model, self.training), model
 
     def _inherited(self, arch: Arch) -> tuple[Evaluation, torch.nn.Module | None]:
         assert self.supernet is not None

@@ -47,6 +47,7 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 RANDOM_PER_STEP = 2  # the sandwich rule: largest, smallest and two random sub-networks per step
 CALIBRATION_IMAGES = 2048  # training images BatchNorm statistics are recomputed on, per scored sub-network
+TRAINING_CALIBRATION_IMAGES = 8 * 256  # what train() recomputes them on (recalibrate_batchnorm's defaults)
 # --finetune-steps: a short training from the inherited weights before scoring, on batches of this size at
 # this peak rate (one-cycle, as every training here). Lower than a brief training's 0.003: it starts from
 # trained weights (2026-12-06, 20-member panel: benchmarks/README.md, supernet section).
@@ -476,10 +477,10 @@ def score_inherited(
     model = trained.supernet.extract(arch)
     val = data.val if val_images is None else Split(data.val.images[:val_images], data.val.labels[:val_images])
     if finetune_steps:
-        result = train(model, data.train, val, finetune_budget(finetune_steps), seed, trained.normalizer,
-                       device=device)  # fmt: skip
-        return InheritedScore(result.accuracy, time.perf_counter() - started,
-                              min(len(data.train), finetune_steps * FINETUNE_BATCH), model, finetune_steps)  # fmt: skip
+        budget = finetune_budget(finetune_steps)
+        result = train(model, data.train, val, budget, seed, trained.normalizer, device=device)
+        calibrated = min(len(data.train), budget.train_size, TRAINING_CALIBRATION_IMAGES)  # its first images
+        return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, finetune_steps)
     normalize = trained.normalizer.to(device.device)
     lock = device.step_lock()
     with device.session():
