@@ -8,9 +8,10 @@ how its inherited accuracies rank against stand-alone training, and verified hyp
     python benchmarks/supernet.py search --minutes 5 --seed 0   # brief vs supernet search, then verify
     python benchmarks/supernet.py search --minutes 5 --seed 2 --arms brief supernet tuned   # + --finetune-steps 30
     python benchmarks/supernet.py summary --minutes 5       # across seeds
-    python benchmarks/supernet.py search --minutes 27.3 --seed 1 --arms brief --supernet-minutes 5
-        # the supernet's training counted: brief search for 5 min + the training's 22.3, against that seed's
-        # 5-min supernet search (read back)
+    python benchmarks/supernet.py search --minutes 29.62 --seed 0 --supernet-minutes 5
+        # the supernet's training counted: a brief search of 29.62 min (the supernet's 24.62 min of training
+        # + 5) against a 5-min supernet search (--arms brief: read that seed's 5-min supernet search back)
+    python benchmarks/supernet.py summary --minutes 29.62
 
 Data: Fashion-MNIST, 50,000 training / 10,000 validation images (split seed 0, as fidelity.py), 28x28.
 Every figure is appended to benchmarks/supernet_results.json with the date and the machine.
@@ -228,7 +229,7 @@ def search(args: argparse.Namespace) -> None:
                                                   "latency_ms"]].to_dict("records")}  # fmt: skip
             continue
         command = [sys.executable, "-m", "mbsearch", "run", "--space", "v3", "--trials", "100000", "--timeout",
-                   str(args.minutes * 60), "--runs-dir", str(RUNS), "--sampler-seed", str(args.seed), "--study", study,
+                   str(minutes * 60), "--runs-dir", str(RUNS), "--sampler-seed", str(args.seed), "--study", study,
                    "--device", "cpu", *extra]  # fmt: skip
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
