@@ -255,7 +255,8 @@ def search(args: argparse.Namespace) -> None:
 def summary(args: argparse.Namespace) -> None:
     """Verified hypervolume of every seed's two arms against one common reference point (accuracy 0, 1.1x
     the slowest verified latency of all runs), with mean, sd and the paired difference's t interval."""
-    runs = [r for r in json.loads(RESULTS.read_text()) if r["kind"] == "search" and r["minutes"] == args.minutes]
+    runs = [r for r in json.loads(RESULTS.read_text())
+            if r["kind"] == "search" and r["minutes"] == args.minutes and r["date"] >= args.since]  # fmt: skip
     slowest = 1.1 * max(p["latency_ms"] for r in runs for arm in r["results"].values() for p in arm["verified"])
     table: dict[str, dict[int, float]] = {}
     print(f"| seed | arm | trials | verified | verified hypervolume (reference {slowest:.3f} ms) |")
@@ -312,6 +313,7 @@ def main() -> None:
         p.add_argument("--finetune-steps", type=int, default=30, help="the tuned arm's --finetune-steps")
         counted = "read back the supernet arm searched this long (--minutes then counts its training)"
         p.add_argument("--supernet-minutes", type=float, default=None, help=counted)
+        p.add_argument("--since", default="", help="summary: only runs recorded on or after this date (YYYY-MM-DD)")
     args = parser.parse_args()
     {
         "train": train,
