@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mbsearch.errors import BadInput
-from mbsearch.nn.model import MobileNet, build_block, build_model
+from mbsearch.nn.model import MobileNet, build_block
 from mbsearch.spec.arch import Arch, Block
 from mbsearch.spec.decisions import decisions_of
 from mbsearch.spec.plan import LayerPlan
@@ -218,9 +218,11 @@ class Supernet(nn.Module):
                 f"{arch.name or 'the arch'} takes {arch.input.size}x{arch.input.size} images; the supernet was "
                 f"trained at {self.input_size}x{self.input_size}"
             )
-        model = build_model(arch)
-        _, state = self.sub_state(arch, decisions)
-        model.load_state_dict({name: tensor.detach().clone() for name, tensor in state.items()}, strict=True)
+        model, state = self.sub_state(arch, decisions)
+        # The meta module takes copies of the slices as its own tensors (assign): no second build, and no
+        # random initialisation that the copies would overwrite (nor its draws from the global RNG).
+        model.load_state_dict({name: tensor.detach().clone() for name, tensor in state.items()}, strict=True,
+                              assign=True)  # fmt: skip
         return model
 
     def tensors(self) -> dict[str, torch.Tensor]:

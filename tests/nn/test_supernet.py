@@ -86,6 +86,22 @@ def test_inherited_weights_compute_what_the_sub_network_built_alone_computes(spa
     assert {("ir", 5, True), ("ds", 3, False)} <= kinds  # the layouts exercised both branches, kernels and SE
 
 
+def test_an_extracted_network_is_its_own_trainable_copy_and_draws_nothing_from_the_global_rng(space) -> None:
+    supernet = _trained_supernet(space)
+    arch = supernet.arch(*random_decisions(space, random.Random(3)))
+    before = torch.get_rng_state()
+    alone = supernet.extract(arch)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's later draws do not depend on extracting
+    tensors = list(alone.parameters()) + list(alone.buffers())
+    assert tensors and not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad for p in alone.parameters())
+    shared = {name: t.clone() for name, t in supernet.tensors().items()}
+    with torch.no_grad():
+        for tensor in alone.parameters():
+            tensor.add_(1.0)  # its weights are copies: the supernet keeps its own
+    assert all(torch.equal(shared[name], t) for name, t in supernet.tensors().items())
+
+
 def test_a_smaller_kernel_is_the_centre_of_the_shared_kernel_and_widths_are_the_first_channels(space) -> None:
     supernet = _trained_supernet(space)
     width, decisions = smallest(space)
