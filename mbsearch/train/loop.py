@@ -134,8 +134,16 @@ def _random_resized_crop(batch: torch.Tensor, generator: torch.Generator) -> tor
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+RECALIBRATION_BATCH = 256  # images per forward pass when BatchNorm statistics are recomputed
+RECALIBRATION_IMAGES = 8 * RECALIBRATION_BATCH  # what train() recomputes them on: its first training images
+
+
 def recalibrate_batchnorm(
-    model: nn.Module, data: Split, normalize: Normalizer, batches: int = 8, batch_size: int = 256
+    model: nn.Module,
+    data: Split,
+    normalize: Normalizer,
+    batches: int = RECALIBRATION_IMAGES // RECALIBRATION_BATCH,
+    batch_size: int = RECALIBRATION_BATCH,
 ) -> None:
     """Re-estimate BatchNorm statistics with the final weights.
 

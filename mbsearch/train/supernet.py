@@ -39,7 +39,15 @@ from mbsearch.spec.space import SearchSpace
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, Split
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.loop import Diverged, Normalizer, recalibrate_batchnorm, score, train
+from mbsearch.train.loop import (
+    RECALIBRATION_BATCH,
+    RECALIBRATION_IMAGES,
+    Diverged,
+    Normalizer,
+    recalibrate_batchnorm,
+    score,
+    train,
+)
 
 FORMAT = "mbsearch.supernet/1"
 WEIGHTS_FILE = "supernet.safetensors"
@@ -47,7 +55,6 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 RANDOM_PER_STEP = 2  # the sandwich rule: largest, smallest and two random sub-networks per step
 CALIBRATION_IMAGES = 2048  # training images BatchNorm statistics are recomputed on, per scored sub-network
-TRAINING_CALIBRATION_IMAGES = 8 * 256  # what train() recomputes them on (recalibrate_batchnorm's defaults)
 # --finetune-steps: a short training from the inherited weights before scoring, on batches of this size at
 # this peak rate (one-cycle, as every training here). Lower than a brief training's 0.003: it starts from
 # trained weights (2026-12-06, 20-member panel: benchmarks/README.md, supernet section).
@@ -479,15 +486,16 @@ def score_inherited(
     if finetune_steps:
         budget = finetune_budget(finetune_steps)
         result = train(model, data.train, val, budget, seed, trained.normalizer, device=device)
-        calibrated = min(len(data.train), budget.train_size, TRAINING_CALIBRATION_IMAGES)  # its first images
+        calibrated = min(len(data.train), budget.train_size, RECALIBRATION_IMAGES)  # train()'s, its first images
         return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, finetune_steps)
     normalize = trained.normalizer.to(device.device)
     lock = device.step_lock()
     with device.session():
         model.to(device.device, memory_format=torch.channels_last)
         calibration = data.train.to(device.device, calibration_images)
+        batches = math.ceil(len(calibration) / RECALIBRATION_BATCH)
         with lock():
-            recalibrate_batchnorm(model, calibration, normalize, batches=math.ceil(len(calibration) / 256))
+            recalibrate_batchnorm(model, calibration, normalize, batches=batches)
         accuracy = score(model, val, normalize, batch_lock=lock)
     model.to("cpu")
     return InheritedScore(accuracy, time.perf_counter() - started, len(calibration), model)
