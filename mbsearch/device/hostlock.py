@@ -121,7 +121,12 @@ class _Records:
         self.folder = path.with_name(path.name + ".holders")
 
     def add(self, holder: Holder) -> Path:
-        self.folder.mkdir(exist_ok=True)
+        if not self.folder.is_dir():
+            self.folder.mkdir(exist_ok=True)
+            try:
+                self.folder.chmod(0o777)  # every user of the host adds and prunes records here
+            except PermissionError:
+                pass
         record = self.folder / f"{holder.pid}-{uuid.uuid4().hex[:8]}.json"
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(holder.__dict__))
@@ -141,7 +146,10 @@ class _Records:
         """Remove the records of dead holders."""
         for record, holder in self.read():
             if holder.state() == "dead":
-                record.unlink(missing_ok=True)
+                try:
+                    record.unlink(missing_ok=True)
+                except PermissionError:
+                    pass  # another user's record in a folder we may not write: a waiter skips dead ones
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -155,7 +163,7 @@ def _take_over(path: Path, fd: int, records: _Records) -> list[Holder]:
     """Move aside a lock that only dead holders are recorded on (a process one of them forked still has the
     descriptor), so that new opens lock a fresh file. Done under an exclusive lock on a sidecar, so two
     waiters never both move it; returns the dead holders, or [] if the lock was not ours to take."""
-    guard_fd = os.open(path.with_name(path.name + ".takeover"), os.O_RDWR | os.O_CREAT, 0o666)
+    guard_fd = _open_shared(path.with_name(path.name + ".takeover"))
     try:
         fcntl.flock(guard_fd, fcntl.LOCK_EX)
         if not _same_file(fd, path):
@@ -185,12 +193,29 @@ def _holder_me() -> Holder:
     return _me[pid]
 
 
+def _poll_interval(polls: int) -> float:
+    """Seconds to sleep before poll number `polls + 1`: 1, 2, 4 ... ms, then POLL_S. Short waits (one training
+    step) end quickly; the exponent is capped, since 2.0**1024 overflows a float (a wait of about 51 s)."""
+    return min(POLL_S, 0.001 * 2.0 ** min(polls, 16))
+
+
+def _open_shared(path: Path) -> int:
+    """Open (create) a lock file every user of the host can lock: a second user's worker on a shared node
+    would otherwise get EACCES on a file created 0644 under the usual umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.fchmod(fd, 0o666)
+    except PermissionError:
+        pass  # another user's file: they made it shareable
+    return fd
+
+
 def _acquire(path: Path, mode: int, what: str, records: _Records) -> int:
     """Lock `path` (flock `mode`) and return its descriptor; wait at most the bound, naming the holders."""
     bound = lock_timeout()
     start = time.monotonic()
     said, dead_since, polls = "", None, 0
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_shared(path)
     try:
         while True:
             try:
@@ -203,7 +228,7 @@ def _acquire(path: Path, mode: int, what: str, records: _Records) -> int:
                 fcntl.flock(fd, fcntl.LOCK_UN)  # we locked a file that was moved aside
             if not _same_file(fd, path):
                 os.close(fd)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = _open_shared(path)
                 continue
             waited = time.monotonic() - start
             holders = [holder for _, holder in records.read()]
@@ -235,7 +260,7 @@ def _acquire(path: Path, mode: int, what: str, records: _Records) -> int:
                     "or end that process (kill -CONT PID, or kill PID), or raise MBSEARCH_LOCK_TIMEOUT"
                 )
             polls += 1
-            time.sleep(min(POLL_S, 0.001 * 2**polls))  # short waits (one training step) end quickly
+            time.sleep(_poll_interval(polls))
     except BaseException:
         os.close(fd)
         raise

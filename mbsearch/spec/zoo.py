@@ -1,49 +1,46 @@
 """Reference MobileNets (V2, V3-Large, V3-Small) at widths 0.5/0.75/1.0, as Arch data.
 
-Channel rounding follows torchvision exactly, so at 224x224x3 with 1000 classes the parameter counts
-equal torchvision's: mobilenet_v2 3,504,872; mobilenet_v3_large 5,483,032; mobilenet_v3_small 2,542,856.
+The networks are the papers' tables as timm builds them (`timm.models.mobilenetv3._gen_mobilenet_v3`,
+`_gen_mobilenet_v2`), at every width multiplier: at 224x224x3 with 1000 classes the parameter counts equal
+timm's, e.g. mobilenet_v2 3,504,872; mobilenet_v3_large 5,483,032, _075 3,993,528, _050 2,689,904;
+mobilenet_v3_small 2,542,856, _075 2,041,872, _050 1,593,224 (tests/spec/test_zoo.py checks all nine).
+Below width 1 the V3 papers keep the last layer (1280 / 1024 wide), and timm keeps the 16-channel stem
+below 0.75; torchvision scales both, which gives other networks than the paper's.
 """
 
 from __future__ import annotations
 
 from mbsearch.errors import BadInput
 from mbsearch.spec.arch import Arch, Block, Head, InputSpec, Stem
-from mbsearch.spec.rules import adapt_strides, make_divisible, mid_channels
+from mbsearch.spec.rules import adapt_strides, make_divisible
 
 WIDTHS = {"050": 0.5, "075": 0.75, "": 1.0}
 FAMILIES = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
-# torchvision's bneck settings: (in, kernel, expanded, out, se, act, stride)
+# The V3 papers' tables in timm's arch_def form: (repeats, kernel, stride, expansion, out, se, act). The
+# expansion is timm's ratio (e2.3 gives 184 of 80 channels), applied to the block's rounded input width.
 _V3_LARGE = [
-    (16, 3, 16, 16, False, "relu", 1),
-    (16, 3, 64, 24, False, "relu", 2),
-    (24, 3, 72, 24, False, "relu", 1),
-    (24, 5, 72, 40, True, "relu", 2),
-    (40, 5, 120, 40, True, "relu", 1),
-    (40, 5, 120, 40, True, "relu", 1),
-    (40, 3, 240, 80, False, "hswish", 2),
-    (80, 3, 200, 80, False, "hswish", 1),
-    (80, 3, 184, 80, False, "hswish", 1),
-    (80, 3, 184, 80, False, "hswish", 1),
-    (80, 3, 480, 112, True, "hswish", 1),
-    (112, 3, 672, 112, True, "hswish", 1),
-    (112, 5, 672, 160, True, "hswish", 2),
-    (160, 5, 960, 160, True, "hswish", 1),
-    (160, 5, 960, 160, True, "hswish", 1),
+    (1, 3, 1, 1, 16, False, "relu"),
+    (1, 3, 2, 4, 24, False, "relu"),
+    (1, 3, 1, 3, 24, False, "relu"),
+    (3, 5, 2, 3, 40, True, "relu"),
+    (1, 3, 2, 6, 80, False, "hswish"),
+    (1, 3, 1, 2.5, 80, False, "hswish"),
+    (2, 3, 1, 2.3, 80, False, "hswish"),
+    (2, 3, 1, 6, 112, True, "hswish"),
+    (3, 5, 2, 6, 160, True, "hswish"),
 ]
 _V3_SMALL = [
-    (16, 3, 16, 16, True, "relu", 2),
-    (16, 3, 72, 24, False, "relu", 2),
-    (24, 3, 88, 24, False, "relu", 1),
-    (24, 5, 96, 40, True, "hswish", 2),
-    (40, 5, 240, 40, True, "hswish", 1),
-    (40, 5, 240, 40, True, "hswish", 1),
-    (40, 5, 120, 48, True, "hswish", 1),
-    (48, 5, 144, 48, True, "hswish", 1),
-    (48, 5, 288, 96, True, "hswish", 2),
-    (96, 5, 576, 96, True, "hswish", 1),
-    (96, 5, 576, 96, True, "hswish", 1),
+    (1, 3, 2, 1, 16, True, "relu"),
+    (1, 3, 2, 4.5, 24, False, "relu"),
+    (1, 3, 1, 3.67, 24, False, "relu"),
+    (1, 5, 2, 4, 40, True, "hswish"),
+    (2, 5, 1, 6, 40, True, "hswish"),
+    (2, 5, 1, 3, 48, True, "hswish"),
+    (3, 5, 2, 6, 96, True, "hswish"),
 ]
+# (last 1x1 conv before pooling, hidden layer after pooling): the conv scales, the hidden layer does not
+_V3_HEADS = {"mobilenet_v3_large": (960, 1280), "mobilenet_v3_small": (576, 1024)}
 # MobileNetV2's table: expansion t, out channels c, repeats n, first stride s
 _V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
@@ -53,33 +50,27 @@ def reference_names() -> list[str]:
     return [f"{family}_{suffix}" if suffix else family for family in FAMILIES for suffix in WIDTHS]
 
 
-def _expand_ratio(in_chs: int, mid_chs: int) -> float:
-    """The ratio whose rounding (rules.mid_channels) gives back torchvision's expanded width."""
-    ratio = round(mid_chs / in_chs, 4)
-    if mid_channels(in_chs, ratio) != mid_chs:
-        raise AssertionError(f"no ratio reproduces {in_chs}->{mid_chs}")  # a bug in this table, not input
-    return ratio
-
-
-def _v3(setting: list[tuple], width: float, head_hidden: int) -> tuple[Stem, list[Block], Head]:
+def _v3(family: str, width: float) -> tuple[Stem, list[Block], Head]:
     def scale(chs: int) -> int:
         return make_divisible(chs * width)
 
-    stem = Stem(out=scale(setting[0][0]), kernel=3, stride=2, act="hswish")
+    stem = Stem(out=16 if width < 0.75 else scale(16), kernel=3, stride=2, act="hswish")
+    setting = _V3_LARGE if family == "mobilenet_v3_large" else _V3_SMALL
     blocks = [
         Block(
             type="ir",
             kernel=kernel,
-            stride=stride,
-            expand=_expand_ratio(scale(in_chs), scale(expanded)),
+            stride=stride if index == 0 else 1,
+            expand=float(expand),
             out=scale(out),
             se=0.25 if se else 0,
             act=act,
         )
-        for in_chs, kernel, expanded, out, se, act, stride in setting
+        for repeats, kernel, stride, expand, out, se, act in setting
+        for index in range(repeats)
     ]
-    head = Head(conv=6 * blocks[-1].out, hidden=scale(head_hidden), act="hswish", dropout=0.2)
-    return stem, blocks, head
+    conv, hidden = _V3_HEADS[family]
+    return stem, blocks, Head(conv=scale(conv), hidden=hidden, act="hswish", dropout=0.2)
 
 
 def _v2(width: float) -> tuple[Stem, list[Block], Head]:
@@ -104,17 +95,15 @@ def reference_arch(name: str, input_size: int = 224, channels: int = 3, num_clas
 
 
 def family_arch(family: str, width: float, input_size: int = 224, channels: int = 3, num_classes: int = 1000) -> Arch:
-    """A reference family at any width multiplier (torchvision's rounding), e.g. for uniform-scaling baselines."""
+    """A reference family at any width multiplier (timm's rounding), e.g. for uniform-scaling baselines."""
     if family not in FAMILIES:
         raise BadInput(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}")
     if not 0 < width <= 4:
         raise BadInput(f"width multiplier must be in (0, 4], got {width}")
     if family == "mobilenet_v2":
         stem, blocks, head = _v2(width)
-    elif family == "mobilenet_v3_large":
-        stem, blocks, head = _v3(_V3_LARGE, width, 1280)
     else:
-        stem, blocks, head = _v3(_V3_SMALL, width, 1024)
+        stem, blocks, head = _v3(family, width)
     strides = adapt_strides([stem.stride] + [b.stride for b in blocks], input_size)
     stem = stem.model_copy(update={"stride": strides[0]})
     blocks = [b.model_copy(update={"stride": s}) for b, s in zip(blocks, strides[1:], strict=True)]

@@ -147,3 +147,55 @@ def test_bad_timeout_setting_is_one_clear_error(lock_dir, monkeypatch) -> None:
         hostlock.timing(),
     ):
         pass
+
+
+def test_a_wait_of_over_a_minute_ends_with_the_lock(lock_dir) -> None:
+    """A holder that keeps the lock for 62 s (a stopped process, a long agent request): the waiter waits it out
+    and takes the lock. The wait's back-off once overflowed after 1,024 polls (about 51 s)."""
+    holder = _start_holder(lock_dir, "hold")
+    os.kill(holder.pid, signal.SIGSTOP)
+    waiter = _waiter(lock_dir, timeout_s=120)
+    try:
+        time.sleep(62)
+        assert waiter.poll() is None, waiter.communicate()  # still waiting, not crashed
+        holder.kill()
+        out, err = waiter.communicate(timeout=30)
+        assert out.strip() == "acquired" and waiter.returncode == 0, err
+        assert "Error" not in err
+    finally:
+        holder.kill()
+        waiter.kill()
+
+
+def test_many_polls_never_overflow_the_back_off(lock_dir, monkeypatch) -> None:
+    """The same wait, thousands of polls long, without the minute: sleeping is counted instead of done."""
+    holder = _start_holder(lock_dir, "hold")
+    polls: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3000:
+            holder.kill()
+            holder.wait()
+
+    monkeypatch.setattr(hostlock.time, "sleep", fake_sleep)
+    monkeypatch.setenv("MBSEARCH_LOCK_TIMEOUT", "600")
+    try:
+        with hostlock.timing():
+            pass
+        assert len(polls) >= 3000 and max(polls) == hostlock.POLL_S
+    finally:
+        holder.kill()
+
+
+def test_lock_files_are_shareable_between_users_of_a_host(lock_dir, monkeypatch) -> None:
+    """Created under the usual umask a lock file is 0644, and a second user's worker gets EACCES on it."""
+    old = os.umask(0o022)
+    try:
+        with hostlock.timing():
+            pass
+    finally:
+        os.umask(old)
+    for name in ("mbsearch-turnstile.lock", "mbsearch-host.lock"):
+        assert (lock_dir / name).stat().st_mode & 0o777 == 0o666
+        assert (lock_dir / (name + ".holders")).stat().st_mode & 0o777 == 0o777

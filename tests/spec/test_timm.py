@@ -14,7 +14,7 @@ from mbsearch.spec.arch import Arch
 from mbsearch.spec.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
 from mbsearch.spec.sample import random_arch
 from mbsearch.spec.space import list_spaces, load_space
-from mbsearch.spec.zoo import reference_arch
+from mbsearch.spec.zoo import reference_arch, reference_names
 from tests.timm_support import import_timm
 
 timm = import_timm()
@@ -64,6 +64,56 @@ def test_timm_builds_the_reference_mobilenets_blocks_exactly(name: str) -> None:
     ours = build_model(arch).features[1:-1]
     theirs = timm_model(timm_arch_def(arch), arch.stem.out).blocks
     _assert_same(ours, theirs, arch.stem.out, 56)
+
+
+def _timm_reference(name: str) -> nn.Module:
+    """timm's builder for the paper's table at the reference's width (timm registers no large_050)."""
+    from timm.models.efficientnet import _gen_mobilenet_v2
+    from timm.models.mobilenetv3 import _gen_mobilenet_v3
+
+    width = 0.5 if name.endswith("_050") else 0.75 if name.endswith("_075") else 1.0
+    if name.startswith("mobilenet_v2"):
+        return _gen_mobilenet_v2("mobilenetv2_100", width)
+    variant = "mobilenetv3_large_100" if "large" in name else "mobilenetv3_small_100"
+    return _gen_mobilenet_v3(variant, width)
+
+
+@pytest.mark.parametrize("name", reference_names())
+def test_every_reference_is_timms_network_at_its_width(name: str) -> None:
+    """Issue 35: the whole network (stem, blocks, head, classifier) equals timm's builder at every width:
+    the same parameter count at 224x224x3 and 1000 classes, and the same outputs for the same weights.
+    The width multiplier once scaled V3's last layer (1280 / 1024) and the 16-channel stem, which the paper
+    (and timm) keep below width 1 (below 0.75 for the stem): 4 of the 9 were not the papers' networks."""
+    ours = build_model(reference_arch(name))
+    theirs = _timm_reference(name)
+    assert _params(ours) == _params(theirs) == TIMM_PARAMS[name]
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert len(mine) == len(other)
+    generator = torch.Generator().manual_seed(0)
+    for (key, value), other_value in zip(mine.items(), other.values(), strict=True):
+        assert value.numel() == other_value.numel(), key  # our hidden Linear is timm's 1x1 conv_head
+        if value.is_floating_point():
+            value.copy_(torch.rand(value.shape, generator=generator) * 0.2 + (0.9 if "running_var" in key else -0.1))
+    theirs.load_state_dict({k: v.reshape(o.shape) for (k, o), v in zip(other.items(), mine.values(), strict=True)})
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-4, atol=1e-4)
+
+
+# timm 1.0.31's parameter counts at 224x224x3, 1000 classes (shared/DESIGN.md; the V3 paper's table gives
+# 4.0M for V3-Large 0.75 and 2.0M for V3-Small 0.75).
+TIMM_PARAMS = {
+    "mobilenet_v2_050": 1_968_680,
+    "mobilenet_v2_075": 2_636_424,
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_large_050": 2_689_904,
+    "mobilenet_v3_large_075": 3_993_528,
+    "mobilenet_v3_large": 5_483_032,
+    "mobilenet_v3_small_050": 1_593_224,
+    "mobilenet_v3_small_075": 2_041_872,
+    "mobilenet_v3_small": 2_542_856,
+}
 
 
 def _sampled(space: str, count: int = 6) -> list[Arch]:

@@ -8,7 +8,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.spec.rules import make_divisible
 from mbsearch.spec.zoo import FAMILIES, family_arch, reference_arch, reference_names
 
-# torchvision's parameter counts and the papers' MAdds at 224x224x3, 1000 classes.
+# torchvision's (and timm's) parameter counts and the papers' MAdds at 224x224x3, 1000 classes.
 TORCHVISION = {
     "mobilenet_v2": (3_504_872, 300e6),
     "mobilenet_v3_large": (5_483_032, 217e6),
@@ -27,13 +27,17 @@ def test_reference_params_equal_torchvision_and_macs_match_papers(name: str) -> 
 
 
 @pytest.mark.parametrize("name", reference_names())
-def test_width_multipliers_follow_torchvision_rounding(name: str) -> None:
+def test_width_multipliers_follow_the_papers(name: str) -> None:
+    """Block widths scale; V3 keeps its last layer at every width and its 16-channel stem below 0.75 (timm)."""
     width = 0.5 if name.endswith("_050") else 0.75 if name.endswith("_075") else 1.0
     arch = reference_arch(name)
     base = reference_arch(name.removesuffix("_050").removesuffix("_075"))
     for block, base_block in zip(arch.blocks, base.blocks, strict=True):
         assert block.out == make_divisible(base_block.out * width)
-    assert arch.stem.out == make_divisible(base.stem.out * width)
+    fixed_stem = "v3" in name and width < 0.75
+    assert arch.stem.out == (16 if fixed_stem else make_divisible(base.stem.out * width))
+    if "v3" in name:
+        assert arch.head.hidden == base.head.hidden
 
 
 def test_smaller_widths_have_fewer_params() -> None:
