@@ -20,6 +20,7 @@ it and tells a dead holder from a live one (the start time guards against a reus
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -123,10 +124,8 @@ class _Records:
     def add(self, holder: Holder) -> Path:
         if not self.folder.is_dir():
             self.folder.mkdir(exist_ok=True)
-            try:
+            with contextlib.suppress(PermissionError):  # another user made it
                 self.folder.chmod(0o777)  # every user of the host adds and prunes records here
-            except PermissionError:
-                pass
         record = self.folder / f"{holder.pid}-{uuid.uuid4().hex[:8]}.json"
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(holder.__dict__))
@@ -146,10 +145,8 @@ class _Records:
         """Remove the records of dead holders."""
         for record, holder in self.read():
             if holder.state() == "dead":
-                try:
+                with contextlib.suppress(PermissionError):  # a waiter skips another user's dead record
                     record.unlink(missing_ok=True)
-                except PermissionError:
-                    pass  # another user's record in a folder we may not write: a waiter skips dead ones
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -203,10 +200,8 @@ def _open_shared(path: Path) -> int:
     """Open (create) a lock file every user of the host can lock: a second user's worker on a shared node
     would otherwise get EACCES on a file created 0644 under the usual umask."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    with contextlib.suppress(PermissionError):  # another user's file: they made it shareable
         os.fchmod(fd, 0o666)
-    except PermissionError:
-        pass  # another user's file: they made it shareable
     return fd
 
 
