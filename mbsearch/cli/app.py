@@ -62,6 +62,9 @@ class _OneLineErrors(TyperGroup):
         except Exception as exc:  # a bug or an unforeseen failure: still one line, unless asked for more
             if os.environ.get("MBSEARCH_DEBUG"):
                 raise
+            expected = _expected_failure(exc)
+            if expected is not None:
+                _fail(expected, 1)
             _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0] + " (MBSEARCH_DEBUG=1 shows more)", 1)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -78,6 +81,33 @@ def _os_error_line(exc: OSError) -> str:
         errno.EPIPE: "the output was closed",
     }.get(exc.errno or 0, "check the file and the disk")
     return f"cannot use{where}: {exc.strerror or exc}; {advice}"
+
+
+def _expected_failure(exc: Exception) -> str | None:
+    """Expected events that arrive as the libraries' own exceptions (a storage that cannot be written, an
+    artifact on another host, a training that diverged or ran out of memory), as one line; None for a bug.
+    Looked up in sys.modules: a library that was never imported raised nothing."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    optuna = sys.modules.get("optuna")
+    if optuna is not None and isinstance(exc, optuna.exceptions.StorageInternalError):
+        cause = exc.__cause__ or exc.__context__
+        detail = (str(cause).strip().splitlines() or [first])[0][:200] if cause else first
+        return (
+            f"the study's storage could not be written ({detail}): check that its file or database is writable "
+            "and that the disk has space, then rerun the same command"
+        )
+    artifacts = sys.modules.get("optuna.artifacts.exceptions")
+    if artifacts is not None and isinstance(exc, artifacts.ArtifactNotFound):
+        return (
+            f"{first}: the study's artifacts folder is not on this machine; run this where the search ran, or "
+            "copy the study's artifacts folder beside it"
+        )
+    loop = sys.modules.get("mbsearch.train.loop")
+    if loop is not None and isinstance(exc, loop.TrainingFailed):
+        return f"training failed: {first}"
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in first:  # the CPU allocator's own words
+        return f"out of memory on the CPU ({first}); use a smaller --batch-size or input, or a larger machine"
+    return None
 
 
 def _fail(message: str, code: int) -> None:
@@ -331,7 +361,14 @@ def report(
         list[Path] | None,
         typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
     ] = None,
-    device: TrainDevice = "auto",
+    device: Annotated[
+        str | None,
+        typer.Option(help="Where to train the baselines (default: where the study trained; another is refused)."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Time the baselines through this agent (http://...) on the study's device."),
+    ] = None,
     seed_noise: Annotated[
         int,
         typer.Option(
@@ -343,27 +380,29 @@ def report(
     from mbsearch.adapt.adapted import adapted_frame
     from mbsearch.report.page import write_report
     from mbsearch.results.baselines import study_baselines
-    from mbsearch.results.finished import open_finished, study_target
+    from mbsearch.results.finished import open_finished, study_target, study_training
     from mbsearch.study import records
-    from mbsearch.train.device import resolve_device
 
-    training = resolve_device(device)  # refused before anything is read
     finished = open_finished(study, runs_dir, storage)
     adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
     frame = verified_frame = None
+    training = study_training(finished, device)  # another instrument is refused before any work
     if baselines:
+        verify_training = study_training(finished, device, verified=True)
+        timer = study_target(finished, target_token, target)  # another device is refused before any work
 
         def progress(name: str, _: bool) -> None:
             console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
 
-        target = study_target(finished, target_token)
-        frame, verified_frame = study_baselines(finished, runs_dir, data_dir, target, progress, training)
+        frame, verified_frame = study_baselines(
+            finished, runs_dir, data_dir, timer, progress, training, verify_training
+        )
     noise = None
     if seed_noise and verified_frame is not None:
         from mbsearch.results.seed_noise import measure_seed_noise
 
         console.print(f"seed noise: the verified knee and two baselines with {seed_noise} more seed(s)")
-        noise = measure_seed_noise(finished, verified_frame, runs_dir, seed_noise, data_dir, target, training)
+        noise = measure_seed_noise(finished, verified_frame, runs_dir, seed_noise, data_dir, timer, verify_training)
     elif seed_noise:
         console.print("seed noise needs verified trials and baselines: run 'mbsearch verify' first", highlight=False)
     budget = records.verify_budget(finished.study)

@@ -48,7 +48,14 @@ class LockTimeout(RuntimeFailure):
 
 
 def _lock_dir() -> Path:
-    return Path(os.environ.get("MBSEARCH_LOCK_DIR", tempfile.gettempdir()))
+    """MBSEARCH_LOCK_DIR (a node-wide folder in the cluster recipes), else the system temp folder; made on
+    first use, writable by every user of the host."""
+    folder = Path(os.environ.get("MBSEARCH_LOCK_DIR", tempfile.gettempdir()))
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):  # another user made it first
+            folder.chmod(0o777)
+    return folder
 
 
 def lock_timeout() -> float:

@@ -47,6 +47,7 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
+from mbsearch.device import hostlock
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
@@ -325,7 +326,10 @@ class _Host(nn.Module):
 
 def _graph(graph: bytes, shape: tuple[int, ...], precision: str) -> bytes:
     """The graph as a network of this precision runs it: int8 quantized by the search's recipe."""
-    return quantize_int8(graph, noise_calibration(shape)) if precision == "int8" else graph
+    if precision != "int8":
+        return graph
+    with hostlock.training():  # ONNX Runtime calibrates on this CPU: no timing on the host meanwhile
+        return quantize_int8(graph, noise_calibration(shape))
 
 
 def _prepared(module: nn.Module, shape: tuple[int, ...], precision: str = "fp32") -> Prepared:

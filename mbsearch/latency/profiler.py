@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from mbsearch.device import hostlock
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import (
     LatencyCache,
@@ -78,7 +79,8 @@ def latency_of(arch: Arch, target: Target, runs: int | None = None, precision: s
     if precision != "int8":
         return measure_on(target, model, arch, runs=runs)
     shape = input_shape(arch)
-    graph = quantize_int8(export_onnx(model, arch).data, noise_calibration(shape))
+    with hostlock.training():  # ONNX Runtime calibrates on this CPU: no timing on the host meanwhile
+        graph = quantize_int8(export_onnx(model, arch).data, noise_calibration(shape))
     prepared = Prepared(graph, shape, arch)
     recipe = recipe_of(target)
     if runs is not None:

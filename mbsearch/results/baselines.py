@@ -178,9 +178,11 @@ def study_baselines(
     target: Target | None = None,
     on_progress: Callable[[str, bool], None] | None = None,
     training: TrainingDevice = CPU,
+    verify_training: TrainingDevice | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The baselines trained with the search's proxy recipe, and, where trials were verified, again with the
-    verification's budget and seed rule, so that each front is judged against baselines on equal terms."""
+    """The baselines trained with the search's proxy recipe on `training`, and, where trials were verified,
+    again with the verification's budget and seed rule on `verify_training` (default: `training`), so that
+    each front is judged against baselines on equal terms."""
     folder = data_dir or records.data_dir(finished.study)
     proxy = baseline_frame(
         finished.settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
@@ -191,6 +193,7 @@ def study_baselines(
     keys = ("epochs", "train_size", "batch_size", "lr")
     verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
     verified_settings["train_seed"] = verify_budget.get("seed")
+    verify_training = verify_training or training
     return proxy, baseline_frame(
-        verified_settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
+        verified_settings, runs_dir, folder, on_progress=on_progress, target=target, training=verify_training
     )

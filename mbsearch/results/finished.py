@@ -54,12 +54,40 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
     return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)
 
 
-def study_target(finished: FinishedStudy, token: str | None = None):
-    """The latency target the study was searched on (local, an agent, or its lookup table), reopened."""
+def study_target(finished: FinishedStudy, token: str | None = None, target: str | None = None):
+    """The latency target the study was searched on (local, an agent, or its lookup table), reopened;
+    `target` names another route to the same device (an agent on it). Refused where it is not the device
+    the study was timed on: a comparison with baselines timed elsewhere would mix two instruments."""
     from mbsearch.latency.factory import open_target
 
     settings = finished.settings
     device = records.device(finished.study)
     if settings.get("latency") == "predicted":
         return open_target("predicted", lut=Path(device.get("target", "")))
-    return open_target(settings["target"], settings["runtime"], settings["threads"], token)
+    opened = open_target(target or settings["target"], settings["runtime"], settings["threads"], token)
+    recorded, here = device.get("fingerprint"), opened.device()["fingerprint"]
+    if recorded is not None and here != recorded:
+        raise BadInput(
+            f"study {finished.study.study_name!r} was timed on device {recorded} ({device.get('cpu')}, "
+            f"{device.get('cores')} core(s)); {target or 'this machine'} is device {here} "
+            f"({opened.device().get('cpu')}): pass --target http://AGENT for an agent on the study's device "
+            "(mbsearch agent), or run this on that machine"
+        )
+    return opened
+
+
+def study_training(finished: FinishedStudy, name: str | None, verified: bool = False):
+    """The training device for the study's baselines: by default the kind its candidates trained on (or its
+    verification, with `verified`); another instrument is refused, since the margins would mix two."""
+    from mbsearch.train.device import resolve_device
+
+    budget = records.verify_budget(finished.study) or {}
+    recorded = budget.get("training") if verified else records.training(finished.study)
+    what = "verified its trials" if verified else "trained its candidates"
+    training = resolve_device(name or (recorded.split("/")[0] if recorded else "auto"))
+    if recorded is not None and training.instrument != recorded:
+        raise BadInput(
+            f"study {finished.study.study_name!r} {what} on {recorded}; the baselines would train on "
+            f"{training.instrument} and not compare: drop --device, or run this where {recorded} is available"
+        )
+    return training

@@ -151,13 +151,20 @@ def run_verify(
     training seed is derived from `seed` (default: the study's), never the proxy's own seed."""
     study = finished.study
     seed = verification_seed(finished, seed)
-    recipe = asdict(budget) | {"seed": seed}
+    # The training instrument is recorded, so that the report trains the verified baselines on the same kind
+    recipe = asdict(budget) | {"seed": seed, "training": device.instrument}
     stored = records.verify_budget(study)
     if stored is None:
         study.set_user_attr(records.VERIFY_BUDGET, recipe)
-    elif {k: v for k, v in stored.items() if k != "seed"} != asdict(budget):
+    elif {k: v for k, v in stored.items() if k not in ("seed", "training")} != asdict(budget):
         raise BadInput(
             f"study {study.study_name!r} was verified with {stored}; rerun with the same --epochs/--train-size"
+        )
+    elif stored.get("training", device.instrument) != device.instrument:
+        raise BadInput(
+            f"study {study.study_name!r} was verified on {stored['training']}; this run would train on "
+            f"{device.instrument} (results of two instruments are never mixed): pass --device "
+            f"{stored['training'].split('/')[0]}"
         )
     elif stored.get("seed", seed) != seed:
         raise BadInput(

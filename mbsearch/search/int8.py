@@ -12,7 +12,7 @@ import torch
 
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
-from mbsearch.nn.quantize import int8_recipe, onnx_accuracy
+from mbsearch.nn.quantize import int8_recipe
 from mbsearch.spec.arch import Arch
 from mbsearch.train.data import Dataset
 from mbsearch.train.int8 import Int8Scorer
@@ -37,15 +37,20 @@ class Int8Step:
     """Quantize, score and time trained candidates; holds the normalised calibration and validation images
     (made once per process: every trial reuses them)."""
 
-    def __init__(self, data: Dataset, normalizer: Normalizer, target: Target, cache: LatencyCache | None) -> None:
+    def __init__(
+        self, data: Dataset, normalizer: Normalizer, target: Target, cache: LatencyCache | None, val_size: int | None
+    ) -> None:
         self.target, self.cache = target, cache
-        self.scorer = Int8Scorer(data.train.images, normalizer, data.val)
+        # the validation images the float accuracy was scored on (a supernet scores its first ones), so that
+        # the float-vs-int8 drop compares the same images
+        val = data.val if val_size is None else data.val.head(val_size)
+        self.scorer = Int8Scorer(data.train.images, normalizer, val)
 
     def __call__(self, model: torch.nn.Module, arch: Arch, timings: dict[str, float]) -> Int8Result:
         started = time.perf_counter()
         graph = self.scorer.quantize(model, arch)
         timings["quantize"] = round(time.perf_counter() - started, 4)
-        accuracy = onnx_accuracy(graph, self.scorer.images, self.scorer.labels)
+        accuracy = self.scorer.score(graph)
         timings["int8_score"] = round(time.perf_counter() - started - timings["quantize"], 4)
         key = int8_cache_key(arch, self.target)
         hit = self.cache.get(key) if self.cache is not None else None

@@ -76,7 +76,7 @@ class Objective:
             self.normalizer = self.supernet.normalizer
         self.artifacts = artifact_store(self.config.study_dir)
         if self.config.precision == "int8":
-            self.int8 = Int8Step(self.data, self.normalizer, self.target, self.cache)
+            self.int8 = Int8Step(self.data, self.normalizer, self.target, self.cache, self.config.scoring_val_size)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -196,9 +196,8 @@ class Objective:
                                     val_images=self.config.scoring_val_size, finetune_steps=steps,
                                     seed=self.config.seed)  # fmt: skip
         budget = finetune_budget(steps) if steps else self.config.budget
-        evaluation = Evaluation(
-            inherited.accuracy, inherited.seconds, float(steps > 0), steps, budget, self.config.seed
-        )
+        ran = inherited.finetune_steps  # the steps that ran (the training split may hold fewer batches)
+        evaluation = Evaluation(inherited.accuracy, inherited.seconds, float(ran > 0), ran, budget, self.config.seed)
         return evaluation, inherited.model
 
     def _store_measures(

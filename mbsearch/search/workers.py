@@ -15,11 +15,12 @@ import time
 
 from rich.console import Console
 
-from mbsearch.errors import Interrupted, MbsearchError, RuntimeFailure
+from mbsearch.errors import BadInput, Interrupted, MbsearchError, RuntimeFailure
 from mbsearch.search.loop import SearchResult, create_study, prepare, write_outputs
+from mbsearch.search.supernet import open_for_search
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import default_url
-from mbsearch.train.device import worker_device
+from mbsearch.train.device import gpu_count, worker_device
 
 
 def _worker_main(config_json: str, worker_id: int) -> None:
@@ -73,9 +74,24 @@ def worker_config(config: RunConfig, worker_id: int) -> RunConfig:
     return config.model_copy(update={"device": worker_device(config.device, worker_id)})
 
 
+def check_gpu_sharing(workers: int, target: str, device: str, gpus: int) -> None:
+    """Latency timed on a GPU while another worker trains on it measures the contention, not the network
+    (training on a GPU takes no host lock): with --target cuda each worker needs a GPU of its own."""
+    timed_on_gpu = target.strip().lower().startswith("cuda")
+    trains_on_gpu = device.strip().lower() in ("auto", "cuda") or device.strip().lower().startswith("cuda")
+    if timed_on_gpu and trains_on_gpu and gpus > 0 and workers > gpus:
+        raise BadInput(
+            f"--workers {workers} with --target {target} on a machine with {gpus} GPU(s): workers would time "
+            f"latency on a GPU while others train on it; use --workers {gpus} or fewer, or --target cpu"
+        )
+
+
 def run_workers(config: RunConfig, console: Console) -> SearchResult:
     """Start `config.workers` worker processes on the study's storage and wait for them."""
-    prepare(config)  # bad input is reported once, here, before any process starts or anything is written
+    space, data, _ = prepare(config)  # bad input is reported once, here, before any process starts or is written
+    check_gpu_sharing(config.workers, config.target, config.device, gpu_count())
+    if config.evaluator == "supernet":  # a missing or foreign supernet is refused before the study exists
+        open_for_search(config, space, data)
     study = create_study(config, config.storage or default_url(config.study_dir), worker_id=0)
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
     processes = [

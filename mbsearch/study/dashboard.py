@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from mbsearch.errors import BadInput
 from mbsearch.study.storage import open_storage
@@ -52,6 +53,9 @@ def trial_artifact(study: optuna.Study, study_dir: Path, number: int, suffix: st
     trial = study.trials[number]
     for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
         if meta.filename.endswith(suffix):
-            with store.open_reader(meta.artifact_id) as reader:
-                return reader.read()
+            try:
+                with store.open_reader(meta.artifact_id) as reader:
+                    return reader.read()
+            except ArtifactNotFound:  # recorded in the study, but its file is on the host that uploaded it
+                return None
     return None

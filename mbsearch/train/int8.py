@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mbsearch.device import hostlock
 from mbsearch.nn.onnx_export import export_onnx
 from mbsearch.nn.quantize import CALIBRATION_IMAGES, onnx_accuracy, quantize_int8
 from mbsearch.spec.arch import Arch
@@ -24,10 +25,18 @@ class Int8Scorer:
             self.images = normalizer(eval_split.images).numpy()
         self.labels = eval_split.labels.numpy().astype(np.int64)
 
+    # Calibration and scoring run ONNX Runtime on this host's CPU: they hold the host's training lock, as a
+    # training step does, so that no latency is timed on this host meanwhile.
     def quantize(self, model: torch.nn.Module, arch: Arch) -> bytes:
-        return quantize_int8(export_onnx(model, arch).data, self.calibration)
+        with hostlock.training():
+            return quantize_int8(export_onnx(model, arch).data, self.calibration)
+
+    def score(self, graph: bytes) -> float:
+        """The int8 graph's accuracy on the evaluation split."""
+        with hostlock.training():
+            return onnx_accuracy(graph, self.images, self.labels)
 
     def __call__(self, model: torch.nn.Module, arch: Arch) -> tuple[float, bytes]:
         """The int8 graph's accuracy on the evaluation split, and the graph."""
         graph = self.quantize(model, arch)
-        return onnx_accuracy(graph, self.images, self.labels), graph
+        return self.score(graph), graph

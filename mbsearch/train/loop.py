@@ -48,7 +48,13 @@ class OutOfMemory(TrainingFailed):
 
 
 # What cuDNN and cuBLAS say when they cannot allocate their workspace (a plain RuntimeError, not torch's OOM).
-_ALLOCATION_FAILURES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+# The CPU allocator says "can't allocate memory" (a memory limit, a full machine): the same expected event.
+_ALLOCATION_FAILURES = (
+    "out of memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "can't allocate memory",
+)
 
 
 def is_allocation_failure(exc: BaseException) -> bool:

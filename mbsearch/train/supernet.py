@@ -37,13 +37,15 @@ from mbsearch.spec.arch import Arch
 from mbsearch.spec.decisions import every_layout, random_decisions
 from mbsearch.spec.space import SearchSpace
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Dataset, Split
+from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.loop import (
     RECALIBRATION_BATCH,
     RECALIBRATION_IMAGES,
     Diverged,
     Normalizer,
+    OutOfMemory,
+    is_allocation_failure,
     recalibrate_batchnorm,
     score,
     train,
@@ -212,9 +214,17 @@ def train_supernet(
     folder.mkdir(parents=True, exist_ok=True)
     normalizer = Normalizer.fit(data.train.images[: budget.train_size])
     _write_manifest(folder, identity, normalizer, complete=False, steps=0, **summary)
-    with device.session():
-        steps, seconds, resumed = _train(supernet, space, data, folder, identity, normalizer, budget, seed, device,
-                                         on_step, checkpoint_every_s)  # fmt: skip
+    try:
+        with device.session():
+            steps, seconds, resumed = _train(supernet, space, data, folder, identity, normalizer, budget, seed,
+                                             device, on_step, checkpoint_every_s)  # fmt: skip
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; the last checkpoint is kept for a resume
+        if not is_allocation_failure(exc):
+            raise
+        first = (str(exc).strip().splitlines() or ["?"])[0][:200]
+        raise OutOfMemory(
+            f"out of memory on {device.describe()} training the supernet ({first}); lower --batch-size"
+        ) from None
     supernet.to("cpu")
     write_atomic(folder / WEIGHTS_FILE, _safetensors_bytes(supernet))
     _write_manifest(folder, identity, normalizer, complete=True, steps=steps, seconds=round(seconds, 1), **summary)
@@ -288,6 +298,8 @@ def _train(
         scaler.load_state_dict(saved["scaler"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
+        if device.is_cuda and len(saved.get("cuda_rng", ())):
+            torch.cuda.set_rng_state(saved["cuda_rng"], device.device)
         draws.setstate(_python_state(saved["draws"]))
         step, seconds = int(saved["step"]), float(saved["seconds"])
     resumed = step
@@ -304,6 +316,10 @@ def _train(
             "scaler": scaler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            # dropout and other draws on the GPU: a resume on CUDA goes on with the same stream
+            "cuda_rng": torch.cuda.get_rng_state(device.device)
+            if device.is_cuda
+            else torch.empty(0, dtype=torch.uint8),
             "draws": _json_state(draws.getstate()),
             "order": order.cpu() if order is not None else torch.empty(0, dtype=torch.int64),
             "step": step,
@@ -318,21 +334,28 @@ def _train(
     last_save = time.perf_counter()
     started = time.perf_counter() - seconds
     step_lock = device.step_lock()
+    # Losses stay on the device and are read at each check (every step on the CPU, every 25 on a GPU: a
+    # read waits for the queue); the mean since the last check is what is checked and reported.
+    pending, unread = None, 0
     while step < total_steps:
         if order is None or step % steps_per_epoch == 0:
             order = torch.randperm(len(train_split), generator=generator).to(device.device)
         start = (step % steps_per_epoch) * budget.batch_size
         index = order[start : start + budget.batch_size]
         with step_lock():
-            value = _sandwich_step(supernet, space, train_split, normalize, index, big, small, draws, budget,
-                                   optimizer, scaler, params, device, check=(step + 1) % device.check_every == 0
-                                   or step + 1 == total_steps)  # fmt: skip
-            if not math.isfinite(value):
-                raise Diverged(f"supernet loss became {value} at step {step + 1} of {total_steps}; lower --lr")
+            loss = _sandwich_step(supernet, space, train_split, normalize, index, big, small, draws, budget,
+                                  optimizer, scaler, params, device)  # fmt: skip
+            pending, unread = (loss if pending is None else pending + loss), unread + 1
+            check = (step + 1) % device.check_every == 0 or step + 1 == total_steps
+            if check:
+                value = float(pending.item()) / unread
+                pending, unread = None, 0
+                if not math.isfinite(value):
+                    raise Diverged(f"supernet loss became {value} by step {step + 1} of {total_steps}; lower --lr")
             schedule.step()
         step += 1
         seconds = time.perf_counter() - started
-        if on_step:
+        if on_step and check:
             on_step(step, total_steps, value)
         end_of_epoch = step % steps_per_epoch == 0
         if step < total_steps and (end_of_epoch or time.perf_counter() - last_save >= checkpoint_every_s):
@@ -355,11 +378,10 @@ def _sandwich_step(
     scaler: torch.amp.GradScaler,
     params: list[torch.nn.Parameter],
     device: TrainingDevice,
-    check: bool,
-) -> float:
+) -> torch.Tensor:
     """One step of the sandwich rule: the largest on the labels, the smallest and RANDOM_PER_STEP random
     sub-networks on the largest's soft predictions (in-place distillation); one optimizer step for all.
-    Returns the summed loss where `check` asks for it (a host read), else 0."""
+    Returns the summed loss, detached and on the device (reading it is the caller's choice)."""
     images = normalize(train_split.images[index]).contiguous(memory_format=torch.channels_last)
     labels = train_split.labels[index]
     optimizer.zero_grad(set_to_none=True)
@@ -379,7 +401,7 @@ def _sandwich_step(
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
     scaler.step(optimizer)
     scaler.update()
-    return float(total.item()) if check else 0.0
+    return total
 
 
 def _json_state(state: tuple) -> list:
@@ -482,12 +504,13 @@ def score_inherited(
     the supernet's training rarely drew are a poor start, and a few steps repair much of it (measured)."""
     started = time.perf_counter()
     model = trained.supernet.extract(arch)
-    val = data.val if val_images is None else Split(data.val.images[:val_images], data.val.labels[:val_images])
+    val = data.val if val_images is None else data.val.head(val_images)
     if finetune_steps:
         budget = finetune_budget(finetune_steps)
         result = train(model, data.train, val, budget, seed, trained.normalizer, device=device)
         calibrated = min(len(data.train), budget.train_size, RECALIBRATION_IMAGES)  # train()'s, its first images
-        return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, finetune_steps)
+        # the steps that ran: fewer than asked where the training split is shorter than steps x batch
+        return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, result.steps)
     normalize = trained.normalizer.to(device.device)
     lock = device.step_lock()
     with device.session():

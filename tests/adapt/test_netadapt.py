@@ -129,3 +129,25 @@ def test_bad_targets_are_one_line_and_exit_2(tmp_path, runner, flags: list[str],
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()  # nothing half-done
+
+
+def test_a_step_is_kept_only_when_its_fresh_paired_timing_meets_the_goal() -> None:
+    """Issue 35: a proposal timed at 0.313 ms when proposed and 0.424 ms when re-timed (above both the goal,
+    0.404, and the network before it, 0.419) was kept. Now the best proposal whose fresh timing against the
+    current network meets the goal is kept, the others passed over, and none when none does."""
+    from types import SimpleNamespace
+
+    from mbsearch.adapt.netadapt import _first_confirmed
+
+    fresh = {"a": 0.424, "b": 0.401, "c": 0.390}  # what each proposal re-times at, paired with the current
+    events: list[str] = []
+    adapter = SimpleNamespace(confirm=lambda candidate, current, ms: fresh[candidate[0]], on_event=events.append)
+    proposal = SimpleNamespace(describe=lambda: "mid of block 12 -> 16")
+    ranked = [(0.9, name, None, proposal, 0.313, 0.8) for name in ("a", "b", "c")]  # best ratio first
+    found, steady = _first_confirmed(adapter, ranked, ("current", None), 0.419, goal=0.404)
+    assert found[1] == "b" and steady == 0.401  # 'a' passed over, 'b' the best that meets the goal
+    assert "0.424 ms re-timed (0.313 ms when proposed) misses 0.404 ms" in events[0] and len(events) == 1
+    assert _first_confirmed(adapter, ranked[:1], ("current", None), 0.419, goal=0.404) is None
+    slower = {"a": 0.40}  # meets a loose goal but is slower than the current network: not a step
+    adapter.confirm = lambda candidate, current, ms: slower[candidate[0]]
+    assert _first_confirmed(adapter, ranked[:1], ("current", None), 0.39, goal=0.45) is None

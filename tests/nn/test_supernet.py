@@ -5,6 +5,7 @@ files are named, never trusted."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -204,3 +205,19 @@ def test_damaged_and_foreign_supernets_are_named_and_refused(space, fashion, tmp
     (folder / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
     with pytest.raises(BadInput, match=r"supernet\.safetensors: damaged"):
         open_supernet(space, folder)
+
+
+def test_progress_reports_the_mean_loss_at_each_check_never_zero(space, fashion, tmp_path) -> None:
+    """Issue 35: where the loss is read every N steps (25 on a GPU), the display got 0.0 on the other steps.
+    Made testable on the CPU with a check every 3 steps: progress comes at each check (and the last step)
+    with the mean loss since the previous one."""
+    from mbsearch.train.device import TrainingDevice
+
+    torch.set_num_threads(1)
+    budget = Budget(epochs=2, train_size=256, batch_size=64, lr=0.003)  # 8 steps
+    seen: list[tuple[int, float]] = []
+    every_third = TrainingDevice(torch.device("cpu"), check_every_steps=3)
+    train_supernet(space, fashion, tmp_path / "c", _identity(space, fashion, budget), budget,
+                   device=every_third, on_step=lambda step, total, loss: seen.append((step, loss)))  # fmt: skip
+    assert [step for step, _ in seen] == [3, 6, 8]
+    assert all(math.isfinite(loss) and loss > 0.1 for _, loss in seen), seen

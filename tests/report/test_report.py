@@ -101,6 +101,7 @@ def _verified_copy(runner, tiny_study, tmp_path):
     verify = ["verify", name, "--runs-dir", str(copy), "--top", "3", "--epochs", "0.25", "--train-size", "256"]
     assert runner.invoke(app, verify).exit_code == 0
     finished = open_finished(name, copy, None)
+    assert finished.study.user_attrs["verify_budget"]["training"] == "cpu/fp32"  # where verify trained
     return name, copy, finished, finished.study.user_attrs["verify_budget"]
 
 
@@ -232,3 +233,42 @@ def test_seed_noise_is_measured_on_the_knee_and_two_baselines_and_shown_beside_e
     assert again.accuracies == noise.accuracies  # stored and cached: nothing trained twice
     page = render(compute(finished, None, budget, baselines, noise=noise))
     assert "the training seed moves one verified accuracy" in page and "noise)" in page
+
+
+def _copy(tiny_study, tmp_path):
+    """A copy of the tiny study to alter: (name, runs folder, its optuna study)."""
+    from mbsearch.study.storage import default_url, load_study
+
+    runs, name, _ = tiny_study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / name, copy / name)
+    (copy / name / "report.html").unlink(missing_ok=True)  # an earlier test's
+    return name, copy, load_study(default_url(copy / name), name)
+
+
+def test_report_refuses_to_time_baselines_on_another_device(runner, tiny_study, tmp_path) -> None:
+    """Issue 35: a report made on another machine timed the baselines there and set them beside the
+    study's latencies. It is refused in one line, before anything is trained or timed."""
+    name, copy, study = _copy(tiny_study, tmp_path)
+    device = study.user_attrs["latency_device"]
+    study.set_user_attr("latency_device", device | {"fingerprint": "0123456789abcdef", "cpu": "Other CPU"})
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "timed on device 0123456789abcdef (Other CPU" in line and "--target http://" in line
+    assert not (copy / "baselines.json").exists() and not (copy / name / "report.html").exists()
+    # without baselines nothing is timed: the page is drawn
+    assert runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--no-baselines"]).exit_code == 0
+
+
+def test_report_trains_baselines_where_the_study_trained(runner, tiny_study, tmp_path) -> None:
+    """The baselines train on the study's recorded instrument by default; another one is refused."""
+    name, copy, study = _copy(tiny_study, tmp_path)
+    assert study.user_attrs["training_instrument"] == "cpu/fp32"
+    study.set_user_attr("training_instrument", "cuda/bf16")
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "trained its candidates on cuda/bf16; the baselines would train on cpu/fp32" in result.stderr
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])  # default: cuda, absent here
+    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.stderr
+    assert not (copy / "baselines.json").exists()

@@ -62,6 +62,42 @@ def test_slurm_array_script_runs_workers_on_one_postgres_study(postgres, tmp_pat
     assert sorted(p.name for p in tmp_path.glob("mbsearch-42-*")) == ["mbsearch-42-0", "mbsearch-42-1", "mbsearch-42-2"]
 
 
+def test_slurm_tasks_with_private_temp_folders_share_one_node_wide_lock(tmp_path) -> None:
+    """Issue 35: the host lock lived in TMPDIR, which many sites make private per job, so workers on one node
+    timed while their neighbours trained. Two tasks with their own TMPDIR get one lock folder, outside both;
+    an empty EXTRA_ARGS passes nothing; TERM goes to the batch shell (B:), which execs mbsearch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mbsearch").write_text('#!/bin/bash\necho "$MBSEARCH_LOCK_DIR"\necho "$#"\n')
+    (bin_dir / "mbsearch").chmod(0o755)
+    seen = []
+    for task in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("MBSEARCH_LOCK_DIR", "EXTRA_ARGS")}
+        env |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MBSEARCH_STORAGE": "postgresql://u:p@db/nas",
+                "TMPDIR": str(tmp_path / f"job{task}"), "SLURM_ARRAY_TASK_ID": str(task)}  # fmt: skip
+        result = subprocess.run(["bash", str(DOCS / "slurm-workers.sh")], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        lock_dir, argc = result.stdout.split()
+        seen.append(lock_dir)
+        assert not lock_dir.startswith(str(tmp_path)) and argc == "15"  # the run flags, nothing empty added
+    assert seen[0] == seen[1] == "/var/tmp/mbsearch-locks"
+    assert re.search(r"^#SBATCH --signal=B:TERM@\d+$", (DOCS / "slurm-workers.sh").read_text(), re.MULTILINE)
+
+
+def test_kubernetes_pods_share_the_nodes_lock_and_are_guaranteed() -> None:
+    """Issue 35: each pod had its own /tmp (so its own host lock), and a request below the limit made the
+    pods Burstable while the manifest claimed exclusive cores."""
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((DOCS / "kubernetes.yaml").read_text())}
+    pod = documents["Job"]["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    lock_dir = {e["name"]: e["value"] for e in worker["env"]}["MBSEARCH_LOCK_DIR"]
+    mount = next(m for m in worker["volumeMounts"] if m["mountPath"] == lock_dir)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["hostPath"]["path"] == lock_dir  # node-wide, not emptyDir
+    assert worker["resources"]["requests"] == worker["resources"]["limits"]
+    assert "static CPU manager" in (DOCS.parent / "cluster.md").read_text()
+
+
 def test_slurm_script_without_storage_says_what_to_set(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MBSEARCH_STORAGE"} | {"PATH": f"{BIN}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(DOCS / "slurm-workers.sh")], env=env, capture_output=True, text=True)

@@ -48,6 +48,18 @@ def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runn
     from mbsearch.study.dashboard import trial_artifact
 
     assert graph.read_bytes() == trial_artifact(study, runs / "q", best.number, ".int8.onnx")  # the timed graph
+    # Issue 35: on a host without the study's artifacts (a copied study.db) optuna's ArtifactNotFound
+    # escaped as "internal error"; now one line that says what is missing, and nothing is written
+    (runs / "q" / "artifacts").rename(runs / "q" / "elsewhere")
+    (runs / "q" / "artifacts").mkdir()  # this host's own artifacts folder, without the search's files
+    try:
+        missing = runner.invoke(app, ["export", "q", "--runs-dir", str(runs), "--pick", "max-accuracy",
+                                      "-o", str(tmp_path / "m.json"), "--onnx", str(tmp_path / "m.onnx")])  # fmt: skip
+    finally:
+        (runs / "q" / "artifacts").rmdir()
+        (runs / "q" / "elsewhere").rename(runs / "q" / "artifacts")
+    assert missing.exit_code == 2 and "internal error" not in missing.stderr, missing.output
+    assert "int8 graph is not in" in missing.stderr and not (tmp_path / "m.onnx").exists()
     as_float = runner.invoke(app, ["export", "q", "--runs-dir", str(runs), "--pick", "max-accuracy", "--output",
                                    str(tmp_path / "f.json"), "--onnx", str(tmp_path / "f.onnx"),
                                    "--precision", "fp32"])  # fmt: skip

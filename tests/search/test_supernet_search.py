@@ -4,6 +4,8 @@ search without a matching supernet is refused before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 
@@ -137,6 +139,10 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
             assert any(
                 not torch.equal(inherited[k], v) for k, v in tuned.model.state_dict().items() if v.is_floating_point()
             )
+        # Issue 35: a training split shorter than N batches runs fewer steps, and the score says how many ran
+        short = dataclasses.replace(data, train=data.train.head(2 * 64))
+        clipped = score_inherited(supernet, records.trial_arch(complete[0]), short, val_images=300, finetune_steps=4)
+        assert clipped.finetune_steps == 2
     finally:
         torch.set_num_threads(threads)
     report = runner.invoke(app, ["report", "tuned", "--runs-dir", str(trained / "runs"), "--no-baselines"])
@@ -146,3 +152,28 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
     assert again.exit_code == 2 and "finetune_steps=4" in again.output
     brief = runner.invoke(app, ["run", "--finetune-steps", "5", "--runs-dir", str(trained / "runs")])
     assert brief.exit_code == 2 and "--finetune-steps trains inherited weights" in brief.output
+
+
+def test_workers_without_their_supernet_are_refused_before_the_study_exists(runner, tmp_path) -> None:
+    """Issue 35: `--workers N` created the study before the supernet was checked."""
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    command = ["run", "--space", str(tmp_path / "tiny.yaml"), "--evaluator", "supernet", "--workers", "2",
+               "--runs-dir", str(tmp_path / "runs"), "--study", "w", *DATA]  # fmt: skip
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "supernet" in result.stderr, result.output
+    assert not (tmp_path / "runs" / "w").exists()
+
+
+def test_workers_that_time_on_a_gpu_need_a_gpu_each() -> None:
+    """Issue 35: workers timed latency on a GPU while others trained on it. The rule, checked without a GPU
+    (the refusal itself needs a CUDA machine to reach, so it is unverified end to end)."""
+    from mbsearch.errors import BadInput
+    from mbsearch.search.workers import check_gpu_sharing
+
+    with pytest.raises(BadInput, match="--workers 2 with --target cuda on a machine with 1 GPU"):
+        check_gpu_sharing(2, "cuda", "cuda", 1)
+    with pytest.raises(BadInput, match="use --workers 2 or fewer"):
+        check_gpu_sharing(3, "cuda:0", "auto", 2)
+    check_gpu_sharing(2, "cuda", "cuda", 2)  # a GPU each
+    check_gpu_sharing(4, "cpu", "cuda", 1)  # timed on the CPU, under the host lock
+    check_gpu_sharing(2, "cuda", "cpu", 1)  # nobody trains on the GPU
