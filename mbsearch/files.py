@@ -17,14 +17,19 @@ from mbsearch.errors import BadInput
 MAX_FILE_BYTES = 1_000_000  # space and arch files are a few KB; a larger one is a mistake
 
 
-def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str:
-    """Read a UTF-8 text file of at most `limit` bytes, refusing missing, huge or binary files with one line."""
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse a missing file, a folder, or a FIFO or device (reading one would block) with one line."""
     if path.is_dir():
         raise BadInput(f"{path} is a folder, not a {what} file")
     if path.exists() and not path.is_file():
         raise BadInput(f"{path} is not a regular file (a FIFO or a device); give a {what} file")
     if not path.is_file():
         raise BadInput(f"{what} file not found: {path}")
+
+
+def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str:
+    """Read a UTF-8 text file of at most `limit` bytes, refusing missing, huge or binary files with one line."""
+    check_regular_file(path, what)
     size = path.stat().st_size
     if size > limit:
         raise BadInput(f"{path}: {what} file is {size:,} bytes, over the {limit:,} byte limit")

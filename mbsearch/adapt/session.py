@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from mbsearch.adapt.config import AdaptConfig
 from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, Step, adapt, begin, finish, trimmable
 from mbsearch.errors import BadInput
-from mbsearch.files import check_output_folder
+from mbsearch.files import check_output_folder, check_regular_file
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import check_target_precision
 from mbsearch.nn.model import build_model
@@ -51,6 +51,8 @@ def run_adapt(config: AdaptConfig, on_event: Callable[[str], None]) -> AdaptOutc
     """NetAdapt on the arch `config` names, from its weights or a first training; resumes a saved state.
     Every input and output is checked before any training. The thread count is restored."""
     spec = load_arch(config.arch)
+    if config.weights is not None:
+        check_regular_file(config.weights, "--weights")  # a FIFO would block the read forever
     out = config.out_dir
     inputs = {"the --weights file": config.weights, "the arch file": config.arch}
     check_output_folder("--out", out, OUTPUT_FILES, STATE, inputs)

@@ -602,11 +602,12 @@ def train_command(
     """Train an architecture fully and report its test accuracy (the only command that reads the test set).
     With --precision int8, also its int8 graph (model.int8.onnx) and that graph's test accuracy."""
     from mbsearch.train.fulltrain import train_arch_file
+    from mbsearch.train.image_cache import default_cache_dir
 
     with _training_progress(f"training {arch.name}") as on_step:
         _, result = train_arch_file(
             arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device,
-            skip_bad_images, runs_dir / "image-cache", precision.value,
+            skip_bad_images, default_cache_dir(runs_dir), precision.value,
         )  # fmt: skip
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)

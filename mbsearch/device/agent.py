@@ -48,7 +48,9 @@ class AgentConfig:
     provider: str = "CPUExecutionProvider"
     max_model_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 120.0  # timing budget of one request; a slower model is refused, not timed for hours
-    read_timeout: float = 60.0  # a client that stops sending mid-request loses its connection, not a thread
+    # A client silent this long mid-request (a declared body never sent, a stalled upload) gets a 408 and loses
+    # its connection, not a thread. Per read, not per body: a slow but live upload is never cut.
+    read_timeout: float = 15.0
     # The graphs it times: any, or only float (fp32) or only int8 (QDQ) ones, so that a device kept for one
     # deployment precision is never used to rank networks in the other.
     precision: str = "any"

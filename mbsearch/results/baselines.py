@@ -27,6 +27,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import evaluate
+from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer, TrainingFailed
 
@@ -97,7 +98,7 @@ def baseline_frame(
     cache = _read_cache(cache_path)
     missing = [name for name in names if _cache_key(settings, name, device, data_dir, training) not in cache]
     if missing:
-        data = load_study_data(settings, data_dir, runs_dir / "image-cache")  # the search's decoded images
+        data = load_study_data(settings, data_dir, default_cache_dir(runs_dir))  # the search's decoded images
         budget = Budget(
             epochs=settings["epochs"],
             train_size=settings["train_size"],

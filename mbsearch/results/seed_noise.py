@@ -26,6 +26,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Evaluation, derived_seed
+from mbsearch.train.image_cache import default_cache_dir
 
 NOISE_TAG = "verify-seed"  # + K: the knee trained with the K-th extra seed
 GRACE_SECONDS = 120.0
@@ -85,7 +86,7 @@ def measure_seed_noise(
         tag = f"{NOISE_TAG}{k}"
         record = done.get(tag, {}).get(number)
         if record is None:
-            data = data or load_study_data(finished.settings, data_dir, runs_dir / "image-cache")
+            data = data or load_study_data(finished.settings, data_dir, default_cache_dir(runs_dir))
             result = evaluations.evaluate_claimed(
                 finished.study,
                 tag,

@@ -27,6 +27,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_study_data
 from mbsearch.train.device import CPU, TrainingDevice, gpu_count, resolve_device, worker_device
 from mbsearch.train.evaluate import Evaluation, derived_seed
+from mbsearch.train.image_cache import default_cache_dir
 
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
 VERIFY_BATCH, VERIFY_LR = 128, 0.004
@@ -59,7 +60,7 @@ def verify_budget(data: Dataset, epochs: float, train_size: int | None) -> Budge
 def study_data(finished: FinishedStudy, data_dir) -> Dataset:
     """The dataset and validation split the search used (its stored settings and seed), a folder dataset read
     from the image cache of the study's runs folder, where the search decoded it."""
-    return load_study_data(finished.settings, data_dir, finished.study_dir.parent / "image-cache")
+    return load_study_data(finished.settings, data_dir, default_cache_dir(finished.study_dir.parent))
 
 
 def verification_seed(finished: FinishedStudy, seed: int | None = None) -> int:

@@ -47,6 +47,7 @@ from mbsearch.study.config import IDENTITY_KEYS, RunConfig, stored_identity
 from mbsearch.study.storage import default_url, open_storage, redact
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.device import TrainingDevice, resolve_device
+from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.supernet import TrainedSupernet
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -121,7 +122,7 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
         config.val_size,
         config.seed,
         bool(config.skip_bad_images),
-        config.runs_dir / "image-cache",  # shared by every command and worker on the host
+        default_cache_dir(config.runs_dir),  # shared by every command and worker on the host
     )
     if config.train_size > len(data.train):
         raise BadInput(

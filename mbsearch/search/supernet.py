@@ -16,6 +16,7 @@ from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.device import resolve_device
+from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.supernet import (
     SupernetIdentity,
     SupernetTrainResult,
@@ -27,7 +28,7 @@ from mbsearch.train.supernet import (
 
 
 def _data(space: SearchSpace, dataset: str, data_dir, input_size, channels, val_size, seed, skip_bad, runs_dir):
-    data = load_dataset(dataset, data_dir, input_size, channels, val_size, seed, skip_bad, runs_dir / "image-cache")
+    data = load_dataset(dataset, data_dir, input_size, channels, val_size, seed, skip_bad, default_cache_dir(runs_dir))
     check_space_fits(space, data.size, data.channels, data.num_classes)
     return data
 

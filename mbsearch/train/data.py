@@ -176,6 +176,12 @@ def _folder_root(root: Path, split: str) -> Path:
     return root / split if has_splits else root
 
 
+def check_test_split(dataset: str, data_dir: Path | None) -> None:
+    """Refuse a folder dataset without a test/ folder before anything is decoded (full training needs one)."""
+    if dataset == "folder" and data_dir is not None:
+        _folder_root(Path(data_dir), "test")
+
+
 def _read_folder(
     root: Path, split: str, size: int, channels: int, skip_bad: bool = False, cache_dir: Path | None = None
 ) -> CachedImages:

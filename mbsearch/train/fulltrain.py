@@ -23,7 +23,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Split, load_whole_split
+from mbsearch.train.data import Split, check_test_split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory, train
@@ -47,6 +47,7 @@ def _data(
     arch: Arch, dataset: str, data_dir: Path | None, skip_bad: bool, cache_dir: Path | None
 ) -> tuple[Split, Split]:
     channels = arch.input.channels
+    check_test_split(dataset, data_dir)  # before the training split is decoded into the image cache
     train_split, classes = load_whole_split(dataset, data_dir, "train", arch.input.size, channels, skip_bad, cache_dir)
     if train_split.images.shape[1] != channels:
         raise BadInput(f"the arch takes {channels} channel(s) but {dataset} has {train_split.images.shape[1]}")

@@ -64,8 +64,10 @@ class CachedImages:
         return np.memmap(path, dtype=np.uint8, mode="c", shape=self.images.shape)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MBSEARCH_IMAGE_CACHE") or Path("runs") / "image-cache")
+def default_cache_dir(runs_dir: Path = Path("runs")) -> Path:
+    """Where decoded folder datasets are kept: $MBSEARCH_IMAGE_CACHE, else RUNS_DIR/image-cache (shared by
+    every command and worker that uses the runs folder)."""
+    return Path(os.environ.get("MBSEARCH_IMAGE_CACHE") or runs_dir / "image-cache")
 
 
 def list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:

@@ -151,3 +151,20 @@ def test_a_step_is_kept_only_when_its_fresh_paired_timing_meets_the_goal() -> No
     slower = {"a": 0.40}  # meets a loose goal but is slower than the current network: not a step
     adapter.confirm = lambda candidate, current, ms: slower[candidate[0]]
     assert _first_confirmed(adapter, ranked[:1], ("current", None), 0.39, goal=0.45) is None
+
+
+def test_weights_from_a_fifo_are_refused_not_waited_for(tmp_path) -> None:
+    """Issue 35: `adapt --weights FIFO` hung (killed after 60 s); other commands refuse FIFOs in one line."""
+    import os
+    import subprocess
+    import sys
+
+    source = tmp_path / "tiny.json"
+    source.write_text(json.dumps(TINY))
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "mbsearch", "adapt", str(source), "--weights", str(fifo),
+               "--latency-reduction", "0.2", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is not a regular file (a FIFO" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -226,3 +226,27 @@ def test_bad_input_gets_one_line_and_exit_2_and_writes_nothing(runner, tmp_path,
 
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 30
+
+
+def test_a_study_that_cannot_be_written_is_one_clear_line(runner, tiny_study, tmp_path) -> None:
+    """Issue 35: a study.db that cannot be written (immutable here; read-only for another user) ended in
+    "internal error: StorageInternalError". It is an expected event: one line that says what to check."""
+    import shutil
+    import subprocess
+
+    runs, name, _ = tiny_study
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / name, copy / name)
+    database = copy / name / "study.db"
+    if subprocess.run(["chattr", "+i", str(database)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        result = runner.invoke(app, ["run", "--study", name, "--runs-dir", str(copy), "--trials", "8",
+                                     "--sampler", "random", "--train-size", "256", "--val-size", "256",
+                                     "--epochs", "0.5", "--train-threads", "1"])  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(database)], check=True)
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "internal error" not in line
+    assert "storage could not be written" in line and "readonly database" in line

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import pickle
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -362,3 +363,21 @@ def test_an_agent_kept_for_one_precision_refuses_the_other(no_torch, lock_dir, r
         assert not runs.exists() or not any(runs.iterdir())
     finally:
         fp32_only.stop()
+
+
+def test_a_declared_body_never_sent_is_answered_within_20_s(agent) -> None:
+    """Issue 35: `Content-Length:  12` (a leading space is valid whitespace, RFC 9110: a length of 12) with no
+    body was answered only after the 60 s read timeout; other clients of a stalled one wait that long too."""
+    import socket
+
+    address = urllib.parse.urlsplit(agent.url)
+    token = _auth(agent)["Authorization"]
+    started = time.monotonic()
+    with socket.create_connection((address.hostname, address.port), timeout=40) as connection:
+        connection.sendall(
+            f"POST /v1/measure HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length:  12\r\n\r\n".encode()
+        )
+        answer = connection.recv(200)
+    assert answer.startswith(b"HTTP/1.0 408") or answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 20
+    assert _request(agent, "GET", "/v1/health") == (200, {"ok": True, "api": "v1"})

@@ -88,9 +88,12 @@ def test_measure_prints_statistics(runner) -> None:
     assert stats["median_ms"] > 0 and stats["threads"] == 1 and stats["runtime"] == "onnxruntime"
 
 
-def test_train_reads_a_folder_through_the_runs_image_cache_and_can_skip_bad_images(runner, tmp_path) -> None:
+def test_train_reads_a_folder_through_the_runs_image_cache_and_can_skip_bad_images(
+    runner, tmp_path, monkeypatch
+) -> None:
     """Issue 30: `train` decoded a folder dataset into a CWD-relative cache, not the runs folder's, and had no
     --skip-bad-images."""
+    monkeypatch.delenv("MBSEARCH_IMAGE_CACHE")  # the default: the runs folder's cache
     _folder_dataset(tmp_path / "data")
     (tmp_path / "data" / "train" / "c0" / "0.png").write_bytes(b"broken")
     arch_file = tmp_path / "arch.json"
@@ -105,6 +108,30 @@ def test_train_reads_a_folder_through_the_runs_image_cache_and_can_skip_bad_imag
     assert result.exit_code == 0, result.output
     assert "skipped 1 unreadable image" in result.output
     assert any((tmp_path / "runs" / "image-cache").iterdir())
+
+
+def test_a_folder_without_test_is_refused_before_decoding_and_the_cache_setting_is_honoured(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """Issue 35: `train --dataset folder` on a folder without test/ was refused only after decoding the
+    training images into ./runs/image-cache; and MBSEARCH_IMAGE_CACHE was documented but ignored."""
+    _folder_dataset(tmp_path / "data")
+    cache = tmp_path / "elsewhere"
+    monkeypatch.setenv("MBSEARCH_IMAGE_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(reference_arch("mobilenet_v3_small_050", 16, 1, 3).to_json())
+    command = ["train", str(arch_file), "--epochs", "0.2", "--dataset", "folder", "--batch-size", "16",
+               "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "o")]  # fmt: skip
+    (tmp_path / "no-test").mkdir()
+    (tmp_path / "data" / "train").rename(tmp_path / "no-test" / "train")
+    refused = runner.invoke(app, [*command, "--data-dir", str(tmp_path / "no-test")])
+    assert refused.exit_code == 2 and "no test/ folder" in refused.stderr
+    assert not cache.exists() and not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+    (tmp_path / "no-test" / "train").rename(tmp_path / "data" / "train")
+    result = runner.invoke(app, [*command, "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert any(cache.iterdir()) and not (tmp_path / "runs" / "image-cache").exists()
 
 
 def test_train_precision_int8_writes_the_int8_graph_and_its_test_accuracy(runner, tmp_path) -> None:

@@ -73,3 +73,26 @@ def test_full_training_at_96_pixels_uses_random_resized_crops_seeded_per_image()
     assert 10 < flipped < 54  # about half the images flipped, each on its own
     spans = first.amax(dim=(1, 2, 3)) - first.amin(dim=(1, 2, 3))
     assert float(spans.min()) < 0.9  # some crops cover a part of the width only (zoomed in)
+
+
+class _Greedy(nn.Module):
+    """A network whose forward asks the CPU allocator for a terabyte: a real allocation failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.empty(2**40, dtype=torch.uint8)
+        return self.fc(x.flatten(1))
+
+
+def test_an_allocation_failure_on_the_cpu_is_the_candidates_out_of_memory() -> None:
+    """Issue 35: the CPU allocator's "can't allocate memory" (a memory limit, a full machine) escaped as
+    "internal error: RuntimeError"; it is the same expected event as a CUDA OOM."""
+    from mbsearch.train.loop import OutOfMemory
+
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    split = Split(images, torch.randint(0, 10, (64,)))
+    with pytest.raises(OutOfMemory, match="out of memory on .*can't allocate memory"):
+        train(_Greedy(), split, split, Budget(epochs=1, train_size=64, batch_size=32))
