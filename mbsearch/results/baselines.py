@@ -180,14 +180,17 @@ def study_baselines(
     on_progress: Callable[[str, bool], None] | None = None,
     training: TrainingDevice = CPU,
     verify_training: TrainingDevice | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The baselines trained with the search's proxy recipe on `training`, and, where trials were verified,
-    again with the verification's budget and seed rule on `verify_training` (default: `training`), so that
-    each front is judged against baselines on equal terms."""
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The baselines trained with the search's proxy recipe on `training` (none for a supernet study), and,
+    where trials were verified, again with the verification's budget and seed rule on `verify_training`
+    (default: `training`), so that each front is judged against baselines on equal terms."""
     folder = data_dir or records.data_dir(finished.study)
-    proxy = baseline_frame(
+    # A supernet study's trials are scored by inherited weights; a baseline has none, so it is compared only
+    # at the verification budget (training it at the proxy budget would plot it beside numbers of another kind).
+    inherited = finished.settings.get("evaluator") == "supernet"
+    proxy = None if inherited else baseline_frame(
         finished.settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
-    )
+    )  # fmt: skip
     verify_budget = records.verify_budget(finished.study)
     if not verify_budget or not finished.frame["verified_accuracy"].notna().any():
         return proxy, None

@@ -76,7 +76,7 @@ class ConsoleReporter:
             f"{self.worker}{verb} study {config.study_name} ({complete}/{config.trials} complete) "
             f"space={config.space_name} target={_target(config)} threads={config.threads} "
             f"training on {resolve_device(config.device).describe()} "
-            f"dataset={config.dataset} budget={config.epochs:g} epoch(s) x {config.train_size} images "
+            f"dataset={config.dataset} {_scoring(config)} "
             f"storage={storage}",
             highlight=False,
         )
@@ -143,3 +143,11 @@ def _target(config: RunConfig) -> str:
         return f"predicted by {config.lut}"
     size = f" at {config.latency_input_size}x{config.latency_input_size}" if config.latency_input_size else ""
     return f"{config.target}/{config.runtime}{size}"
+
+
+def _scoring(config: RunConfig) -> str:
+    """How each candidate is scored: the brief training's budget, or the supernet's inherited weights."""
+    if config.evaluator != "supernet":
+        return f"budget={config.epochs:g} epoch(s) x {config.train_size} images"
+    tuned = f" after {config.finetune_steps} fine-tune step(s)" if config.finetune_steps else ""
+    return f"scored by supernet weights{tuned} on {config.scoring_val_size} validation images"

@@ -5,6 +5,7 @@ search without a matching supernet is refused before anything is written."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import optuna
 import pytest
@@ -44,6 +45,8 @@ def _run(runner, root, study: str, *extra: str):
 def test_a_search_scores_by_inherited_weights_and_verify_referees(runner, trained) -> None:
     result = _run(runner, trained, "inherited")
     assert result.exit_code == 0, result.output
+    start = result.output.splitlines()[0]  # issue 35: it printed the brief training's budget
+    assert "scored by supernet weights on" in start and "budget=" not in start
     url = f"sqlite:///{trained / 'runs' / 'inherited' / 'study.db'}"
     study = optuna.load_study(study_name="inherited", storage=open_storage(url))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -59,6 +62,14 @@ def test_a_search_scores_by_inherited_weights_and_verify_referees(runner, traine
     verified = runner.invoke(app, verify)
     assert verified.exit_code == 0, verified.output
     assert "verified accuracy" in verified.output
+    # Issue 35: the report trained the baselines at the proxy budget too and plotted them beside inherited
+    # accuracies; a baseline has no inherited score, so only the verification budget's are trained
+    report = runner.invoke(app, ["report", "inherited", "--runs-dir", str(trained / "runs")])
+    assert report.exit_code == 0, report.output
+    trained_baselines = [line for line in report.output.splitlines() if line.startswith("baseline ")]
+    assert len(trained_baselines) == 9  # the nine references once, at the verification budget
+    keys = list(json.loads((trained / "runs" / "baselines.json").read_text()))
+    assert len(keys) == 9 and all("train_seed=" in key for key in keys)
 
 
 def test_a_search_without_its_supernet_is_refused_before_anything_is_written(runner, trained) -> None:
