@@ -354,58 +354,32 @@ def report(
     study: StudyName,
     runs_dir: RunsDir = Path("runs"),
     storage: Storage = None,
-    baselines: Annotated[bool, typer.Option(help="Train and time the MobileNet baselines (cached).")] = True,
+    baselines: Annotated[bool, typer.Option(help="Draw the stored MobileNet baselines ('verify' makes them).")] = True,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder, if the search used --data-dir.")] = None,
-    target_token: TargetToken = None,
     adapted: Annotated[
         list[Path] | None,
         typer.Option(help="An 'adapt' output (adapted.json or its folder) to show beside the front; repeatable."),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="Where to train the baselines (default: where the study trained; another is refused)."),
-    ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(help="Time the baselines through this agent (http://...) on the study's device."),
-    ] = None,
-    seed_noise: Annotated[
-        int,
-        typer.Option(
-            min=0, max=10, help="Retrain the verified knee and two baselines with N more seeds: the seed noise."
-        ),
-    ] = 0,
 ) -> None:
-    """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more."""
+    """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more. Draws what
+    the study and the stored baselines hold; trains and times nothing ('verify' does)."""
     from mbsearch.adapt.adapted import adapted_frame
     from mbsearch.report.page import write_report
-    from mbsearch.results.baselines import study_baselines
-    from mbsearch.results.finished import open_finished, study_target, study_training
+    from mbsearch.results.baselines import stored_study_baselines
+    from mbsearch.results.finished import open_finished
+    from mbsearch.results.seed_noise import stored_seed_noise
     from mbsearch.study import records
 
     finished = open_finished(study, runs_dir, storage)
-    adapted_points = adapted_frame(adapted or [], finished)  # refused before any baseline is trained
+    adapted_points = adapted_frame(adapted or [], finished)
     frame = verified_frame = None
-    training = study_training(finished, device)  # another instrument is refused before any work
     if baselines:
-        verify_training = study_training(finished, device, verified=True)
-        timer = study_target(finished, target_token, target)  # another device is refused before any work
-
-        def progress(name: str, _: bool) -> None:
-            console.print(f"baseline {name}: training and timing (cached afterwards)", highlight=False)
-
-        frame, verified_frame = study_baselines(
-            finished, runs_dir, data_dir, timer, progress, training, verify_training
-        )
-    noise = None
-    if seed_noise and verified_frame is not None:
-        from mbsearch.results.seed_noise import measure_seed_noise
-
-        console.print(f"seed noise: the verified knee and two baselines with {seed_noise} more seed(s)")
-        noise = measure_seed_noise(finished, verified_frame, runs_dir, seed_noise, data_dir, timer, verify_training)
-    elif seed_noise:
-        console.print("seed noise needs verified trials and baselines: run 'mbsearch verify' first", highlight=False)
+        stored = stored_study_baselines(finished, runs_dir, data_dir)
+        frame, verified_frame = stored.proxy, stored.verified
+        for line in stored.missing:
+            console.print(line, highlight=False, soft_wrap=True)
     budget = records.verify_budget(finished.study)
+    noise = stored_seed_noise(finished) if verified_frame is not None else None
     path = write_report(finished, frame, budget, verified_frame, adapted_points, noise)
     console.print(f"wrote {path}", highlight=False)
 
@@ -441,10 +415,23 @@ def verify(
         PrecisionChoice | None,
         typer.Option(help="fp32 or int8 (default: the study's; an int8 study scores the int8 graph)."),
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also train and time the MobileNet baselines at both budgets (stored once per data and device)."
+        ),
+    ] = True,
+    seed_noise: Annotated[
+        int,
+        typer.Option(
+            min=0, max=10, help="Retrain the verified knee and two baselines with N more seeds: the seed noise."
+        ),
+    ] = 0,
 ) -> None:
     """Retrain the front (and the next non-dominated layers, up to --top) at a longer budget, on the training
-    split, scored on the search's validation split. Stored in the study; rerun to resume."""
-    from mbsearch.results.finished import open_finished
+    split, scored on the search's validation split, then train and time the MobileNet baselines the report
+    compares with. Stored in the study and in RUNS_DIR/baselines.json; rerun to resume."""
+    from mbsearch.results.finished import open_finished, study_target
     from mbsearch.results.verify import plan_verify, verify_study
 
     finished = open_finished(study, runs_dir, storage)
@@ -454,8 +441,9 @@ def verify(
             f"study {study!r} searched in {searched}: its verification is in {searched} too; drop --precision "
             f"or give --precision {searched}"
         )
-    # opened first: an unknown or absent target is refused before any training
+    # opened first: an unknown or absent target, or another device than the study's, is refused before training
     retime_on = _open_study_target(finished, target, target_token) if target is not None else None
+    timer = study_target(finished, target_token) if baselines or seed_noise else None
     plan = plan_verify(finished, data_dir, epochs, train_size, workers, threads, device)
     console.print(plan.describe(top, study, epochs), highlight=False)
 
@@ -468,6 +456,34 @@ def verify(
     if retime_on is not None:
         _retime(finished, result.chosen, retime_on, target)
     _print_verified(result)
+    if timer is not None:
+        _verify_baselines(open_finished(study, runs_dir, storage), runs_dir, data_dir, timer, seed_noise)
+
+
+def _verify_baselines(finished, runs_dir: Path, data_dir: Path | None, timer, seed_noise: int) -> None:
+    """The baselines at the proxy budget (on the study's training instrument, where this machine has it) and
+    at the verification budget (on verify's), trained and timed where missing; then the seed noise."""
+    from mbsearch.results.baselines import study_baselines
+    from mbsearch.results.finished import study_training
+
+    try:
+        training = study_training(finished, None)
+    except BadInput as exc:  # searched on a GPU, verified on a CPU: the proxy baselines are made there
+        console.print(f"baselines at the proxy budget skipped: {exc}", highlight=False)
+        training = None
+    verify_training = study_training(finished, None, verified=True)
+
+    def progress(name: str, _: bool) -> None:
+        console.print(f"baseline {name}: training and timing (stored for later studies)", highlight=False)
+
+    _, verified_frame = study_baselines(finished, runs_dir, data_dir, timer, progress, training, verify_training)
+    if seed_noise and verified_frame is not None:
+        from mbsearch.results.seed_noise import measure_seed_noise
+
+        console.print(f"seed noise: the verified knee and two baselines with {seed_noise} more seed(s)")
+        noise = measure_seed_noise(finished, verified_frame, runs_dir, seed_noise, data_dir, timer, verify_training)
+        if noise is not None:
+            console.print(f"seed noise of one verified accuracy: {noise.sd_points:.2f} points (sd)", highlight=False)
 
 
 def _open_study_target(finished, target: str, token: str | None):

@@ -494,7 +494,11 @@ def _dominance_text(data: ReportData) -> str:
             "(<code>mbsearch verify STUDY</code> trains both alike).</p>"
         )
     if data.dominance is None:
-        return "<p>Baselines were not computed (<code>--no-baselines</code>).</p>"
+        return (
+            "<p>No baselines drawn: none are stored for this study's data and device (<code>mbsearch verify "
+            "STUDY</code> trains and times them on the study's device), or the report was made with "
+            "<code>--no-baselines</code>.</p>"
+        )
     items = []
     for row in data.dominance.itertuples():
         if row.dominated:

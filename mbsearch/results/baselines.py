@@ -1,7 +1,9 @@
 """Reference MobileNets measured exactly like the candidates: same data, proxy budget, target and runtime.
 
-Results are cached in <runs-dir>/baselines.json, one entry per (host, dataset and its folder, input, budget,
-target, runtime, threads, training device and precision, model), so a report computes each baseline once.
+Results are stored in <runs-dir>/baselines.json, one entry per (device fingerprint, dataset and its folder,
+input, budget and seed rule, target, runtime, threads, training instrument, model), so each baseline is
+trained and timed once, by `verify`, and reused by every later study on the same data and device; changing
+any of these trains it again. `report` only reads them (stored_study_baselines): it never trains or times.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,7 @@ COLUMNS = ["name", "val_accuracy", "latency_ms", "latency_iqr_ms", "params", "ma
            "float_latency_ms"]  # fmt: skip
 
 
-def _cache_key(
-    settings: dict[str, Any], name: str, device: str, data_dir: Path | None, training: TrainingDevice
-) -> str:
+def _cache_key(settings: dict[str, Any], name: str, device: str, data_dir: Path | None, instrument: str) -> str:
     fields = [
         "dataset",
         "input_size",
@@ -63,7 +64,7 @@ def _cache_key(
     # The data the baselines trained on (two folder datasets of one size are different data) and the
     # training instrument (cpu/fp32 and cuda/bf16 give different accuracies).
     folder = str(Path(data_dir).resolve()) if data_dir is not None else "default"
-    described += f",data_dir={folder},training={training.instrument}"
+    described += f",data_dir={folder},training={instrument}"
     return f"{device}|{described}|{name}"
 
 
@@ -96,7 +97,7 @@ def baseline_frame(
     device = target.device()["fingerprint"]
     cache_path = runs_dir / "baselines.json"
     cache = _read_cache(cache_path)
-    missing = [name for name in names if _cache_key(settings, name, device, data_dir, training) not in cache]
+    missing = [name for name in names if _cache_key(settings, name, device, data_dir, training.instrument) not in cache]
     if missing:
         data = load_study_data(settings, data_dir, default_cache_dir(runs_dir))  # the search's decoded images
         budget = Budget(
@@ -136,11 +137,11 @@ def baseline_frame(
                         row["latency_ms"], row["latency_iqr_ms"] = timed.median_ms, timed.iqr_ms
                 except (TrainingFailed, QuantizationFailed):  # no accuracy (diverged, too large, not quantizable)
                     row["val_accuracy"] = nan
-                cache[_cache_key(settings, name, device, data_dir, training)] = row
+                cache[_cache_key(settings, name, device, data_dir, training.instrument)] = row
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:
             latency_cache.close()
-    rows = [cache[_cache_key(settings, name, device, data_dir, training)] for name in names]
+    rows = [cache[_cache_key(settings, name, device, data_dir, training.instrument)] for name in names]
     return pd.DataFrame(rows, columns=COLUMNS)  # a float study's rows lack the float_ columns: NaN
 
 
@@ -172,32 +173,87 @@ def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "dominated", "accuracy_gain", "speedup"])
 
 
+def _verified_settings(finished: FinishedStudy) -> dict[str, Any] | None:
+    """The study's settings at its verification budget and seed rule; None before any trial is verified."""
+    verify_budget = records.verify_budget(finished.study)
+    if not verify_budget or not finished.frame["verified_accuracy"].notna().any():
+        return None
+    keys = ("epochs", "train_size", "batch_size", "lr")
+    return finished.settings | {key: verify_budget[key] for key in keys} | {"train_seed": verify_budget.get("seed")}
+
+
+def _compared_at_proxy(finished: FinishedStudy) -> bool:
+    """A supernet study's trials are scored by inherited weights; a baseline has none, so it is compared only
+    at the verification budget (at the proxy budget it would be plotted beside numbers of another kind)."""
+    return finished.settings.get("evaluator") != "supernet"
+
+
+@dataclass(frozen=True)
+class StoredBaselines:
+    """What `report` draws: the stored baselines of a study at each budget (None where none is stored or
+    compared), and a line per budget with missing references, naming the command that fills them."""
+
+    proxy: pd.DataFrame | None
+    verified: pd.DataFrame | None
+    missing: tuple[str, ...]
+
+
+def _stored(settings: dict[str, Any], runs_dir: Path, data_dir: Path | None, device: str, instrument: str):
+    cache = _read_cache(runs_dir / "baselines.json")
+    rows = {name: cache.get(_cache_key(settings, name, device, data_dir, instrument)) for name in reference_names()}
+    found = [row for row in rows.values() if row is not None]
+    frame = pd.DataFrame(found, columns=COLUMNS) if found else None
+    return frame, [name for name, row in rows.items() if row is None]
+
+
+def stored_study_baselines(finished: FinishedStudy, runs_dir: Path, data_dir: Path | None = None) -> StoredBaselines:
+    """The baselines stored for this study's data, budgets, device fingerprint and training instruments
+    (the study's records, not this machine's): nothing is trained or timed, and results made on another
+    device or instrument are never drawn beside the study's."""
+    study, folder = finished.study, data_dir or records.data_dir(finished.study)
+    device = str(records.device(study).get("fingerprint"))
+    instrument = records.training(study) or CPU.instrument
+    proxy, missing_proxy = (None, []) if not _compared_at_proxy(finished) else _stored(
+        finished.settings, runs_dir, folder, device, instrument
+    )  # fmt: skip
+    verified, missing_verified = None, []
+    if (settings := _verified_settings(finished)) is not None:
+        verify_instrument = (records.verify_budget(study) or {}).get("training") or instrument
+        verified, missing_verified = _stored(settings, runs_dir, folder, device, verify_instrument)
+    name = study.study_name
+    missing = tuple(
+        f"{len(names)} of {len(reference_names())} baselines at the {budget} budget are not stored for this "
+        f"study's data and device ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): run "
+        f"'mbsearch verify {name}' on the study's device to train and time them"
+        for budget, names in (("proxy", missing_proxy), ("verify", missing_verified))
+        if names
+    )
+    return StoredBaselines(proxy, verified, missing)
+
+
 def study_baselines(
     finished: FinishedStudy,
     runs_dir: Path,
     data_dir: Path | None = None,
     target: Target | None = None,
     on_progress: Callable[[str, bool], None] | None = None,
-    training: TrainingDevice = CPU,
+    training: TrainingDevice | None = CPU,
     verify_training: TrainingDevice | None = None,
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The baselines trained with the search's proxy recipe on `training` (none for a supernet study), and,
-    where trials were verified, again with the verification's budget and seed rule on `verify_training`
-    (default: `training`), so that each front is judged against baselines on equal terms."""
+    """Train and time what is not stored yet: the baselines with the search's proxy recipe on `training`
+    (none for a supernet study, or where `training` is None), and, where trials were verified, again with
+    the verification's budget and seed rule on `verify_training` (default: `training`), so that each front
+    is judged against baselines on equal terms."""
     folder = data_dir or records.data_dir(finished.study)
-    # A supernet study's trials are scored by inherited weights; a baseline has none, so it is compared only
-    # at the verification budget (training it at the proxy budget would plot it beside numbers of another kind).
-    inherited = finished.settings.get("evaluator") == "supernet"
-    proxy = None if inherited else baseline_frame(
-        finished.settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
-    )  # fmt: skip
-    verify_budget = records.verify_budget(finished.study)
-    if not verify_budget or not finished.frame["verified_accuracy"].notna().any():
+    proxy = None
+    if training is not None and _compared_at_proxy(finished):
+        proxy = baseline_frame(
+            finished.settings, runs_dir, folder, on_progress=on_progress, target=target, training=training
+        )
+    settings = _verified_settings(finished)
+    if settings is None:
         return proxy, None
-    keys = ("epochs", "train_size", "batch_size", "lr")
-    verified_settings = finished.settings | {key: verify_budget[key] for key in keys}
-    verified_settings["train_seed"] = verify_budget.get("seed")
-    verify_training = verify_training or training
+    verify_training = verify_training or training or CPU
     return proxy, baseline_frame(
-        verified_settings, runs_dir, folder, on_progress=on_progress, target=target, training=verify_training
+        settings, runs_dir, folder, on_progress=on_progress, target=target, training=verify_training
     )

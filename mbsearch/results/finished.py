@@ -54,24 +54,23 @@ def open_finished(name: str, runs_dir: Path, storage: str | None) -> FinishedStu
     return FinishedStudy(study, study_dir, settings, frame, searched, decision, basis)
 
 
-def study_target(finished: FinishedStudy, token: str | None = None, target: str | None = None):
-    """The latency target the study was searched on (local, an agent, or its lookup table), reopened;
-    `target` names another route to the same device (an agent on it). Refused where it is not the device
-    the study was timed on: a comparison with baselines timed elsewhere would mix two instruments."""
+def study_target(finished: FinishedStudy, token: str | None = None):
+    """The latency target the study was searched on (local, an agent, or its lookup table), reopened.
+    Refused where it is not the device the study was timed on: baselines timed elsewhere would be set
+    beside the study's latencies, two instruments in one comparison."""
     from mbsearch.latency.factory import open_target
 
     settings = finished.settings
     device = records.device(finished.study)
     if settings.get("latency") == "predicted":
         return open_target("predicted", lut=Path(device.get("target", "")))
-    opened = open_target(target or settings["target"], settings["runtime"], settings["threads"], token)
+    opened = open_target(settings["target"], settings["runtime"], settings["threads"], token)
     recorded, here = device.get("fingerprint"), opened.device()["fingerprint"]
     if recorded is not None and here != recorded:
         raise BadInput(
             f"study {finished.study.study_name!r} was timed on device {recorded} ({device.get('cpu')}, "
-            f"{device.get('cores')} core(s)); {target or 'this machine'} is device {here} "
-            f"({opened.device().get('cpu')}): pass --target http://AGENT for an agent on the study's device "
-            "(mbsearch agent), or run this on that machine"
+            f"{device.get('cores')} core(s)); {settings['target']} here is device {here} "
+            f"({opened.device().get('cpu')}): run this on that machine, or pass --no-baselines"
         )
     return opened
 

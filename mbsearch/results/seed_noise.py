@@ -108,4 +108,12 @@ def measure_seed_noise(
         for row in again.itertuples():
             if row.val_accuracy == row.val_accuracy:  # NaN: that training failed
                 accuracies[str(row.name)].append(float(row.val_accuracy))
-    return SeedNoise(accuracies, 100 * pooled_sd(list(accuracies.values())))
+    noise = SeedNoise(accuracies, 100 * pooled_sd(list(accuracies.values())))
+    finished.study.set_user_attr(records.SEED_NOISE, {"accuracies": accuracies, "sd_points": noise.sd_points})
+    return noise
+
+
+def stored_seed_noise(finished: FinishedStudy) -> SeedNoise | None:
+    """The seed noise `verify --seed-noise` measured, as stored in the study (report draws it)."""
+    stored = records.seed_noise(finished.study)
+    return None if stored is None else SeedNoise(stored["accuracies"], float(stored["sd_points"]))

@@ -22,7 +22,8 @@ DEVICE = "latency_device"  # the latency target and its fingerprint; a study nev
 SUPERNET = "supernet"  # --evaluator supernet: the supernet's folder, digest and steps; a study keeps one
 PRECISION = "precision"  # fp32, or int8 with its quantization recipe (nn.quantize.int8_recipe)
 TRAINING = "training_instrument"  # where candidates train and in what precision (cpu/fp32, cuda/bf16, ...)
-VERIFY_BUDGET = "verify_budget"  # the verification's budget and training seed
+VERIFY_BUDGET = "verify_budget"  # the verification's budget, training seed and training instrument
+SEED_NOISE = "seed_noise"  # verify --seed-noise: verified accuracies per network over seeds, and their pooled sd
 EVALUATION_PREFIX = "eval"  # eval:TAG:TRIAL: a later evaluation of a trial (a rung, or verify)
 CONFIRMED_PREFIX = "confirmed:"  # + trial number: a re-timing on the real device
 
@@ -74,6 +75,16 @@ def data_dir(study: optuna.Study) -> Path | None:
 def verify_budget(study: optuna.Study) -> dict[str, Any] | None:
     stored = study.user_attrs.get(VERIFY_BUDGET)
     return stored if isinstance(stored, dict) else None
+
+
+def seed_noise(study: optuna.Study) -> dict[str, Any] | None:
+    """The stored seed noise ({"accuracies": {network: [accuracy, ...]}, "sd_points": float}), or None."""
+    stored = study.user_attrs.get(SEED_NOISE)
+    if not isinstance(stored, dict) or not isinstance(stored.get("accuracies"), dict):
+        return None
+    if not isinstance(stored.get("sd_points"), int | float):
+        return None
+    return stored
 
 
 def trial_arch(trial: optuna.trial.FrozenTrial) -> Arch:

@@ -418,7 +418,7 @@ def test_a_token_the_user_chose_is_never_printed() -> None:
 
 # --- verify: dead claims, targets first, Ctrl-C --------------------------------------------------------------
 
-VERIFY = ["--top", "1", "--epochs", "0.25", "--train-size", "256", "--threads", "1"]
+VERIFY = ["--top", "1", "--epochs", "0.25", "--train-size", "256", "--threads", "1", "--no-baselines"]
 
 
 def _claim_front(runs, name, worker: str) -> list[int]:
@@ -472,7 +472,20 @@ def test_verify_interrupted_says_how_to_resume(tiny_study, tmp_path) -> None:
 
     runs, name = _copy_study(tiny_study, tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "mbsearch", "verify", name, "--runs-dir", str(runs), "--top", "2", "--epochs", "1"],
+        [
+            sys.executable,
+            "-m",
+            "mbsearch",
+            "verify",
+            name,
+            "--runs-dir",
+            str(runs),
+            "--top",
+            "2",
+            "--epochs",
+            "1",
+            "--no-baselines",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

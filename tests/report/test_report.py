@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from mbsearch.cli.app import app
 from mbsearch.results.baselines import baseline_frame
@@ -31,9 +32,13 @@ def _chromium(*args: str, profile) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report_path(tiny_study):
+    """The tiny study's report, its proxy baselines made first as `verify` makes them (report makes none)."""
     from typer.testing import CliRunner
 
+    from mbsearch.results.baselines import study_baselines
+
     runs, name, _ = tiny_study
+    study_baselines(open_finished(name, runs, None), runs)
     result = CliRunner().invoke(app, ["report", name, "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
     return runs / name / "report.html"
@@ -47,6 +52,7 @@ def test_report_is_self_contained_with_all_sections(report_path) -> None:
         assert f'id="{div}"' in page
     assert "ir_r1_" in page or "ds_r1_" in page  # hover text carries the timm strings
     assert "The front dominates" in page and "mobilenet_v3_large" in page
+    assert '"name":"MobileNet baselines"' in page  # the trace the stored baselines are drawn as
     assert "Pareto front" in page and "(knee)" in page
 
 
@@ -122,8 +128,9 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     best = points.loc[points["verified_accuracy"].idxmax(), "number"]
     assert best in set(data.front["number"])  # the most accurate verified trial is on the verified front
     assert list(data.dominance["name"]) == names
-    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--no-baselines"])
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])  # verify stored the baselines
     assert result.exit_code == 0, result.output
+    assert "not stored" not in result.output  # verify made both budgets' baselines: nothing is missing
     page = (copy / name / "report.html").read_text()
     assert 'id="verified-plot"' in page and "Kendall τ between proxy and verified" in page
     # Issue 17: what was verified leads the page, the proxy's view follows and says it is the proxy's
@@ -231,6 +238,9 @@ def test_seed_noise_is_measured_on_the_knee_and_two_baselines_and_shown_beside_e
     assert noise.sd_points > 0
     again = measure_seed_noise(open_finished(name, copy, None), baselines, copy, extra=1)
     assert again.accuracies == noise.accuracies  # stored and cached: nothing trained twice
+    from mbsearch.results.seed_noise import stored_seed_noise
+
+    assert stored_seed_noise(open_finished(name, copy, None)) == noise  # what the report draws, trained by verify
     page = render(compute(finished, None, budget, baselines, noise=noise))
     assert "the training seed moves one verified accuracy" in page and "noise)" in page
 
@@ -246,29 +256,68 @@ def _copy(tiny_study, tmp_path):
     return name, copy, load_study(default_url(copy / name), name)
 
 
-def test_report_refuses_to_time_baselines_on_another_device(runner, tiny_study, tmp_path) -> None:
-    """Issue 35: a report made on another machine timed the baselines there and set them beside the
-    study's latencies. It is refused in one line, before anything is trained or timed."""
+def test_report_trains_nothing_and_says_which_command_fills_what_is_missing(runner, tiny_study, tmp_path) -> None:
+    """Issue 38: `report` never trains or times: with no stored baselines it draws the page at once and names
+    'mbsearch verify'. Issue 35: a report made on another machine (or for another training instrument) timed
+    and trained the baselines there; stored results are now read under the study's own device fingerprint
+    and instrument, so another machine's are never drawn beside the study's."""
+    import time
+
+    name, copy, study = _copy(tiny_study, tmp_path)
+    started = time.monotonic()
+    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 30
+    assert "9 of 9 baselines at the proxy budget are not stored for this study's data and device" in result.stdout
+    assert f"run 'mbsearch verify {name}'" in result.stdout
+    assert not (copy / "baselines.json").exists() and not (copy / "latency-cache.sqlite").exists()
+    page = (copy / name / "report.html").read_text()
+    assert '"name":"MobileNet baselines"' not in page and "No baselines drawn: none are stored" in page
+    # stored for this study's device: drawn; the same rows under another fingerprint or instrument: not
+    from mbsearch.results.baselines import stored_study_baselines
+
+    rows = baseline_frame(open_finished(name, copy, None).settings, copy, names=["mobilenet_v2_050"])
+    assert len(rows) == 1
+    stored = stored_study_baselines(open_finished(name, copy, None), copy)
+    assert list(stored.proxy["name"]) == ["mobilenet_v2_050"] and "8 of 9" in stored.missing[0]
+    device = study.user_attrs["latency_device"]
+    study.set_user_attr("latency_device", device | {"fingerprint": "0123456789abcdef", "cpu": "Other CPU"})
+    assert stored_study_baselines(open_finished(name, copy, None), copy).proxy is None
+    study.set_user_attr("latency_device", device)
+    study.set_user_attr("training_instrument", "cuda/bf16")
+    assert stored_study_baselines(open_finished(name, copy, None), copy).proxy is None
+
+
+def test_verify_refuses_to_time_baselines_on_another_device(runner, tiny_study, tmp_path) -> None:
+    """Issue 35: the baselines are timed only on the study's device; elsewhere `verify` refuses in one line
+    before it trains anything (or runs with --no-baselines)."""
     name, copy, study = _copy(tiny_study, tmp_path)
     device = study.user_attrs["latency_device"]
     study.set_user_attr("latency_device", device | {"fingerprint": "0123456789abcdef", "cpu": "Other CPU"})
-    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])
+    verify = ["verify", name, "--runs-dir", str(copy), "--top", "1", "--epochs", "0.25", "--train-size", "256"]
+    result = runner.invoke(app, verify)
     assert result.exit_code == 2, result.output
     line = result.stderr.strip()
-    assert "\n" not in line and "timed on device 0123456789abcdef (Other CPU" in line and "--target http://" in line
-    assert not (copy / "baselines.json").exists() and not (copy / name / "report.html").exists()
-    # without baselines nothing is timed: the page is drawn
-    assert runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--no-baselines"]).exit_code == 0
+    assert "\n" not in line and "timed on device 0123456789abcdef (Other CPU" in line and "--no-baselines" in line
+    assert not (copy / "baselines.json").exists() and "verify_budget" not in study.user_attrs
 
 
-def test_report_trains_baselines_where_the_study_trained(runner, tiny_study, tmp_path) -> None:
-    """The baselines train on the study's recorded instrument by default; another one is refused."""
-    name, copy, study = _copy(tiny_study, tmp_path)
-    assert study.user_attrs["training_instrument"] == "cpu/fp32"
-    study.set_user_attr("training_instrument", "cuda/bf16")
-    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy), "--device", "cpu"])
-    assert result.exit_code == 2, result.output
-    assert "trained its candidates on cuda/bf16; the baselines would train on cpu/fp32" in result.stderr
-    result = runner.invoke(app, ["report", name, "--runs-dir", str(copy)])  # default: cuda, absent here
-    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.stderr
-    assert not (copy / "baselines.json").exists()
+def test_baselines_are_reused_across_studies_and_trained_again_when_their_key_changes(tiny_study, tmp_path) -> None:
+    """Issue 38: a baseline is stored once per (data and split, budget, seed rule, training instrument, device
+    fingerprint, network) and reused by every later study on the same data; a changed key trains again."""
+    from mbsearch.train.device import TrainingDevice
+
+    runs, name, _ = tiny_study
+    settings = open_finished(name, runs, None).settings
+    names = ["mobilenet_v3_small_050"]
+    trained: list[str] = []
+    first = baseline_frame(settings, tmp_path, names=names, on_progress=lambda n, _: trained.append(n))
+    assert trained == names
+    other_study = settings | {"study": "another"}  # a second study on the same data: nothing trained
+    assert baseline_frame(other_study, tmp_path, names=names, on_progress=lambda n, _: trained.append(n)).equals(first)
+    assert trained == names
+    for changed in ({"train_seed": 7}, {"train_size": 128}, {"val_size": 128}):
+        baseline_frame(settings | changed, tmp_path, names=names, on_progress=lambda n, _: trained.append(n))
+    baseline_frame(settings, tmp_path, names=names, on_progress=lambda n, _: trained.append(n),
+                   training=TrainingDevice(torch.device("cpu"), check_every_steps=2))  # same instrument  # fmt: skip
+    assert len(trained) == 4  # three changed keys trained again; the same instrument did not

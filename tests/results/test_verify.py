@@ -16,7 +16,7 @@ from mbsearch.search.loop import run_search
 from mbsearch.spec.arch import load_arch
 from mbsearch.study.config import RunConfig
 
-VERIFY = ["--top", "3", "--epochs", "0.25", "--train-size", "256", "--threads", "1"]
+VERIFY = ["--top", "3", "--epochs", "0.25", "--train-size", "256", "--threads", "1", "--no-baselines"]
 
 
 def _copy_study(tiny_study, tmp_path):
