@@ -65,7 +65,11 @@ def _cache_key(settings: dict[str, Any], name: str, device: str, data_dir: Path 
     # training instrument (cpu/fp32 and cuda/bf16 give different accuracies).
     folder = str(Path(data_dir).resolve()) if data_dir is not None else "default"
     described += f",data_dir={folder},training={instrument}"
-    return f"{device}|{described}|{name}"
+    # The network itself, as the zoo defines it (at 224x224x3, 1000 classes): a row stored before a
+    # reference's definition changed (2026-12-07: four V3 references became the papers' networks) is
+    # another network's, and is trained again, never reused.
+    network = hashlib.sha256(reference_arch(name).key().encode()).hexdigest()[:12]
+    return f"{device}|{described}|{name}|{network}"
 
 
 def _int8_recipe_digest() -> str:

@@ -323,3 +323,11 @@ def test_baselines_are_reused_across_studies_and_trained_again_when_their_key_ch
     baseline_frame(settings, tmp_path, names=names, on_progress=lambda n, _: trained.append(n),
                    training=TrainingDevice(torch.device("cpu"), check_every_steps=2))  # same instrument  # fmt: skip
     assert len(trained) == 4  # three changed keys trained again; the same instrument did not
+    # a row stored for another definition of the network (the references before 2026-12-07) is not reused
+    import json as json_module
+
+    path = tmp_path / "baselines.json"
+    cache = json_module.loads(path.read_text())
+    path.write_text(json_module.dumps({key.rsplit("|", 1)[0] + "|0123456789ab": row for key, row in cache.items()}))
+    baseline_frame(settings, tmp_path, names=names, on_progress=lambda n, _: trained.append(n))
+    assert len(trained) == 5
