@@ -249,11 +249,9 @@ class Adapter:
         by side in each round, in alternating order: drift and order effects cancel in the ratio."""
         ratios = []
         for round_ in range(self.settings.timing_sessions):
-            if round_ % 2:
-                base = self.target.time(reference).median_ms
-                ratios.append(self.target.time(prepared).median_ms / base)
-            else:
-                ratios.append(self.target.time(prepared).median_ms / self.target.time(reference).median_ms)
+            order = (prepared, reference) if round_ % 2 == 0 else (reference, prepared)
+            timed = {id(item): self.target.time(item).median_ms for item in order}
+            ratios.append(timed[id(prepared)] / timed[id(reference)])
         return statistics.median(ratios)
 
     def confirm(self, candidate: tuple[Arch, nn.Module], current: tuple[Arch, nn.Module], current_ms: float) -> float:
