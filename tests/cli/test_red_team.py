@@ -164,12 +164,12 @@ def test_the_baselines_cache_tells_data_folders_and_training_devices_apart(tmp_p
 
     settings = {"dataset": "folder", "input_size": 32, "epochs": 1}
     keys = {
-        _cache_key(settings, "m", "dev", tmp_path / "a", CPU),
-        _cache_key(settings, "m", "dev", tmp_path / "b", CPU),
-        _cache_key(settings, "m", "dev", tmp_path / "a", TrainingDevice(torch.device("mps"))),
+        _cache_key(settings, "mobilenet_v2", "dev", tmp_path / "a", CPU),
+        _cache_key(settings, "mobilenet_v2", "dev", tmp_path / "b", CPU),
+        _cache_key(settings, "mobilenet_v2", "dev", tmp_path / "a", TrainingDevice(torch.device("mps"))),
     }
     assert len(keys) == 3
-    assert _cache_key(settings, "m", "dev", tmp_path / "a", CPU) in keys  # the same study finds its own
+    assert _cache_key(settings, "mobilenet_v2", "dev", tmp_path / "a", CPU) in keys  # the same study finds its own
 
 
 def test_an_output_folder_holding_a_database_is_refused(tmp_path) -> None:
