@@ -48,7 +48,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check mbsearch tests benchmarks
 	$(BIN)/ruff format --check mbsearch tests benchmarks
-	# the wings' import contract (pyproject.toml [tool.importlinter]): data-flow order, no torch in spec/device
+	# the wings' import contract (pyproject.toml [tool.importlinter]): data-flow order, no torch in architecture/device
 	$(BIN)/lint-imports --no-cache
 
 clean:

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import ROUNDS_RECIPE, exported, probe_for, quiet_gate, time_rounds
 from mbsearch.nn.model import build_model
-from mbsearch.spec.zoo import reference_arch
 
 RESULTS = Path(__file__).with_name("contention_results.json")
 

@@ -36,13 +36,13 @@ from pathlib import Path
 import optuna
 import torch
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.rules import scale_channels
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import SearchSpace, load_space
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau, spearman_rho, top_overlap
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.rules import scale_channels
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import SearchSpace, load_space
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.budget import DEFAULT_PROXY, Budget
 from mbsearch.train.data import Dataset, load_dataset
 from mbsearch.train.evaluate import derived_seed, evaluate

@@ -23,14 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import machine
 
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import load_space
+from mbsearch.architecture.zoo import reference_arch, reference_names
 from mbsearch.latency.targets import LocalTarget, Prepared, input_shape, time_network
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx
 from mbsearch.nn.quantize import CALIBRATION_IMAGES, int8_recipe, onnx_accuracy, quantize_int8
 from mbsearch.results.pareto import pareto_mask
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import load_space
-from mbsearch.spec.zoo import reference_arch, reference_names
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 from mbsearch.train.loop import Normalizer, train

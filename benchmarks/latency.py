@@ -41,6 +41,10 @@ from pathlib import Path
 import torch
 
 from mbsearch.adapt.netadapt import STEP, shrunk, widths, with_explicit_mids
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import load_space
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.lut import prediction_error, profile, whole_network_latencies
@@ -58,10 +62,6 @@ from mbsearch.latency.targets import (
 )
 from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import load_space
-from mbsearch.spec.zoo import reference_arch
 
 RESULTS = Path(__file__).with_name("latency_v2_results.json")
 OLD_RESULTS = Path(__file__).with_name("latency_results.json")  # the predictor before issue 20 (2026-11)

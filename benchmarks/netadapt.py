@@ -42,15 +42,15 @@ from pathlib import Path
 import optuna
 import torch
 
+from mbsearch.architecture.arch import Arch, load_arch
+from mbsearch.architecture.sample import arch_from_decisions, stage_params
+from mbsearch.architecture.space import load_space
+from mbsearch.architecture.zoo import family_arch, reference_arch
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.targets import LocalTarget, exported
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.results.finished import open_finished
-from mbsearch.spec.arch import Arch, load_arch
-from mbsearch.spec.sample import arch_from_decisions, stage_params
-from mbsearch.spec.space import load_space
-from mbsearch.spec.zoo import family_arch, reference_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 from mbsearch.train.loop import train

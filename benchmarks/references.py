@@ -17,10 +17,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+from mbsearch.architecture.zoo import reference_arch, reference_names
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.results.baselines import baseline_frame
-from mbsearch.spec.zoo import reference_arch, reference_names
 from mbsearch.study.config import RunConfig
 
 VERIFY = {"epochs": 1.0, "train_size": 50_000, "batch_size": 128, "lr": 0.004}  # verify's default recipe

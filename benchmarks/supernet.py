@@ -45,13 +45,13 @@ from fidelity import (
     panel,
 )
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.decisions import random_decisions
+from mbsearch.architecture.space import load_space
 from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau
 from mbsearch.results.finished import open_finished
 from mbsearch.results.pareto import hypervolume
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.decisions import random_decisions
-from mbsearch.spec.space import load_space
 from mbsearch.study.config import INHERITED_VAL_SIZE
 from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import DEFAULT_PROXY

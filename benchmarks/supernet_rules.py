@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import PROXY_FILE, REFERENCE_FILE, bootstrap_tau, machine, panel
 
 import mbsearch.train.supernet as supernet_training
+from mbsearch.architecture.decisions import random_decisions
+from mbsearch.architecture.space import load_space
 from mbsearch.ranking import kendall_tau
-from mbsearch.spec.decisions import random_decisions
-from mbsearch.spec.space import load_space
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 

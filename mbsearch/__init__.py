@@ -10,18 +10,18 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "Arch": "mbsearch.spec.arch",
-    "Block": "mbsearch.spec.arch",
-    "load_arch": "mbsearch.spec.arch",
+    "Arch": "mbsearch.architecture.arch",
+    "Block": "mbsearch.architecture.arch",
+    "load_arch": "mbsearch.architecture.arch",
     "BadInput": "mbsearch.errors",
     "MbsearchError": "mbsearch.errors",
     "RuntimeFailure": "mbsearch.errors",
     "build_model": "mbsearch.nn.model",
-    "sample_arch": "mbsearch.spec.sample",
-    "SearchSpace": "mbsearch.spec.space",
-    "load_space": "mbsearch.spec.space",
-    "reference_arch": "mbsearch.spec.zoo",
-    "reference_names": "mbsearch.spec.zoo",
+    "sample_arch": "mbsearch.architecture.sample",
+    "SearchSpace": "mbsearch.architecture.space",
+    "load_space": "mbsearch.architecture.space",
+    "reference_arch": "mbsearch.architecture.zoo",
+    "reference_names": "mbsearch.architecture.zoo",
 }
 __all__ = sorted(_PUBLIC)  # resolved by __getattr__
 __version__ = "0.1.0"

@@ -14,10 +14,10 @@ import pandas as pd
 import pydantic
 from pydantic import ConfigDict, Field
 
+from mbsearch.architecture.arch import load_arch
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error
 from mbsearch.results.finished import FinishedStudy
-from mbsearch.spec.arch import load_arch
 from mbsearch.study import records
 
 ADAPTED_FILE = "adapted.json"  # what `mbsearch adapt` writes in its output folder

@@ -27,13 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.plan import plan_layers
 from mbsearch.errors import BadInput
 from mbsearch.files import write_atomic
 from mbsearch.latency.targets import Prepared, Target
 from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.plan import plan_layers
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
@@ -473,8 +473,8 @@ def finish(
     import pandas as pd
 
     from mbsearch.adapt.adapted import ADAPTED_FILE
+    from mbsearch.architecture.arch import write_arch
     from mbsearch.nn.onnx_export import write_onnx
-    from mbsearch.spec.arch import write_arch
 
     accuracy = adapter.finetune_and_score(model, final)
     # The kept network's unbiased re-timing, the figure the loop stopped on: another look at the same arch

@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 
 from mbsearch.adapt.config import AdaptConfig
 from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, Step, adapt, begin, finish, trimmable
+from mbsearch.architecture.arch import Arch, load_arch
 from mbsearch.errors import BadInput
 from mbsearch.files import check_output_folder, check_regular_file
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.targets import check_target_precision
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 from mbsearch.train.device import resolve_device

@@ -180,7 +180,7 @@ LatencyInputSize = Annotated[
 @app.command()
 def spaces() -> None:
     """List the shipped search spaces and how many distinct architectures each holds."""
-    from mbsearch.spec.space import list_spaces, load_space
+    from mbsearch.architecture.space import list_spaces, load_space
 
     table = Table("space", "architectures", "stages", "description")
     for name in list_spaces():
@@ -203,16 +203,16 @@ def sample(
     classes: Classes = 10,
 ) -> None:
     """Print a random architecture from a space as arch JSON."""
-    from mbsearch.spec.sample import random_arch
-    from mbsearch.spec.space import load_space
+    from mbsearch.architecture.sample import random_arch
+    from mbsearch.architecture.space import load_space
 
     arch = random_arch(load_space(space), seed, input_size, channels, classes)
     sys.stdout.write(arch.with_info(name=f"{arch.name}-seed{seed}").to_json())
 
 
 def _load_arch_or_reference(name_or_path: str, input_size: int | None, channels: int | None, classes: int | None):
-    from mbsearch.spec.arch import load_arch
-    from mbsearch.spec.zoo import reference_arch, reference_names
+    from mbsearch.architecture.arch import load_arch
+    from mbsearch.architecture.zoo import reference_arch, reference_names
 
     if name_or_path in reference_names():
         return reference_arch(name_or_path, input_size or 224, channels or 3, classes or 1000)

@@ -47,6 +47,11 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.plan import plan_layers
+from mbsearch.architecture.rules import has_shortcut, output_size, se_channels
+from mbsearch.architecture.sample import arch_from_decisions, random_arch
+from mbsearch.architecture.space import CHOICE_KEYS, SearchSpace
 from mbsearch.device import hostlock
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
@@ -66,11 +71,6 @@ from mbsearch.latency.targets import (
 from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.nn.onnx_export import export_module, exporter_identity
 from mbsearch.nn.quantize import int8_recipe, noise_calibration, quantize_int8
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.plan import plan_layers
-from mbsearch.spec.rules import has_shortcut, output_size, se_channels
-from mbsearch.spec.sample import arch_from_decisions, random_arch
-from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
 FORMAT = "mbsearch.latency.lut/2"
 # How a part is timed: `rounds` turns of the part in its host and the host alone, back to back, each a fresh

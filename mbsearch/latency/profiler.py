@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.device import hostlock
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import (
@@ -31,7 +32,6 @@ from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx
 from mbsearch.nn.quantize import noise_calibration, quantize_int8
-from mbsearch.spec.arch import Arch
 
 
 @dataclass(frozen=True)

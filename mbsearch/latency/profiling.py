@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
+from mbsearch.architecture.space import load_space
 from mbsearch.files import check_outputs
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.lut import LookupTable, profile, sampled_parts, space_parts
-from mbsearch.spec.space import load_space
 
 
 def profile_to_file(

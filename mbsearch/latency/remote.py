@@ -20,10 +20,10 @@ import pydantic
 from pydantic import ConfigDict, Field, StringConstraints
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.latency.targets import Prepared, exported
-from mbsearch.spec.arch import Arch
 from mbsearch.urls import check_target_url
 
 TOKEN_ENV = "MBSEARCH_TARGET_TOKEN"

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.device import hostlock
 from mbsearch.device.timing import (
     DEFAULT_ATTEMPTS,
@@ -47,7 +48,6 @@ from mbsearch.device.timing import (
 )
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.nn.onnx_export import export_onnx, exporter_identity
-from mbsearch.spec.arch import Arch
 
 __all__ = ["LatencyStats", "LocalTarget", "Prepared", "Target", "measure", "summarize_samples"]
 

@@ -9,7 +9,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from mbsearch.spec.arch import Arch
+from mbsearch.architecture.arch import Arch
 
 # fvcore counts one multiply-add as one "flop", i.e. MACs (the papers' MAdds). Like the papers we count
 # conv and linear layers only, not BatchNorm, pooling or the SE gate's multiply.

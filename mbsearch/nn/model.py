@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mbsearch.architecture.arch import Arch, Block
+from mbsearch.architecture.plan import MAX_PARAMS, LayerPlan, estimate_params, plan_layers
 from mbsearch.errors import BadInput
 from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
-from mbsearch.spec.arch import Arch, Block
-from mbsearch.spec.plan import MAX_PARAMS, LayerPlan, estimate_params, plan_layers
 
 
 class MobileNet(nn.Module):

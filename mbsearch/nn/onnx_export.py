@@ -13,9 +13,9 @@ import onnx
 import torch
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.files import write_atomic
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
 
 OPSET = 18
 _NAMES = {"input_names": ["input"], "output_names": ["logits"]}

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.plan import plan_layers
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.plan import plan_layers
 
 
 @dataclass(frozen=True)

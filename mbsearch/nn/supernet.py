@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mbsearch.architecture.arch import Arch, Block
+from mbsearch.architecture.decisions import decisions_of
+from mbsearch.architecture.plan import LayerPlan
+from mbsearch.architecture.rules import mid_channels, scale_channels
+from mbsearch.architecture.sample import Decisions, arch_from_decisions
+from mbsearch.architecture.space import SearchSpace
 from mbsearch.errors import BadInput
 from mbsearch.nn.model import MobileNet, build_block
-from mbsearch.spec.arch import Arch, Block
-from mbsearch.spec.decisions import decisions_of
-from mbsearch.spec.plan import LayerPlan
-from mbsearch.spec.rules import mid_channels, scale_channels
-from mbsearch.spec.sample import Decisions, arch_from_decisions
-from mbsearch.spec.space import SearchSpace
 
 COVERED_BLOCKS = ("ir", "ds")  # block types the supernet has a branch for
 

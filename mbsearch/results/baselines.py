@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from mbsearch.architecture.zoo import reference_arch, reference_names
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.profiler import profile_candidate
@@ -24,7 +25,6 @@ from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape
 from mbsearch.nn.quantize import QuantizationFailed, int8_recipe
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates
-from mbsearch.spec.zoo import reference_arch, reference_names
 from mbsearch.study import records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data

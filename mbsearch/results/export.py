@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from mbsearch.architecture.arch import Arch, write_arch
+from mbsearch.architecture.blockstrings import timm_arch_def
 from mbsearch.errors import BadInput
 from mbsearch.files import check_outputs, write_atomic
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.results.finished import FinishedStudy, open_finished
 from mbsearch.results.pareto import knee
-from mbsearch.spec.arch import Arch, write_arch
-from mbsearch.spec.blockstrings import timm_arch_def
 from mbsearch.study import records
 from mbsearch.study.dashboard import trial_artifact
 

@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.errors import BadInput
 from mbsearch.results.pareto import decision_front, trials_frame
-from mbsearch.spec.arch import Arch
 from mbsearch.study import records
 from mbsearch.study.storage import default_url, load_study
 

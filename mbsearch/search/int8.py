@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
 from mbsearch.nn.quantize import int8_recipe
-from mbsearch.spec.arch import Arch
 from mbsearch.train.data import Dataset
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer

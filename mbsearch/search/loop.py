@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 
 from mbsearch import interrupts
+from mbsearch.architecture.sample import check_space_fits
+from mbsearch.architecture.space import SearchSpace, load_space
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.factory import open_target
@@ -40,8 +42,6 @@ from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
 from mbsearch.search.rungs import Promoter
 from mbsearch.search.supernet import open_for_search
-from mbsearch.spec.sample import check_space_fits
-from mbsearch.spec.space import SearchSpace, load_space
 from mbsearch.study import records
 from mbsearch.study.config import IDENTITY_KEYS, RunConfig, stored_identity
 from mbsearch.study.storage import default_url, open_storage, redact

@@ -17,14 +17,14 @@ import optuna
 import torch
 
 from mbsearch import interrupts
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.blockstrings import block_strings
+from mbsearch.architecture.sample import sample_arch
+from mbsearch.architecture.space import SearchSpace
 from mbsearch.errors import RuntimeFailure
 from mbsearch.latency.profiler import profile_candidate
 from mbsearch.latency.targets import LatencyCache, Target
 from mbsearch.search.int8 import Int8Step
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.blockstrings import block_strings
-from mbsearch.spec.sample import sample_arch
-from mbsearch.spec.space import SearchSpace
 from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from mbsearch.spec.sample import check_space_fits
-from mbsearch.spec.space import SearchSpace, load_space
+from mbsearch.architecture.sample import check_space_fits
+from mbsearch.architecture.space import SearchSpace, load_space
 from mbsearch.study.config import RunConfig
 from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import Budget

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 
 from mbsearch import interrupts
+from mbsearch.architecture.arch import Arch
 from mbsearch.nn.quantize import QuantizationFailed
-from mbsearch.spec.arch import Arch
 from mbsearch.study import claims, records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset

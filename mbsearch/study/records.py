@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from mbsearch.spec.arch import Arch
+from mbsearch.architecture.arch import Arch
 from mbsearch.study.config import check_stored_settings
 
 # Study attributes (Optuna freezes finished trials, so what outlives a trial is kept on the study)

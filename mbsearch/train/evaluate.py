@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from mbsearch.architecture.arch import Arch, load_arch
 from mbsearch.errors import BadInput
 from mbsearch.files import check_output_folder, write_atomic
 from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
-from mbsearch.spec.arch import Arch, load_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, check_test_split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mbsearch.architecture.arch import Arch
 from mbsearch.device import hostlock
 from mbsearch.nn.onnx_export import export_onnx
 from mbsearch.nn.quantize import CALIBRATION_IMAGES, onnx_accuracy, quantize_int8
-from mbsearch.spec.arch import Arch
 from mbsearch.train.data import Split
 from mbsearch.train.loop import Normalizer
 

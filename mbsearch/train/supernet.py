@@ -30,12 +30,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.decisions import every_layout, random_decisions
+from mbsearch.architecture.space import SearchSpace
 from mbsearch.errors import BadInput
 from mbsearch.files import write_atomic
 from mbsearch.nn.supernet import Supernet, largest, smallest, state_summary
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.decisions import every_layout, random_decisions
-from mbsearch.spec.space import SearchSpace
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from mbsearch.adapt.netadapt import Proposal, residual_groups, shrunk, transfer, widths, with_explicit_mids
+from mbsearch.architecture.arch import Arch, load_arch
+from mbsearch.architecture.plan import plan_layers
 from mbsearch.cli.app import app
 from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch, load_arch
-from mbsearch.spec.plan import plan_layers
 
 TINY = {
     "name": "tiny",

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mbsearch.architecture.space import SPACES_DIR
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
-from mbsearch.spec.space import SPACES_DIR
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.data import FASHION_MNIST_DIR
 
 TINY = ["--train-size", "64", "--val-size", "64", "--epochs", "0.1", "--trials", "1"]

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.zoo import reference_arch
 
 
 def test_show_reference_json_reports_torchvision_params(runner) -> None:

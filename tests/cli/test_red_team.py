@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 import torch
 
+from mbsearch.architecture.arch import load_arch
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
-from mbsearch.spec.arch import load_arch
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.study.storage import redact
 
 

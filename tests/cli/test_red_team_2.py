@@ -14,10 +14,10 @@ from contextlib import contextmanager
 import pytest
 from safetensors.torch import save_file
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.zoo import reference_arch
 from tests.cli.test_red_team import _copy_study
 
 
@@ -42,7 +42,7 @@ def test_profile_never_overwrites_a_study_database(runner, tiny_study, tmp_path)
 
 
 def test_profile_never_overwrites_the_space_it_reads(runner, tmp_path) -> None:
-    from mbsearch.spec.space import SPACES_DIR
+    from mbsearch.architecture.space import SPACES_DIR
 
     space = tmp_path / "mine.yaml"
     space.write_text((SPACES_DIR / "v1.yaml").read_text())
@@ -547,7 +547,7 @@ def test_report_validates_an_adapted_file_before_using_it(runner, tiny_study, tm
 
 
 def test_a_space_too_wide_for_the_arch_limits_is_refused_before_the_study(runner, tmp_path) -> None:
-    from mbsearch.spec.space import SPACES_DIR
+    from mbsearch.architecture.space import SPACES_DIR
 
     text = (SPACES_DIR / "v1.yaml").read_text().replace("width: [0.5, 0.75, 1.0]", "width: [4.0]")
     text = text.replace("{out: 512, stride: 2}", "{out: 8000, stride: 2}")
@@ -560,9 +560,9 @@ def test_a_space_too_wide_for_the_arch_limits_is_refused_before_the_study(runner
 
 
 def test_images_too_small_or_large_to_lay_out_are_refused() -> None:
+    from mbsearch.architecture.sample import check_space_fits
+    from mbsearch.architecture.space import load_space
     from mbsearch.errors import BadInput
-    from mbsearch.spec.sample import check_space_fits
-    from mbsearch.spec.space import load_space
 
     for size in (4, 1100):
         with pytest.raises(BadInput, match=f"{size}x{size} images"):

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.agent import start_local_agent
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.latency import remote
@@ -24,7 +25,6 @@ from mbsearch.latency.targets import LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import to_onnx
 from mbsearch.search.loop import run_search
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.study.config import RunConfig
 from tests.conftest import TINY_BUDGET
 

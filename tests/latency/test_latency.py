@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
 from mbsearch.latency.targets import (
@@ -22,7 +23,6 @@ from mbsearch.latency.targets import (
     summarize_samples,
 )
 from mbsearch.nn.model import build_model
-from mbsearch.spec.zoo import reference_arch
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +149,7 @@ from mbsearch.train.device import CPU  # on the CPU every step holds the host's 
 from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
 from mbsearch.train.loop import train
-from mbsearch.spec.zoo import reference_arch
+from mbsearch.architecture.zoo import reference_arch
 data = load_dataset("fashion-mnist", val_size=256)
 progress = pathlib.Path(sys.argv[1])
 def on_step(step, total, loss, accuracy):

@@ -10,6 +10,10 @@ from datetime import UTC, datetime
 import optuna
 import pytest
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.plan import plan_layers
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import load_space
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.latency.lut import (
     FORMAT,
@@ -25,10 +29,6 @@ from mbsearch.latency.lut import (
 from mbsearch.latency.targets import ROUNDS_RECIPE_SMALL_PROBE, LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.plan import plan_layers
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import load_space
 from mbsearch.study.config import RunConfig
 from tests.conftest import TINY_BUDGET
 
@@ -334,9 +334,9 @@ def test_a_sampled_profile_times_every_stem_and_head_and_that_many_blocks() -> N
 
 def test_part_features_count_what_the_built_network_counts() -> None:
     """The regressors read MACs and weights from table keys alone; they agree with fvcore and torch."""
+    from mbsearch.architecture.zoo import reference_arch
     from mbsearch.latency.lut import arch_parts
     from mbsearch.nn.cost import count_macs, count_params
-    from mbsearch.spec.zoo import reference_arch
 
     v1 = random_arch(load_space("v1"), 0, 224, 3, 1000)  # MobileNetV1's layers (dsa)
     for arch in [reference_arch(name, 224, 3, 1000) for name in ("mobilenet_v3_small", "mobilenet_v2_050")] + [v1]:

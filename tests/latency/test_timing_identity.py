@@ -8,6 +8,7 @@ import json
 import optuna
 import pytest
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.errors import BadInput
 from mbsearch.latency.targets import (
     POOLED_RECIPE,
@@ -20,7 +21,6 @@ from mbsearch.latency.targets import (
 )
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import check_device
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.study import records
 
 

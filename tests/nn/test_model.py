@@ -4,11 +4,11 @@ import optuna
 import pytest
 import torch
 
+from mbsearch.architecture.plan import plan_layers
+from mbsearch.architecture.sample import sample_arch
+from mbsearch.architecture.space import list_spaces, load_space
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.nn.model import build_model
-from mbsearch.spec.plan import plan_layers
-from mbsearch.spec.sample import sample_arch
-from mbsearch.spec.space import list_spaces, load_space
-from mbsearch.spec.zoo import reference_arch
 
 
 @pytest.mark.parametrize("space_name", list_spaces())

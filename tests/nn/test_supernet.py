@@ -11,11 +11,11 @@ import random
 import pytest
 import torch
 
+from mbsearch.architecture.decisions import decisions_of, random_decisions
+from mbsearch.architecture.space import load_space
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.errors import BadInput
 from mbsearch.nn.supernet import Supernet, largest, smallest
-from mbsearch.spec.decisions import decisions_of, random_decisions
-from mbsearch.spec.space import load_space
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 from mbsearch.train.supernet import (

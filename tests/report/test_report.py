@@ -157,8 +157,8 @@ def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_
     measured latency and accuracy, joined to the trial it came from; files that are not an adapt output
     of this study are refused with one line and no report written."""
     from mbsearch.adapt.adapted import adapted_frame
+    from mbsearch.architecture.arch import load_arch
     from mbsearch.report.page import compute, pareto_figure
-    from mbsearch.spec.arch import load_arch
 
     runs, name, _ = tiny_study
     copy = tmp_path / "runs"

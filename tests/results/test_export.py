@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
+from mbsearch.architecture.arch import load_arch
+from mbsearch.architecture.blockstrings import NotExpressible, timm_arch_def
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
 from mbsearch.nn.model import build_model
 from mbsearch.results.export import pick_row
-from mbsearch.spec.arch import load_arch
-from mbsearch.spec.blockstrings import NotExpressible, timm_arch_def
-from mbsearch.spec.zoo import reference_arch
 
 
 def test_export_knee_writes_json_with_metrics_and_provenance_that_rebuilds(runner, tiny_study, tmp_path) -> None:
@@ -56,7 +56,7 @@ def test_export_timm_prints_timms_arch_def_or_refuses_with_nothing_written(runne
 
 
 def load_arch_from_trial(trial):
-    from mbsearch.spec.arch import Arch
+    from mbsearch.architecture.arch import Arch
 
     return Arch.from_dict(trial.user_attrs["arch"])
 
@@ -125,8 +125,8 @@ def test_export_bad_input(runner, tiny_study, tmp_path) -> None:
 
 def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:
     """Every block kind the spaces can produce exports with the TorchScript exporter, never the slow path."""
+    from mbsearch.architecture.arch import Block
     from mbsearch.nn.onnx_export import export_onnx
-    from mbsearch.spec.arch import Block
 
     base = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     kinds = [
@@ -148,9 +148,9 @@ def test_fast_onnx_exporter_is_taken_for_every_block_type(capsys) -> None:
 def test_the_shipped_onnx_is_the_graph_the_search_timed(tmp_path) -> None:
     """Issue 20: `export --onnx`, `train` and `adapt` write exactly the graph a search times (one exporter),
     for every block kind; before, the search timed the TorchScript exporter's graph and shipped dynamo's."""
+    from mbsearch.architecture.arch import Block
     from mbsearch.latency.targets import exported
     from mbsearch.nn.onnx_export import write_onnx
-    from mbsearch.spec.arch import Block
 
     base = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
     kinds = [

@@ -8,12 +8,12 @@ import shutil
 import optuna
 import pytest
 
+from mbsearch.architecture.arch import load_arch
 from mbsearch.cli.app import app
 from mbsearch.results.finished import open_finished
 from mbsearch.results.pareto import VERIFY_TAG
 from mbsearch.results.verify import choose, run_verify, study_data, verify_budget
 from mbsearch.search.loop import run_search
-from mbsearch.spec.arch import load_arch
 from mbsearch.study.config import RunConfig
 
 VERIFY = ["--top", "3", "--epochs", "0.25", "--train-size", "256", "--threads", "1", "--no-baselines"]

@@ -7,10 +7,10 @@ import warnings
 
 import torch
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.nn.cost import count_macs
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.study.storage import open_storage
 
 

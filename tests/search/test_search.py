@@ -177,11 +177,11 @@ def test_same_command_same_seed_same_machine_gives_the_same_archs_and_accuracies
 
 
 def test_latency_input_size_times_the_deployed_network_and_trains_the_same_blocks(tmp_path) -> None:
+    from mbsearch.architecture.arch import Arch
+    from mbsearch.architecture.sample import sample_arch
+    from mbsearch.architecture.space import load_space
     from mbsearch.latency.targets import LocalTarget, measure_on
     from mbsearch.nn.model import build_model
-    from mbsearch.spec.arch import Arch
-    from mbsearch.spec.sample import sample_arch
-    from mbsearch.spec.space import load_space
 
     result = run_search(tiny_config(tmp_path, trials=1, sampler="random", latency_input_size=224))
     trial = result.study.get_trials(states=(COMPLETE,))[0]

@@ -96,7 +96,7 @@ def test_a_study_keeps_the_supernet_it_was_scored_with(runner, trained) -> None:
 def test_inherited_scores_use_the_first_inherited_val_size_validation_images(runner, trained) -> None:
     """--inherited-val-size N: each candidate is scored on the first N validation images, the number is part
     of the study's identity, and the flag is refused where no supernet scores."""
-    from mbsearch.spec.space import load_space
+    from mbsearch.architecture.space import load_space
     from mbsearch.study.config import RunConfig
     from mbsearch.train.data import load_dataset
     from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
@@ -124,7 +124,7 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
     stored score is exactly that, differs from the inherited weights' own, and N is part of the identity."""
     import torch
 
-    from mbsearch.spec.space import load_space
+    from mbsearch.architecture.space import load_space
     from mbsearch.train.data import load_dataset
     from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
 

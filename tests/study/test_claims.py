@@ -98,7 +98,7 @@ def test_a_training_that_outlives_the_grace_period_keeps_its_claim(tmp_path) -> 
 def test_a_worker_whose_claim_was_taken_over_stores_nothing(tmp_path, monkeypatch) -> None:
     """Issue 30: a worker that stalled past the grace period (its claim taken by another worker) kept
     training and stored its result over the new holder's. Now its result is dropped."""
-    from mbsearch.spec.zoo import reference_arch
+    from mbsearch.architecture.zoo import reference_arch
     from mbsearch.train.budget import Budget
     from mbsearch.train.data import load_dataset
     from mbsearch.train.evaluate import Evaluation

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
 from mbsearch.nn.model import build_model
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.fulltrain import train_full
 
 

@@ -10,8 +10,8 @@ import optuna
 import pytest
 import torch
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.nn.model import build_model
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.study import evaluations
 from mbsearch.study.storage import open_storage
 from mbsearch.train import loop

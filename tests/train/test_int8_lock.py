@@ -10,10 +10,10 @@ import signal
 import pytest
 import torch
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device import hostlock
 from mbsearch.nn.model import build_model
 from mbsearch.search.int8 import Int8Step
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.data import Dataset, Split
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.nn.model import build_model
-from mbsearch.spec.zoo import reference_arch
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_dataset
 from mbsearch.train.loop import Diverged, Normalizer, score, train

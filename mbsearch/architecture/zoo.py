@@ -3,16 +3,16 @@
 The networks are the papers' tables as timm builds them (`timm.models.mobilenetv3._gen_mobilenet_v3`,
 `_gen_mobilenet_v2`), at every width multiplier: at 224x224x3 with 1000 classes the parameter counts equal
 timm's, e.g. mobilenet_v2 3,504,872; mobilenet_v3_large 5,483,032, _075 3,993,528, _050 2,689,904;
-mobilenet_v3_small 2,542,856, _075 2,041,872, _050 1,593,224 (tests/spec/test_zoo.py checks all nine).
+mobilenet_v3_small 2,542,856, _075 2,041,872, _050 1,593,224 (tests/architecture/test_zoo.py checks all nine).
 Below width 1 the V3 papers keep the last layer (1280 / 1024 wide), and timm keeps the 16-channel stem
 below 0.75; torchvision scales both, which gives other networks than the paper's.
 """
 
 from __future__ import annotations
 
+from mbsearch.architecture.arch import Arch, Block, Head, InputSpec, Stem
+from mbsearch.architecture.rules import adapt_strides, make_divisible
 from mbsearch.errors import BadInput
-from mbsearch.spec.arch import Arch, Block, Head, InputSpec, Stem
-from mbsearch.spec.rules import adapt_strides, make_divisible
 
 WIDTHS = {"050": 0.5, "075": 0.75, "": 1.0}
 FAMILIES = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")

@@ -12,12 +12,12 @@ from typing import Any
 import optuna
 import pydantic
 
+from mbsearch.architecture.arch import Arch, Block, InputSpec
+from mbsearch.architecture.plan import MAX_PARAMS, estimate_params
+from mbsearch.architecture.rules import adapt_strides, scale_channels
+from mbsearch.architecture.space import CHOICE_KEYS, SearchSpace
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error
-from mbsearch.spec.arch import Arch, Block, InputSpec
-from mbsearch.spec.plan import MAX_PARAMS, estimate_params
-from mbsearch.spec.rules import adapt_strides, scale_channels
-from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
 Decisions = list[dict[str, Any]]  # one dict of choices per stage: {"block": "ir", "kernel": 5, ...}
 

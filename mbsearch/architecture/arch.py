@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field, field_serializer, field_validator
 
+from mbsearch.architecture.rules import has_shortcut
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
-from mbsearch.spec.rules import has_shortcut
 
+# The format names keep the wing's old name (`spec`): they are stored in users' files, not module paths.
 FORMAT = "mbsearch.spec.arch/1"
 # /2 adds an explicit expansion width per inverted-residual block (`mid`), for widths that are not
 # `in x expand` rounded, as NetAdapt-style per-layer pruning produces. A file is written as /2 only when a

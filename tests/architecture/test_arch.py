@@ -7,18 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mbsearch.errors import BadInput
-from mbsearch.spec.arch import MAX_BLOCKS, Arch, Block, load_arch
-from mbsearch.spec.blockstrings import (
+from mbsearch.architecture.arch import MAX_BLOCKS, Arch, Block, load_arch
+from mbsearch.architecture.blockstrings import (
     NotExpressible,
     block_string,
     block_strings,
     parse_block_string,
     parse_block_strings,
 )
-from mbsearch.spec.sample import sample_arch
-from mbsearch.spec.space import list_spaces, load_space
-from mbsearch.spec.zoo import reference_arch, reference_names
+from mbsearch.architecture.sample import sample_arch
+from mbsearch.architecture.space import list_spaces, load_space
+from mbsearch.architecture.zoo import reference_arch, reference_names
+from mbsearch.errors import BadInput
 
 
 def _arch_dict() -> dict:

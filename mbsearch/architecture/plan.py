@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.rules import has_shortcut, mid_channels, output_size, se_channels
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.rules import has_shortcut, mid_channels, output_size, se_channels
 
 
 @dataclass(frozen=True)

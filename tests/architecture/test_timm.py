@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import list_spaces, load_space
+from mbsearch.architecture.zoo import reference_arch, reference_names
 from mbsearch.nn.model import build_model
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.blockstrings import NotExpressible, block_string, has_skip, timm_arch_def
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import list_spaces, load_space
-from mbsearch.spec.zoo import reference_arch, reference_names
 from tests.timm_support import import_timm
 
 timm = import_timm()
@@ -191,8 +191,8 @@ def test_export_timm_writes_every_pick_of_a_study_and_timm_builds_the_same_block
     study has a timm arch_def, and timm builds exactly the exported blocks from it."""
     import json
 
+    from mbsearch.architecture.arch import load_arch
     from mbsearch.cli.app import app
-    from mbsearch.spec.arch import load_arch
 
     runs, name, _ = tiny_study
     out = tmp_path / f"{pick}.json"

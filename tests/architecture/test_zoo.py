@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from mbsearch.architecture.rules import make_divisible
+from mbsearch.architecture.zoo import FAMILIES, family_arch, reference_arch, reference_names
 from mbsearch.errors import BadInput
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
-from mbsearch.spec.rules import make_divisible
-from mbsearch.spec.zoo import FAMILIES, family_arch, reference_arch, reference_names
 
 # torchvision's (and timm's) parameter counts and the papers' MAdds at 224x224x3, 1000 classes.
 TORCHVISION = {

@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from mbsearch.architecture.arch import Arch
+from mbsearch.architecture.rules import scale_channels
+from mbsearch.architecture.sample import Decisions, arch_from_decisions
+from mbsearch.architecture.space import CHOICE_KEYS, SearchSpace
 from mbsearch.errors import BadInput
-from mbsearch.spec.arch import Arch
-from mbsearch.spec.rules import scale_channels
-from mbsearch.spec.sample import Decisions, arch_from_decisions
-from mbsearch.spec.space import CHOICE_KEYS, SearchSpace
 
 
 def random_decisions(space: SearchSpace, rng: random.Random) -> tuple[float, Decisions]:

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import ConfigDict, Field, field_validator
 
+from mbsearch.architecture.arch import Activation, BlockType, Channels, Head, Stem, Stride, _check_kernel
 from mbsearch.errors import BadInput
 from mbsearch.files import describe_validation_error, parse_yaml, read_text
-from mbsearch.spec.arch import Activation, BlockType, Channels, Head, Stem, Stride, _check_kernel
 
 # Shipped spaces are package data (mbsearch/spaces/*.yaml), so a wheel install finds them too;
 # the repository's top-level spaces/ is a link to the same folder.

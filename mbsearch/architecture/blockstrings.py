@@ -21,9 +21,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mbsearch.architecture.arch import Arch, Block
+from mbsearch.architecture.rules import has_shortcut, make_divisible, mid_channels, se_channels
 from mbsearch.errors import BadInput
-from mbsearch.spec.arch import Arch, Block
-from mbsearch.spec.rules import has_shortcut, make_divisible, mid_channels, se_channels
 
 _ACT_CODES = {"relu": "re", "relu6": "r6", "hswish": "hs"}
 _CODE_ACTS = {code: act for act, code in _ACT_CODES.items()}

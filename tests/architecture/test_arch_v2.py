@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
+from mbsearch.architecture.arch import FORMAT, FORMAT_V2, Arch, load_arch
+from mbsearch.architecture.plan import estimate_params, plan_layers
+from mbsearch.architecture.sample import random_arch
+from mbsearch.architecture.space import load_space
+from mbsearch.architecture.zoo import reference_arch
 from mbsearch.errors import BadInput
 from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import to_onnx
-from mbsearch.spec.arch import FORMAT, FORMAT_V2, Arch, load_arch
-from mbsearch.spec.plan import estimate_params, plan_layers
-from mbsearch.spec.sample import random_arch
-from mbsearch.spec.space import load_space
-from mbsearch.spec.zoo import reference_arch
 
 
 def _with_mid(arch: Arch, index: int, mid: int) -> Arch:

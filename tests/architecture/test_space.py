@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from mbsearch.architecture.space import SPACES_DIR, list_spaces, load_space
 from mbsearch.errors import BadInput
-from mbsearch.spec.space import SPACES_DIR, list_spaces, load_space
 
 
 def test_shipped_spaces_load_and_count() -> None:
