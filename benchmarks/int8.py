@@ -33,7 +33,7 @@ from mbsearch.nn.quantize import CALIBRATION_IMAGES, int8_recipe, onnx_accuracy,
 from mbsearch.results.pareto import pareto_mask
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
-from mbsearch.train.loop import Normalizer, train
+from mbsearch.train.loop import Normalizer, TrainOptions, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 def measure(name: str, arch, data, normalizer, budget: Budget, target) -> dict:
     torch.manual_seed(0)
     model = build_model(arch)
-    train(model, data.train, data.val, budget, seed=0, normalize=normalizer)
+    train(model, data.train, data.val, budget, TrainOptions(normalize=normalizer))
     graph = export_onnx(model, arch).data
     calibration = normalizer(data.train.images[:CALIBRATION_IMAGES]).numpy()
     quantized = quantize_int8(graph, calibration)

@@ -53,7 +53,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.results.finished import open_finished
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
-from mbsearch.train.loop import train
+from mbsearch.train.loop import TrainOptions, train
 
 RESULTS = Path(__file__).with_name("netadapt_results.json")
 SIZE = 224  # timed (and laid out) at this input size; trained at the dataset's 28x28
@@ -164,7 +164,7 @@ def from_scratch(arch: Arch, data, images: int, seeds: int, cache: Path) -> dict
     for seed in range(seeds):
         key = f"{arch.key()}|{images}|{seed}"
         if key not in done:
-            result = train(build_model(arch), data.train, data.val, budget, seed)
+            result = train(build_model(arch), data.train, data.val, budget, TrainOptions(seed))
             done[key] = {"accuracy": result.accuracy, "seconds": result.seconds}
             cache.write_text(json.dumps(done))
         accuracies.append(done[key]["accuracy"])

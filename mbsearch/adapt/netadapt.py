@@ -37,7 +37,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.loop import Normalizer, score, train
+from mbsearch.train.loop import Normalizer, TrainOptions, score, train
 
 STEP = 8  # widths stay multiples of 8, as the papers' channel rounding keeps them
 MIN_WIDTH = 8
@@ -265,15 +265,8 @@ class Adapter:
         """Fine-tune from the kept weights (the network is resolution-agnostic: it trains at the dataset's
         size), then the accuracy on the validation split; never the test set."""
         budget = budget or self.settings.finetune
-        result = train(
-            model,
-            self.data.train,
-            self.data.val,
-            budget,
-            self.settings.seed,
-            self.normalizer,
-            device=self.settings.training,
-        )
+        options = TrainOptions(self.settings.seed, self.normalizer, device=self.settings.training)
+        result = train(model, self.data.train, self.data.val, budget, options)
         return result.accuracy
 
     def iterate(self, arch: Arch, model: nn.Module, latency: float, accuracy: float, goal: float):

@@ -25,7 +25,7 @@ from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_dataset
 from mbsearch.train.device import resolve_device
-from mbsearch.train.loop import train
+from mbsearch.train.loop import TrainOptions, train
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def run_adapt(config: AdaptConfig, on_event: Callable[[str], None]) -> AdaptOutc
         if config.weights is None and not (out / STATE).is_file():
             on_event(f"training {spec.name or config.arch} first ({config.train_size} images, 1 epoch)")
             first = Budget(train_size=min(config.train_size, len(data.train)))
-            train(model, data.train, data.val, first, config.seed, adapter.normalizer, device=training)
+            train(model, data.train, data.val, first, TrainOptions(config.seed, adapter.normalizer, device=training))
         source = _source(config, spec, device.device()["fingerprint"])
         current, model, trajectory, goal = begin(adapter, spec, model, source, config.goal_for)
         current, model, trajectory = adapt(adapter, current, model, trajectory, goal, source)

@@ -682,7 +682,7 @@ def supernet_train(**flags: Any) -> None:
     from mbsearch.search.supernet import train_for
 
     with _training_progress("training the supernet") as on_step:
-        result = train_for(config, lambda step, total, loss: on_step(step, total, loss, 0.0))
+        result = train_for(config, on_step)
     if result.already_trained:
         console.print(f"already trained ({result.steps} steps): {result.folder}", highlight=False)
         return

@@ -33,7 +33,9 @@ def _data(space: SearchSpace, dataset: str, data_dir, input_size, channels, val_
     return data
 
 
-def train_for(config: SupernetConfig, on_step: Callable[[int, int, float], None] | None = None) -> SupernetTrainResult:
+def train_for(
+    config: SupernetConfig, on_step: Callable[[int, int, float, float], None] | None = None
+) -> SupernetTrainResult:
     """Train (or resume) the supernet `config` describes; returns its folder's result."""
     training = resolve_device(config.device)  # a device this machine lacks is refused before any work
     space = load_space(config.space)

@@ -19,7 +19,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.int8 import Int8Scorer
-from mbsearch.train.loop import Normalizer, train
+from mbsearch.train.loop import Normalizer, TrainOptions, train
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def evaluate(
         model = build_model(arch)
     if precision == "int8":
         normalizer = normalizer or Normalizer.fit(data.train.images[: budget.train_size])  # what train() fits
-    result = train(model, data.train, data.val, budget, seed, normalizer, device=device)
+    result = train(model, data.train, data.val, budget, TrainOptions(seed, normalizer, device=device))
     evaluation = Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)
     if precision != "int8":
         return evaluation

@@ -26,7 +26,7 @@ from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, check_test_split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device
 from mbsearch.train.int8 import Int8Scorer
-from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory, train
+from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory, TrainOptions, train
 
 CHECKPOINT = "checkpoint.pt"  # written first, kept: marks the folder as train's own
 OUTPUT_FILES = (CHECKPOINT, "model.safetensors", "model.onnx", "model.int8.onnx", "metrics.json", "arch.json")
@@ -176,18 +176,8 @@ def _train_into(
     normalizer = Normalizer.fit(train_split.images[: budget.train_size])  # the one train() fits; int8 needs it
     try:
         # On the CPU the host lock is held per step: a search on this host times latency between two steps.
-        result = train(
-            model,
-            train_split,
-            test_split,
-            budget,
-            seed,
-            normalizer,
-            on_step=on_step,
-            on_epoch=save_checkpoint,
-            resume=resume,
-            device=device,
-        )
+        options = TrainOptions(seed, normalizer, on_step, save_checkpoint, resume, device)
+        result = train(model, train_split, test_split, budget, options)
     except Diverged as exc:
         raise BadInput(f"training diverged ({exc}); lower --lr") from None
     except OutOfMemory as exc:

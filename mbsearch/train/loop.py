@@ -193,35 +193,218 @@ def score(
     return int(correct.item()) / max(1, len(split))
 
 
-def train(
-    model: nn.Module,
-    train_split: Split,
-    eval_split: Split,
-    budget: Budget,
-    seed: int = 0,
-    normalize: Normalizer | None = None,
-    on_step: Callable[[int, int, float, float], None] | None = None,
-    on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
-    resume: dict[str, Any] | None = None,
-    device: TrainingDevice = CPU,
-) -> TrainResult:
-    """Train on `train_split` (its first `budget.train_size` images) and evaluate on `eval_split`.
+@dataclass(frozen=True)
+class StepOutput:
+    """One step's loss (summed over what it trained, detached, on the device) and the logits the progress
+    report counts right answers of."""
 
-    `on_step(step, total, loss, batch_accuracy)` follows progress at each loss check (every step on the CPU,
-    every `device.check_every` steps on a GPU; the accuracy is over the batches since the last call);
-    `on_epoch(epoch, checkpoint)` is called
-    after each whole epoch with a function that returns the full training state, which `resume` takes
-    back to continue exactly where it stopped. Raises Diverged on a NaN or infinite loss and OutOfMemory
-    when the candidate does not fit the device (both TrainingFailed).
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What the one training loop trains: its parameters, one step's forwards and backwards (`step(images,
+    labels, scaler)`, through the scaler), and the state a checkpoint keeps beside the loop's own."""
+
+    parameters: list[nn.Parameter]
+    step: Callable[[torch.Tensor, torch.Tensor, torch.amp.GradScaler], StepOutput]
+    state: Callable[[], dict[str, Any]]
+    load_state: Callable[[dict[str, Any]], None]
+    grad_clip: float | None = None  # the supernet's sandwich sums four networks' gradients and clips them
+    hint: str = ""  # appended to a divergence's message ("; lower --lr")
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How one run of the loop goes, besides the budget.
+
+    `on_step(step, total, loss, batch_accuracy)` follows each loss check (every step on the CPU, every
+    `device.check_every` steps on a GPU; the loss and accuracy are means since the previous check).
+    `on_checkpoint(step, state)` is called at each epoch's end, and every `checkpoint_every_s` seconds when
+    set, with a function that returns the whole training state, which `resume` takes back to go on exactly
+    where it stopped (the same batches, draws and schedule)."""
+
+    seed: int = 0
+    device: TrainingDevice = CPU
+    on_step: Callable[[int, int, float, float], None] | None = None
+    on_checkpoint: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None
+    checkpoint_every_s: float | None = None
+    resume: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    steps: int
+    steps_per_epoch: int
+    total_steps: int
+    loss: float  # the mean loss since the last check before the end
+    seconds: float  # training time, resumed runs' time included
+
+
+def run_loop(trainee: Trainee, data: Split, normalize: Normalizer, budget: Budget, options: LoopOptions) -> LoopResult:
+    """The one training loop (brief proxy, full training, verify, baselines, NetAdapt, the supernet): AdamW
+    with a one-cycle cosine schedule over `data` (already on the device) in seeded order, each step under
+    the device's step lock, the loss checked for divergence, checkpoints and progress as `options` ask."""
+    device = options.device
+    optimizer = torch.optim.AdamW(trainee.parameters, lr=budget.lr, weight_decay=budget.weight_decay)
+    per_epoch = math.ceil(len(data) / budget.batch_size)
+    total = max(1, round(budget.epochs * per_epoch))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=budget.lr, total_steps=total, pct_start=0.15, anneal_strategy="cos"
+    )
+    generator = torch.Generator().manual_seed(options.seed)
+    loop = _LoopState(trainee, device, optimizer, schedule, device.grad_scaler(), generator)
+    if options.resume is not None:
+        loop.load(options.resume)
+    step_lock = device.step_lock()
+    started = time.perf_counter() - loop.seconds
+    last_checkpoint = time.perf_counter()
+    check = _LossCheck(device.device, total, device.check_every, trainee.hint)
+    while loop.step < total:
+        if loop.order is None or loop.step % per_epoch == 0:
+            loop.order = torch.randperm(len(data), generator=loop.generator).to(device.device)
+        start = (loop.step % per_epoch) * budget.batch_size
+        with step_lock():
+            index = loop.order[start : start + budget.batch_size]
+            images = normalize(data.images[index])
+            if budget.augment:
+                images = _augment(images, loop.generator)
+            images = images.contiguous(memory_format=torch.channels_last)
+            output = loop.take_step(images, data.labels[index])
+            check.add(output, data.labels[index], loop.step)
+        loop.step += 1
+        loop.seconds = time.perf_counter() - started
+        if options.on_step and check.checked:
+            options.on_step(loop.step, total, check.loss, check.batch_accuracy)
+        timed = (
+            options.checkpoint_every_s is not None
+            and time.perf_counter() - last_checkpoint >= options.checkpoint_every_s
+        )
+        if options.on_checkpoint and (loop.step % per_epoch == 0 or (timed and loop.step < total)):
+            options.on_checkpoint(loop.step, loop.state)
+            last_checkpoint = time.perf_counter()
+    return LoopResult(loop.step, per_epoch, total, check.loss, loop.seconds)
+
+
+@dataclass
+class _LoopState:
+    """The loop's own state, and the checkpoint of it (with the trainee's): CPU and CUDA random streams,
+    the epoch's batch order, the optimizer, schedule and gradient scaler."""
+
+    trainee: Trainee
+    device: TrainingDevice
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    order: torch.Tensor | None = None
+    step: int = 0
+    seconds: float = 0.0
+
+    def take_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.trainee.step(images, labels, self.scaler)
+        if self.trainee.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainee.parameters, self.trainee.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return output
+
+    def state(self) -> dict[str, Any]:
+        cuda = self.device.is_cuda
+        return self.trainee.state() | {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            # dropout and other draws on the GPU: a resume on CUDA goes on with the same stream
+            "cuda_rng": torch.cuda.get_rng_state(self.device.device) if cuda else None,
+            # a checkpoint inside an epoch keeps that epoch's order, so a resume takes the very same batches
+            "order": self.order.cpu() if self.order is not None else None,
+            "step": self.step,
+            "seconds": self.seconds,
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        device = self.device
+        self.trainee.load_state(saved)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        if saved.get("scaler"):  # fp16's loss scale, else the resumed steps start from the initial one
+            self.scaler.load_state_dict(saved["scaler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        cuda_rng = saved.get("cuda_rng")
+        if device.is_cuda and cuda_rng is not None and len(cuda_rng):
+            torch.cuda.set_rng_state(cuda_rng, device.device)
+        order = saved.get("order")
+        self.order = order.to(device.device) if order is not None and len(order) else None
+        self.step, self.seconds = int(saved["step"]), float(saved.get("seconds", 0.0))
+
+
+class _LossCheck:
+    """Losses stay on the device and are read at each check (every step on the CPU, every few on a GPU: a
+    read waits for the queue); the mean since the last check is what is checked and reported."""
+
+    def __init__(self, device: torch.device, total: int, every: int, hint: str) -> None:
+        self.total, self.every, self.hint = total, every, hint
+        self.pending = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.unread = self.seen = 0
+        self.loss = self.batch_accuracy = float("nan")
+        self.checked = False
+
+    def add(self, output: StepOutput, labels: torch.Tensor, step: int) -> None:
+        self.pending += output.loss.float()
+        self.correct += (output.logits.detach().argmax(1) == labels).sum()
+        self.unread, self.seen = self.unread + 1, self.seen + len(labels)
+        self.checked = (step + 1) % self.every == 0 or step + 1 == self.total
+        if not self.checked:
+            return
+        value = float(self.pending.item()) / self.unread
+        if not math.isfinite(value):
+            where = f"at step {step + 1}" if self.unread == 1 else f"within steps {step + 2 - self.unread}-{step + 1}"
+            raise Diverged(f"loss became {value} {where} of {self.total}{self.hint}")
+        self.loss, self.batch_accuracy = value, float(self.correct.item()) / max(1, self.seen)
+        self.pending.zero_()
+        self.correct.zero_()
+        self.unread = self.seen = 0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`train`'s options besides the data and budget: the seed, the normalizer (fitted on the training
+    images when None), progress and checkpoints (`on_epoch(epoch, state)` at each epoch's end), a resume
+    state, and the device."""
+
+    seed: int = 0
+    normalize: Normalizer | None = None
+    on_step: Callable[[int, int, float, float], None] | None = None
+    on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None
+    resume: dict[str, Any] | None = None
+    device: TrainingDevice = CPU
+
+
+def train(
+    model: nn.Module, train_split: Split, eval_split: Split, budget: Budget, options: TrainOptions = TrainOptions()
+) -> TrainResult:
+    """Train `model` on `train_split` (its first `budget.train_size` images) with the one loop, recompute its
+    BatchNorm statistics and score it on `eval_split`. Raises Diverged on a NaN or infinite loss and
+    OutOfMemory when the candidate does not fit the device (both TrainingFailed).
 
     On the CPU every step (and the final scoring) holds the host's training lock, not the whole run: a
     latency timer waiting on it gets in within one step, however long the training. On a GPU nothing is
     held, the split is copied to GPU memory once as uint8, and steps run in mixed precision (device.py).
     The model is handed back on the CPU, wherever it trained.
     """
+    device = options.device
     try:
         with device.session():
-            return _train_on(model, train_split, eval_split, budget, seed, normalize, on_step, on_epoch, resume, device)
+            return _train_on(model, train_split, eval_split, budget, options)
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not is_allocation_failure(exc):
             raise
@@ -233,112 +416,44 @@ def train(
 
 
 def _train_on(
-    model: nn.Module,
-    train_split: Split,
-    eval_split: Split,
-    budget: Budget,
-    seed: int,
-    normalize: Normalizer | None,
-    on_step: Callable[[int, int, float, float], None] | None,
-    on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None,
-    resume: dict[str, Any] | None,
-    device: TrainingDevice,
+    model: nn.Module, train_split: Split, eval_split: Split, budget: Budget, options: TrainOptions
 ) -> TrainResult:
-    step_lock = device.step_lock()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    normalize = (normalize or Normalizer.fit(train_split.images[: budget.train_size])).to(device.device)
+    device = options.device
+    torch.manual_seed(options.seed)
+    normalize = (options.normalize or Normalizer.fit(train_split.images[: budget.train_size])).to(device.device)
     # channels_last runs depthwise convs about 1.5x faster on CPU (measured here), and is the GPU's layout.
     model.to(device.device, memory_format=torch.channels_last)
     data = train_split.to(device.device, budget.train_size)  # copied to a GPU once per process, not per trial
-    steps_per_epoch = math.ceil(len(data) / budget.batch_size)
-    total_steps = max(1, round(budget.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=budget.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
-    )
-    scaler = device.grad_scaler()
-    step = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        if device.is_cuda and resume.get("cuda_rng") is not None:  # dropout and other draws on the GPU
-            torch.cuda.set_rng_state(resume["cuda_rng"], device.device)
-        if resume.get("scaler"):  # fp16's loss scale, else the resumed steps start from the initial one
-            scaler.load_state_dict(resume["scaler"])
-        step = int(resume["step"])
-
-    def checkpoint() -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device.device) if device.is_cuda else None,
-            "scaler": scaler.state_dict(),
-            "step": step,
-        }
-
-    started = time.perf_counter()
     model.train()
-    loss_value = float("nan")
-    unchecked = torch.zeros((), device=device.device)  # losses since the last read, summed on the device
-    correct = torch.zeros((), device=device.device)  # right answers since the last read (for on_step)
-    seen = 0
-    while step < total_steps:
-        order = torch.randperm(len(data), generator=generator).to(device.device)
-        for start in range(0, len(data), budget.batch_size):
-            if step >= total_steps:
-                break
-            with step_lock():
-                index = order[start : start + budget.batch_size]
-                images = normalize(data.images[index])
-                if budget.augment:
-                    images = _augment(images, generator)
-                images = images.contiguous(memory_format=torch.channels_last)
-                with device.autocast():
-                    logits = model(images)
-                    loss = F.cross_entropy(logits, data.labels[index], label_smoothing=budget.label_smoothing)
-                unchecked += loss.detach().float()
-                if on_step:
-                    correct += (logits.detach().argmax(1) == data.labels[index]).sum()
-                    seen += len(index)
-                # The host reads the device only at a check (every step on the CPU, every few on a GPU):
-                # the progress bar follows the checks, and adds no read of its own.
-                checking = (step + 1) % device.check_every == 0 or step + 1 == total_steps
-                if checking:
-                    loss_value = _checked(unchecked, loss, step, total_steps, device.check_every)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-            step += 1
-            if on_step and checking:
-                batch_accuracy = float(correct.item()) / max(1, seen)
-                correct.zero_()
-                seen = 0
-                on_step(step, total_steps, loss_value, batch_accuracy)
-        if on_epoch and step % steps_per_epoch == 0:
-            on_epoch(step // steps_per_epoch, checkpoint)
-    with step_lock():
+    on_epoch = options.on_epoch
+    per_epoch = math.ceil(len(data) / budget.batch_size)
+
+    def on_checkpoint(step: int, state: Callable[[], dict[str, Any]]) -> None:
+        if on_epoch is not None:
+            on_epoch(step // per_epoch, state)
+
+    loop = LoopOptions(options.seed, device, options.on_step, on_checkpoint if on_epoch else None, None, options.resume)
+    result = run_loop(_model_trainee(model, budget, device), data, normalize, budget, loop)
+    with device.step_lock()():
         recalibrate_batchnorm(model, data, normalize)
-    accuracy = score(model, eval_split, normalize, batch_lock=step_lock)
+    accuracy = score(model, eval_split, normalize, batch_lock=device.step_lock())
     model.to("cpu")
-    return TrainResult(accuracy, loss_value, time.perf_counter() - started, step / steps_per_epoch, step)
+    return TrainResult(accuracy, result.loss, result.seconds, result.steps / per_epoch, result.steps)
 
 
-def _checked(unchecked: torch.Tensor, loss: torch.Tensor, step: int, total_steps: int, every: int) -> float:
-    """The last loss, after checking every loss since the previous check (one host read for all of them)."""
-    total = float(unchecked.item())
-    if not math.isfinite(total):
-        value = float(loss.item())
-        bad = value if not math.isfinite(value) else total
-        where = f"at step {step + 1}" if every == 1 else f"within steps {max(1, step + 2 - every)}-{step + 1}"
-        raise Diverged(f"loss became {bad} {where} of {total_steps}")
-    unchecked.zero_()
-    return total if every == 1 else float(loss.item())  # with a check every step the sum is that step's loss
+def _model_trainee(model: nn.Module, budget: Budget, device: TrainingDevice) -> Trainee:
+    """One network on the labels (cross-entropy with label smoothing): every training but the supernet's."""
+
+    def step(images: torch.Tensor, labels: torch.Tensor, scaler: torch.amp.GradScaler) -> StepOutput:
+        with device.autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=budget.label_smoothing)
+        scaler.scale(loss).backward()
+        return StepOutput(loss.detach(), logits.detach())
+
+    return Trainee(
+        list(model.parameters()),
+        step,
+        lambda: {"model": model.state_dict()},
+        lambda saved: model.load_state_dict(saved["model"]),
+    )

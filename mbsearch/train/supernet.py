@@ -42,11 +42,15 @@ from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.loop import (
     RECALIBRATION_BATCH,
     RECALIBRATION_IMAGES,
-    Diverged,
+    LoopOptions,
     Normalizer,
     OutOfMemory,
+    StepOutput,
+    Trainee,
+    TrainOptions,
     is_allocation_failure,
     recalibrate_batchnorm,
+    run_loop,
     score,
     train,
 )
@@ -193,7 +197,7 @@ def train_supernet(
     budget: Budget,
     seed: int = 0,
     device: TrainingDevice = CPU,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> SupernetTrainResult:
     """Train (or resume, or find already trained) the supernet of `space` on `data` into `folder`."""
@@ -216,8 +220,8 @@ def train_supernet(
     _write_manifest(folder, identity, normalizer, complete=False, steps=0, **summary)
     try:
         with device.session():
-            steps, seconds, resumed = _train(supernet, space, data, folder, identity, normalizer, budget, seed,
-                                             device, on_step, checkpoint_every_s)  # fmt: skip
+            run = _SupernetRun(identity, normalizer, budget, seed, device, on_step, checkpoint_every_s)
+            steps, seconds, resumed = _train(supernet, space, data, folder, run)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; the last checkpoint is kept for a resume
         if not is_allocation_failure(exc):
             raise
@@ -262,146 +266,74 @@ def _load_weights(supernet: Supernet, folder: Path) -> None:
 
 
 def _train(
-    supernet: Supernet,
-    space: SearchSpace,
-    data: Dataset,
-    folder: Path,
-    identity: SupernetIdentity,
-    normalizer: Normalizer,
-    budget: Budget,
-    seed: int,
-    device: TrainingDevice,
-    on_step: Callable[[int, int, float], None] | None,
-    checkpoint_every_s: float,
+    supernet: Supernet, space: SearchSpace, data: Dataset, folder: Path, run: _SupernetRun
 ) -> tuple[int, float, int]:
+    """The sandwich rule's steps in the one training loop; the state is checkpointed to `folder` at each
+    epoch's end and every `run.checkpoint_every_s` seconds (atomically: a kill loses at most that much)."""
+    device, budget = run.device, run.budget
     supernet.to(device.device)
     train_split = data.train.to(device.device, budget.train_size)
-    normalize = normalizer.to(device.device)
-    steps_per_epoch = math.ceil(len(train_split) / budget.batch_size)
-    total_steps = max(1, round(budget.epochs * steps_per_epoch))
-    params = list(supernet.weights.values())
-    optimizer = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=budget.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
-    )
-    generator = torch.Generator().manual_seed(seed)
-    draws = random.Random(seed)
-    scaler = device.grad_scaler()
-    step, seconds = 0, 0.0
-    saved: dict[str, Any] = {}
     checkpoint_path = folder / CHECKPOINT_FILE
-    if checkpoint_path.is_file():
-        saved = _read_checkpoint(checkpoint_path, identity)
-        supernet.load_tensors(saved["weights"], str(checkpoint_path))
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        scaler.load_state_dict(saved["scaler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.is_cuda and len(saved.get("cuda_rng", ())):
-            torch.cuda.set_rng_state(saved["cuda_rng"], device.device)
-        draws.setstate(_python_state(saved["draws"]))
-        step, seconds = int(saved["step"]), float(saved["seconds"])
-    resumed = step
-    # The epoch's order is drawn from the generator at each epoch's start, as the training loop does; a
-    # checkpoint inside an epoch keeps that epoch's order, so a resume goes on with the very same batches.
-    order: torch.Tensor | None = saved["order"].to(device.device) if step % steps_per_epoch else None
+    saved = _read_checkpoint(checkpoint_path, run.identity) if checkpoint_path.is_file() else None
+    draws = random.Random(run.seed)
+    trainee = _sandwich(supernet, space, budget, device, draws, str(checkpoint_path))
 
-    def save() -> None:
-        state = {
-            "identity": json.dumps(asdict(identity), sort_keys=True),
-            "weights": {name: tensor.cpu() for name, tensor in supernet.tensors().items()},
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            # dropout and other draws on the GPU: a resume on CUDA goes on with the same stream
-            "cuda_rng": torch.cuda.get_rng_state(device.device)
-            if device.is_cuda
-            else torch.empty(0, dtype=torch.uint8),
-            "draws": _json_state(draws.getstate()),
-            "order": order.cpu() if order is not None else torch.empty(0, dtype=torch.int64),
-            "step": step,
-            "seconds": seconds,
-        }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomic(checkpoint_path, buffer.getvalue())
+    def save(step: int, state: Callable[[], dict[str, Any]]) -> None:
+        if step < total:  # the finished supernet is written as its weights file, not as a checkpoint
+            buffer = io.BytesIO()
+            torch.save(state() | {"identity": json.dumps(asdict(run.identity), sort_keys=True)}, buffer)
+            write_atomic(checkpoint_path, buffer.getvalue())
 
-    big, small = largest(space), smallest(space)
+    total = max(1, round(budget.epochs * math.ceil(len(train_split) / budget.batch_size)))
+    options = LoopOptions(run.seed, device, run.on_step, save, run.checkpoint_every_s, saved)
     supernet.train()
-    last_save = time.perf_counter()
-    started = time.perf_counter() - seconds
-    step_lock = device.step_lock()
-    # Losses stay on the device and are read at each check (every step on the CPU, every 25 on a GPU: a
-    # read waits for the queue); the mean since the last check is what is checked and reported.
-    pending, unread = None, 0
-    while step < total_steps:
-        if order is None or step % steps_per_epoch == 0:
-            order = torch.randperm(len(train_split), generator=generator).to(device.device)
-        start = (step % steps_per_epoch) * budget.batch_size
-        index = order[start : start + budget.batch_size]
-        with step_lock():
-            loss = _sandwich_step(supernet, space, train_split, normalize, index, big, small, draws, budget,
-                                  optimizer, scaler, params, device)  # fmt: skip
-            pending, unread = (loss if pending is None else pending + loss), unread + 1
-            check = (step + 1) % device.check_every == 0 or step + 1 == total_steps
-            if check:
-                value = float(pending.item()) / unread
-                pending, unread = None, 0
-                if not math.isfinite(value):
-                    raise Diverged(f"supernet loss became {value} by step {step + 1} of {total_steps}; lower --lr")
-            schedule.step()
-        step += 1
-        seconds = time.perf_counter() - started
-        if on_step and check:
-            on_step(step, total_steps, value)
-        end_of_epoch = step % steps_per_epoch == 0
-        if step < total_steps and (end_of_epoch or time.perf_counter() - last_save >= checkpoint_every_s):
-            save()
-            last_save = time.perf_counter()
-    return step, seconds, resumed
+    result = run_loop(trainee, train_split, run.normalizer.to(device.device), budget, options)
+    return result.steps, result.seconds, int(saved["step"]) if saved else 0
 
 
-def _sandwich_step(
-    supernet: Supernet,
-    space: SearchSpace,
-    train_split,
-    normalize: Normalizer,
-    index: torch.Tensor,
-    big,
-    small,
-    draws: random.Random,
-    budget: Budget,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    params: list[torch.nn.Parameter],
-    device: TrainingDevice,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class _SupernetRun:
+    identity: SupernetIdentity
+    normalizer: Normalizer
+    budget: Budget
+    seed: int
+    device: TrainingDevice
+    on_step: Callable[[int, int, float, float], None] | None
+    checkpoint_every_s: float
+
+
+def _sandwich(
+    supernet: Supernet, space: SearchSpace, budget: Budget, device: TrainingDevice, draws: random.Random, source: str
+) -> Trainee:
     """One step of the sandwich rule: the largest on the labels, the smallest and RANDOM_PER_STEP random
-    sub-networks on the largest's soft predictions (in-place distillation); one optimizer step for all.
-    Returns the summed loss, detached and on the device (reading it is the caller's choice)."""
-    images = normalize(train_split.images[index]).contiguous(memory_format=torch.channels_last)
-    labels = train_split.labels[index]
-    optimizer.zero_grad(set_to_none=True)
-    with device.autocast():
-        teacher = supernet(images, *big)
-        loss = F.cross_entropy(teacher, labels, label_smoothing=budget.label_smoothing)
-    scaler.scale(loss).backward()
-    soft = teacher.detach().float().softmax(1)
-    total = loss.detach().float()
-    for width, decisions in [small] + [random_decisions(space, draws) for _ in range(RANDOM_PER_STEP)]:
+    sub-networks on the largest's soft predictions (in-place distillation); the loop takes one optimizer
+    step for all, their summed gradients clipped."""
+    big, small = largest(space), smallest(space)
+
+    def step(images: torch.Tensor, labels: torch.Tensor, scaler: torch.amp.GradScaler) -> StepOutput:
         with device.autocast():
-            logits = supernet(images, width, decisions)
-            distill = -(soft * F.log_softmax(logits.float(), 1)).sum(1).mean()
-        scaler.scale(distill).backward()
-        total = total + distill.detach()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-    scaler.step(optimizer)
-    scaler.update()
-    return total
+            teacher = supernet(images, *big)
+            loss = F.cross_entropy(teacher, labels, label_smoothing=budget.label_smoothing)
+        scaler.scale(loss).backward()
+        soft = teacher.detach().float().softmax(1)
+        total = loss.detach().float()
+        for width, decisions in [small] + [random_decisions(space, draws) for _ in range(RANDOM_PER_STEP)]:
+            with device.autocast():
+                logits = supernet(images, width, decisions)
+                distill = -(soft * F.log_softmax(logits.float(), 1)).sum(1).mean()
+            scaler.scale(distill).backward()
+            total = total + distill.detach()
+        return StepOutput(total, teacher.detach())
+
+    def state() -> dict[str, Any]:
+        return {"weights": {name: tensor.cpu() for name, tensor in supernet.tensors().items()},
+                "draws": _json_state(draws.getstate())}  # fmt: skip
+
+    def load_state(saved: dict[str, Any]) -> None:
+        supernet.load_tensors(saved["weights"], source)
+        draws.setstate(_python_state(saved["draws"]))
+
+    return Trainee(list(supernet.weights.values()), step, state, load_state, GRAD_CLIP, "; lower --lr")
 
 
 def _json_state(state: tuple) -> list:
@@ -507,7 +439,7 @@ def score_inherited(
     val = data.val if val_images is None else data.val.head(val_images)
     if finetune_steps:
         budget = finetune_budget(finetune_steps)
-        result = train(model, data.train, val, budget, seed, trained.normalizer, device=device)
+        result = train(model, data.train, val, budget, TrainOptions(seed, trained.normalizer, device=device))
         calibrated = min(len(data.train), budget.train_size, RECALIBRATION_IMAGES)  # train()'s, its first images
         # the steps that ran: fewer than asked where the training split is shorter than steps x batch
         return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, result.steps)

@@ -157,7 +157,7 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
     straight = train_supernet(space, fashion, tmp_path / "a", identity, budget)
     assert straight.steps == 8 and not straight.already_trained
 
-    def stop_at_six(step: int, total: int, loss: float) -> None:
+    def stop_at_six(step: int, total: int, loss: float, accuracy: float) -> None:
         if step == 6:  # inside epoch two, after a checkpoint at step 5 (checkpoint_every_s=0: every step)
             raise Stop
 
@@ -184,7 +184,7 @@ def test_damaged_and_foreign_supernets_are_named_and_refused(space, fashion, tmp
     identity = _identity(space, fashion, budget)
     folder = tmp_path / "s"
 
-    def stop(step: int, total: int, loss: float) -> None:
+    def stop(step: int, total: int, loss: float, accuracy: float) -> None:
         raise Stop
 
     with pytest.raises(Stop):
@@ -218,6 +218,6 @@ def test_progress_reports_the_mean_loss_at_each_check_never_zero(space, fashion,
     seen: list[tuple[int, float]] = []
     every_third = TrainingDevice(torch.device("cpu"), check_every_steps=3)
     train_supernet(space, fashion, tmp_path / "c", _identity(space, fashion, budget), budget,
-                   device=every_third, on_step=lambda step, total, loss: seen.append((step, loss)))  # fmt: skip
+                   device=every_third, on_step=lambda step, total, loss, _: seen.append((step, loss)))  # fmt: skip
     assert [step for step, _ in seen] == [3, 6, 8]
     assert all(math.isfinite(loss) and loss > 0.1 for _, loss in seen), seen

@@ -13,7 +13,7 @@ from mbsearch.study import records
 from mbsearch.study.storage import open_storage
 from mbsearch.train import device as training_device
 from mbsearch.train.device import CPU, resolve_device, worker_device
-from mbsearch.train.loop import Diverged, _checked
+from mbsearch.train.loop import Diverged, StepOutput, _LossCheck
 
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64", "--train-threads", "1"]
 NO_GPU = f"no CUDA GPU is visible on this machine (torch {torch.__version__}); the GPU search runs where one is"
@@ -75,11 +75,16 @@ def test_one_worker_per_gpu_in_turn_where_there_are_several(monkeypatch) -> None
 
 
 def test_a_deferred_divergence_check_names_the_steps_it_covers() -> None:
-    """On a GPU the loss is read every few steps (no per-step synchronisation): a NaN in between is still caught."""
-    unchecked = torch.tensor(float("nan"))
-    with pytest.raises(Diverged, match="within steps 26-50 of 100"):
-        _checked(unchecked, torch.tensor(0.5), step=49, total_steps=100, every=25)
-    assert _checked(torch.tensor(3.0), torch.tensor(0.5), step=49, total_steps=100, every=25) == 0.5
+    """On a GPU the loss is read every few steps (no per-step synchronisation): a NaN in between is still
+    caught, and a clean stretch reports the mean loss of its steps."""
+    logits, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    check = _LossCheck(torch.device("cpu"), total=100, every=25, hint="; lower --lr")
+    for step in range(25):
+        check.add(StepOutput(torch.tensor(float(step % 2)), logits), labels, step)
+    assert check.checked and check.loss == pytest.approx(12 / 25) and check.batch_accuracy == 1.0
+    with pytest.raises(Diverged, match=r"within steps 26-50 of 100; lower --lr"):
+        for step in range(25, 50):
+            check.add(StepOutput(torch.tensor(float("nan") if step == 30 else 0.5), logits), labels, step)
 
 
 def test_unknown_device_names_are_refused_by_the_library_too() -> None:

@@ -18,7 +18,7 @@ from mbsearch.train import loop
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_dataset
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.loop import OutOfMemory, train
+from mbsearch.train.loop import OutOfMemory, TrainOptions, train
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,11 @@ def test_progress_is_read_at_the_loss_checks_only_and_checkpoints_hold_the_scale
         fashion.train,
         fashion.val,
         budget,
-        on_step=lambda step, total, loss, accuracy: calls.append((step, accuracy)),
-        on_epoch=lambda epoch, checkpoint: states.append(checkpoint()),
-        device=device,
+        TrainOptions(
+            on_step=lambda step, total, loss, accuracy: calls.append((step, accuracy)),
+            on_epoch=lambda epoch, checkpoint: states.append(checkpoint()),
+            device=device,
+        ),
     )
     assert [step for step, _ in calls] == [4, 8, 10]
     assert all(0.0 <= accuracy <= 1.0 for _, accuracy in calls)

@@ -8,7 +8,7 @@ from mbsearch.architecture.zoo import reference_arch
 from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_dataset
-from mbsearch.train.loop import Diverged, Normalizer, score, train
+from mbsearch.train.loop import Diverged, Normalizer, TrainOptions, score, train
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_brief_training_learns_well_above_chance_and_is_seeded(fashion) -> None:
     results = []
     for _ in range(2):
         torch.manual_seed(0)
-        results.append(train(build_model(arch), fashion.train, fashion.val, budget, seed=0))
+        results.append(train(build_model(arch), fashion.train, fashion.val, budget, TrainOptions(seed=0)))
     assert results[0].accuracy > 0.4  # chance is 0.1
     assert results[0].accuracy == results[1].accuracy  # same seed, same threads: same numbers
     assert results[0].steps == 24 and results[0].epochs_run == pytest.approx(1.0)
