@@ -46,8 +46,10 @@ from mbsearch.architecture.sample import random_arch
 from mbsearch.architecture.space import load_space
 from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.timing import cpu_model
+from mbsearch.latency.calibration import whole_network_latencies
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.lut import prediction_error, profile, whole_network_latencies
+from mbsearch.latency.lut import prediction_error
+from mbsearch.latency.profiling import ProfilePlan, profile
 from mbsearch.latency.targets import (
     POOLED_RECIPE,
     ROUNDS_RECIPE,
@@ -181,10 +183,10 @@ def predictor(
 ) -> dict:
     space = load_space(SPACE)
     started = time.perf_counter()
-    table = profile(
-        space, target, size, 1, 10, calibrate=calibrate, seed=seed, adaptive=adaptive, sample=sample,
-        precision=precision,
-    )  # fmt: skip
+    plan = ProfilePlan(
+        size, 1, 10, calibrate=calibrate, seed=seed, adaptive=adaptive, sample=sample, precision=precision
+    )
+    table = profile(space, target, plan)
     minutes = (time.perf_counter() - started) / 60
     first = seed * SEED_STRIDE
     groups = {

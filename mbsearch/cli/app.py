@@ -617,14 +617,13 @@ def train_command(
 ) -> None:
     """Train an architecture fully and report its test accuracy (the only command that reads the test set).
     With --precision int8, also its int8 graph (model.int8.onnx) and that graph's test accuracy."""
-    from mbsearch.train.fulltrain import train_arch_file
+    from mbsearch.train.fulltrain import FullTraining, train_arch_file
     from mbsearch.train.image_cache import default_cache_dir
 
+    recipe = FullTraining(epochs, dataset, data_dir, batch_size, lr, seed, skip_bad_images,
+                          default_cache_dir(runs_dir), precision.value)  # fmt: skip
     with _training_progress(f"training {arch.name}") as on_step:
-        _, result = train_arch_file(
-            arch, out, epochs, dataset, data_dir, batch_size, lr, seed, threads, on_step, device,
-            skip_bad_images, default_cache_dir(runs_dir), precision.value,
-        )  # fmt: skip
+        _, result = train_arch_file(arch, out, recipe, on_step, device, threads)
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}", highlight=False)
     console.print(
@@ -769,27 +768,13 @@ def profile(
     """Build a per-block latency lookup table for a space on a target (for 'run --latency predicted').
     With --precision int8 the parts are timed as int8 graphs, for int8 searches. Interrupted, the same
     command resumes from OUTPUT.partial."""
-    from mbsearch.latency.profiling import profile_to_file
+    from mbsearch.latency.profiling import ProfilePlan, profile_to_file
 
     def say(line: str) -> None:
         console.print(line, highlight=False)
 
-    table = profile_to_file(
-        space,
-        target,
-        target_token,
-        threads,
-        input_size,
-        channels,
-        classes,
-        calibrate,
-        seed,
-        output,
-        say,
-        adaptive,
-        sample,
-        precision.value,
-    )
+    plan = ProfilePlan(input_size, channels, classes, calibrate, seed, adaptive, sample, precision.value)
+    table = profile_to_file(space, target, target_token, threads, plan, output, say)
     for line in (table.calibration_line(), table.quiet_line()):
         if line is not None:
             say(line)

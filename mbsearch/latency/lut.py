@@ -29,351 +29,58 @@ search of the other precision, or under other settings, is refused with one line
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import random
-import re
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
-import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
 from mbsearch.architecture.arch import Arch
-from mbsearch.architecture.plan import plan_layers
-from mbsearch.architecture.rules import has_shortcut, output_size, se_channels
-from mbsearch.architecture.sample import arch_from_decisions, random_arch
-from mbsearch.architecture.space import CHOICE_KEYS, SearchSpace
-from mbsearch.device import hostlock
+from mbsearch.architecture.space import SearchSpace
 from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
-from mbsearch.latency.profiler import build_seeded
+from mbsearch.latency.parts import PART_FLOOR_MS, PART_RECIPE, PartConfig, arch_parts, space_parts
 from mbsearch.latency.targets import (
     ROUNDS_RECIPE,
-    GatedTurns,
     Prepared,
-    Target,
-    exported,
-    gated_one_by_one,
-    gated_turns,
     input_shape,
-    latencies_by_rounds,
 )
-from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
-from mbsearch.nn.onnx_export import export_module, exporter_identity
-from mbsearch.nn.quantize import int8_recipe, noise_calibration, quantize_int8
+from mbsearch.nn.onnx_export import exporter_identity
+from mbsearch.nn.quantize import int8_recipe
 
 FORMAT = "mbsearch.latency.lut/2"
-# How a part is timed: `rounds` turns of the part in its host and the host alone, back to back, each a fresh
-# session with `warmup` runs then `runs` timed ones, gated like whole networks (targets.ROUNDS_RECIPE: a turn
-# counts only when the probe beside it ran near its fastest) and interleaved with `chunk` other parts; a turn's
-# cost is the difference of the two fastest runs, and the part's the median over its quiet turns.
-PART_RECIPE: dict[str, Any] = {
-    "name": "gated-in-context",
-    "rounds": 5,
-    "warmup": 3,
-    "runs": 10,
-    "chunk": 25,
-} | {key: ROUNDS_RECIPE[key] for key in ("probes", "tolerance", "max_turns", "settle_reads")}
-CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
+
+
 # A full table at 224x224 with --adaptive samples holds tens of thousands of entries (a few MB); a table made
 # in hours must load, so its limit is far above the 1 MB of a hand-written space or arch file.
 MAX_TABLE_BYTES = 512_000_000
+
+
 FOLDS = 5  # the network-level correction is judged on networks it was not fitted on
+
+
 # What the network-level correction may weigh besides the parts' sum: the network's weights (millions) and
 # the feature-map elements its parts move (millions). A part timed in its small host runs with its weights
 # and maps warm in cache; in a whole network they compete, and at 28x28 the sums of exactly timed parts came
 # to 0.61-1.32 of the whole, falling with the network's size (benchmarks/README.md).
 NETWORK_FEATURES = ("sum", "params", "activations")
-CORRECTIONS = (("sum",), NETWORK_FEATURES)  # the candidates, judged by held-out error
-PART_FLOOR_MS = 1e-3  # a part's difference below the timer's resolution is kept as this much, never <= 0
+
+
 TIMED_EXPORTER = "torchscript"  # nn.onnx_export's fast path: what searches time and users ship
+
+
 QUIET_WARNING = 0.5  # below this share of quiet turns, `profile` says the device was busy
+
+
 FOREST_MIN_SAMPLES = 8  # below this many samples of a kind, its linear model alone predicts
 
-
-# A part's block type in table keys: `ds` was keyed "ds" while it had a shortcut (arch format /1), so
-# MobileNetV1's layer without one is keyed "dsa" (timm's name) and an old table's "ds" entries never match.
-_PART_TYPES = {"ir": "ir", "ds": "dsa", "dsr": "dsr"}
-_KEY = {
-    "stem": re.compile(r"stem\|(?P<inc>\d+)x(?P<size>\d+)\|o(?P<out>\d+)\|k(?P<k>\d+)\|s(?P<s>\d+)\|(?P<act>\w+)$"),
-    "block": re.compile(
-        r"block\|(?P<inc>\d+)x(?P<size>\d+)\|(?P<type>ir|dsa|dsr)\|k(?P<k>\d+)\|s(?P<s>\d+)\|m(?P<mid>\d+)"
-        r"\|o(?P<out>\d+)\|se(?P<se>[0-9.e-]+)\|(?P<act>\w+)$"
-    ),
-    "head": re.compile(
-        r"head\|(?P<inc>\d+)x(?P<size>\d+)\|c(?P<conv>\d+)\|h(?P<hidden>\d+)\|(?P<act>\w+)\|n(?P<n>\d+)$"
-    ),
-}
-
-
-@dataclass(frozen=True)
-class PartConfig:
-    """A part's configuration, parsed from its table key: what the regressor reads and the builder builds."""
-
-    key: str
-    kind: str  # stem | ir | dsa | dsr | head
-    in_chs: int
-    size: int
-    mid: int
-    out: int
-    kernel: int
-    stride: int
-    se: float
-    act: str
-    hidden: int = 0
-    classes: int = 0
-
-    @classmethod
-    def parse(cls, key: str) -> PartConfig:
-        head = key.split("|", 1)[0]
-        match = _KEY[head].match(key) if head in _KEY else None
-        if match is None:
-            raise BadInput(f"lookup table key {key!r} is not a part key; rebuild the table with 'mbsearch profile'")
-        g = match.groupdict()
-        common = {"key": key, "in_chs": int(g["inc"]), "size": int(g["size"]), "act": g["act"]}
-        if head == "stem":
-            out = int(g["out"])
-            return cls(kind="stem", mid=out, out=out, kernel=int(g["k"]), stride=int(g["s"]), se=0.0, **common)
-        if head == "head":
-            conv = int(g["conv"])
-            return cls(
-                kind="head", mid=conv, out=conv, kernel=1, stride=1, se=0.0, hidden=int(g["hidden"]),
-                classes=int(g["n"]), **common,
-            )  # fmt: skip
-        return cls(
-            kind=g["type"], mid=int(g["mid"]), out=int(g["out"]), kernel=int(g["k"]), stride=int(g["s"]),
-            se=float(g["se"]), **common,
-        )  # fmt: skip
-
-    @property
-    def out_size(self) -> int:
-        return output_size(self.size, self.stride)
-
-    def with_widths(self, in_chs: int, mid: int, out: int) -> PartConfig:
-        """The same part at other channel counts (adaptive sampling), with its key."""
-        if self.kind in ("stem", "head"):
-            return self  # their widths follow the space's few width multipliers; blocks vary most
-        mid = in_chs if self.kind != "ir" else max(mid, 1)
-        key = (
-            f"block|{in_chs}x{self.size}|{self.kind}|k{self.kernel}|s{self.stride}|m{mid}|o{out}|se{self.se:g}"
-            f"|{self.act}"
-        )
-        return replace(self, key=key, in_chs=in_chs, mid=mid, out=out)
-
-    def macs(self) -> tuple[float, float]:
-        """(dense MACs, depthwise MACs): the compute the linear cost model weighs."""
-        inner, outer = self.size**2, self.out_size**2
-        if self.kind == "stem":
-            return float(self.in_chs * self.out * self.kernel**2 * outer), 0.0
-        if self.kind == "head":
-            return float(self.in_chs * self.out * inner + self._classifier_weights()), 0.0
-        dense = self.mid * self.out * outer
-        if self.kind == "ir" and self.mid != self.in_chs:
-            dense += self.in_chs * self.mid * inner
-        if self.se:
-            dense += 2 * self.mid * se_channels(self.mid, self.se)
-        return float(dense), float(self.mid * self.kernel**2 * outer)
-
-    def activation_elements(self) -> float:
-        """Feature-map elements read and written: the memory the part moves."""
-        if self.kind in ("stem", "head"):
-            return float(self.in_chs * self.size**2 + self.out * self.out_size**2)
-        mid_maps = self.mid * (self.size**2 + self.out_size**2) if self.kind == "ir" else self.mid * self.out_size**2
-        return float(self.in_chs * self.size**2 + mid_maps + self.out * self.out_size**2)
-
-    def _classifier_weights(self) -> int:
-        """MobileNetV3's hidden linear layer then the classifier; MobileNetV2's classifier alone (hidden 0)."""
-        if self.hidden:
-            return self.out * self.hidden + self.hidden * self.classes
-        return self.out * self.classes
-
-    def params(self) -> float:
-        """Convolution and linear weights (BatchNorm and biases left out: they cost no MACs)."""
-        if self.kind == "stem":
-            return float(self.in_chs * self.out * self.kernel**2)
-        if self.kind == "head":
-            return float(self.in_chs * self.out + self._classifier_weights())
-        weights = self.mid * self.kernel**2 + self.mid * self.out
-        if self.kind == "ir" and self.mid != self.in_chs:
-            weights += self.in_chs * self.mid
-        if self.se:
-            weights += 2 * self.mid * se_channels(self.mid, self.se)
-        return float(weights)
-
-    def linear_features(self) -> list[float]:
-        dense, depthwise = self.macs()
-        return [dense, depthwise, self.activation_elements(), 1.0]
-
-    def forest_features(self) -> list[float]:
-        dense, depthwise = self.macs()
-        return [
-            math.log(self.in_chs), math.log(self.mid), math.log(self.out), float(self.size), float(self.kernel),
-            float(self.stride), self.se, float(self.act == "hswish"), float(self.act == "relu6"),
-            float(self.in_chs % 8 == 0), float(self.mid % 8 == 0), float(self.out % 8 == 0),
-            math.log1p(dense), math.log1p(depthwise), math.log1p(self.activation_elements()),
-            math.log1p(self.params()), float(self.shortcut),
-        ]  # fmt: skip
-
-    @property
-    def shortcut(self) -> bool:
-        """The residual Add (rules.has_shortcut): fused into the projection conv by the runtime."""
-        return self.kind in _ARCH_TYPES and has_shortcut(_ARCH_TYPES[self.kind], self.stride, self.in_chs, self.out)
-
-    def categories(self) -> tuple:
-        """What a regressor cannot interpolate between: a kernel, stride, SE or activation it never saw."""
-        return (self.kernel, self.stride, self.se > 0, self.act)
-
-    def build(self) -> nn.Module:
-        if self.kind == "stem":
-            return ConvBNAct(self.in_chs, self.out, self.kernel, self.stride, act=self.act)
-        if self.kind == "head":
-            classifier: list[nn.Module] = (
-                [nn.Linear(self.out, self.hidden), make_activation(self.act), nn.Linear(self.hidden, self.classes)]
-                if self.hidden
-                else [nn.Linear(self.out, self.classes)]
-            )  # dropout is the identity in an exported (eval) graph
-            return nn.Sequential(
-                ConvBNAct(self.in_chs, self.out, 1, act=self.act), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *classifier
-            )
-        if self.kind == "ir":
-            return InvertedResidual(
-                self.in_chs, self.mid, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut
-            )
-        return DepthwiseSeparable(self.in_chs, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut)
-
-
-_ARCH_TYPES = {"ir": "ir", "dsa": "ds", "dsr": "dsr"}
-
-
-def arch_part_keys(arch: Arch) -> list[str]:
-    """The keys of the stem, blocks and head of `arch`, as a table stores them."""
-    plans = plan_layers(arch)
-    stem, head, last = arch.stem, arch.head, plans[-1]
-    size = plans[0].out_size
-    keys = [f"stem|{arch.input.channels}x{arch.input.size}|o{stem.out}|k{stem.kernel}|s{stem.stride}|{stem.act}"]
-    for block, plan in zip(arch.blocks, plans[1:-1], strict=True):
-        keys.append(
-            f"block|{plan.in_chs}x{size}|{_PART_TYPES[block.type]}|k{block.kernel}|s{block.stride}|m{plan.mid_chs}"
-            f"|o{block.out}|se{block.se:g}|{block.act}"
-        )
-        size = plan.out_size
-    keys.append(f"head|{last.in_chs}x{size}|c{head.conv}|h{head.hidden}|{head.act}|n{arch.num_classes}")
-    return keys
-
-
-def arch_parts(arch: Arch) -> list[PartConfig]:
-    """Stem, blocks and head of `arch`, parsed."""
-    return [PartConfig.parse(key) for key in arch_part_keys(arch)]
-
-
-def space_parts(space: SearchSpace, input_size: int, channels: int, num_classes: int) -> dict[str, PartConfig]:
-    """Every distinct part the space can produce at this input: for each width and each stage, each choice
-    combination as the stage's first block and as a repeated one. The layouts come from the sampler's own
-    code (arch_from_decisions), so the keys are exactly those of sampled networks."""
-    parts: dict[str, PartConfig] = {}
-    defaults = [{key: getattr(space.stage_choices(i), key)[0] for key in CHOICE_KEYS} for i in range(len(space.stages))]
-    for width in space.width:
-        for index in range(len(space.stages)):
-            choices = space.stage_choices(index)
-            for combo in _combinations(choices):
-                decisions = [dict(d) for d in defaults]
-                decisions[index] = combo | {"depth": max(choices.depth)}
-                arch = arch_from_decisions(space, width, decisions, input_size, channels, num_classes)
-                for key in arch_part_keys(arch):
-                    if key not in parts:
-                        parts[key] = PartConfig.parse(key)
-    return parts
-
-
-def _combinations(choices: Any) -> list[dict[str, Any]]:
-    combos = []
-    for block in choices.block:
-        for expand in choices.expand if block == "ir" else choices.expand[:1]:
-            for kernel in choices.kernel:
-                for se in choices.se:
-                    for act in choices.act:
-                        combos.append({"block": block, "kernel": kernel, "expand": expand, "se": se, "act": act})
-    return combos
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-
-class _Host(nn.Module):
-    """The context a part is timed in: a depthwise 1x1 conv before it (so its input arrives in the layout
-    the runtime chose for the network, NCHWc on x86), a global average pool after it (so its output stays
-    inside the runtime). Without a part, the host alone: the difference is the part's cost in context."""
-
-    def __init__(self, channels: int, part: nn.Module | None, pooled: bool) -> None:
-        super().__init__()
-        self.pre = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-        self.part = part if part is not None else nn.Identity()
-        self.post = nn.Identity() if pooled else nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(self.part(self.pre(x)))
-
-
-def _graph(graph: bytes, shape: tuple[int, ...], precision: str) -> bytes:
-    """The graph as a network of this precision runs it: int8 quantized by the search's recipe."""
-    if precision != "int8":
-        return graph
-    with hostlock.training():  # ONNX Runtime calibrates on this CPU: no timing on the host meanwhile
-        return quantize_int8(graph, noise_calibration(shape))
-
-
-def _prepared(module: nn.Module, shape: tuple[int, ...], precision: str = "fp32") -> Prepared:
-    return Prepared(_graph(export_module(module.eval(), shape).data, shape, precision), shape, None)
-
-
-def _input_only(shape: tuple[int, ...], precision: str = "fp32") -> Prepared:
-    """The image through a global pool: what any network of this input costs before its first layer."""
-    return _prepared(nn.AdaptiveAvgPool2d(1), shape, precision)
-
-
-def _with_and_without(part: PartConfig, precision: str = "fp32") -> list[Prepared]:
-    """The part in its host (see _Host) and the host alone (the stem: the network's input alone)."""
-    shape = (1, part.in_chs, part.size, part.size)
-    module = part.build()
-    if part.kind == "stem":
-        stem = nn.Sequential(module, nn.AdaptiveAvgPool2d(1))
-        return [_prepared(stem, shape, precision), _input_only(shape, precision)]
-    return [
-        _prepared(_Host(part.in_chs, module, pooled=part.kind == "head"), shape, precision),
-        _prepared(_Host(part.in_chs, None, pooled=False), shape, precision),
-    ]
-
-
-def time_parts_in_context(
-    target: Target, parts: list[PartConfig], recipe: dict[str, Any] = PART_RECIPE, precision: str = "fp32"
-) -> GatedTurns:
-    """Each part's cost in ms inside its host, the parts' turns interleaved: the median over the gated turns
-    of the difference between the host with the part and without it. Returns the gated turns, whose
-    `minima` are replaced by the parts' costs."""
-    result = gated_turns(target, [_with_and_without(part, precision) for part in parts], recipe)
-    costs = [
-        max(statistics.median(a - b for a, b in zip(with_part, without, strict=True)), PART_FLOOR_MS)
-        for with_part, without in result.minima
-    ]
-    return replace(result, minima=costs)
-
-
-def time_part_in_context(target: Target, part: PartConfig, recipe: dict[str, Any] = PART_RECIPE) -> float:
-    """One part's cost in ms inside its host (time_parts_in_context)."""
-    return time_parts_in_context(target, [part], recipe).minima[0]
-
-
-# ------------------------------------------------------------------------------------------- the file
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -415,9 +122,6 @@ class LutFile(pydantic.BaseModel):
     # every part's in-context cost: finite and positive (a negative or NaN one would reach a front)
     entries: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
     adaptive: list[str] = []  # the entries added by adaptive sampling (widths outside the space's)
-
-
-# ---------------------------------------------------------------------------------------- the regressor
 
 
 class KindModel:
@@ -684,170 +388,6 @@ class LookupTable:
         )
 
 
-# ------------------------------------------------------------------------------------------ profiling
-
-
-def profile(
-    space: SearchSpace,
-    target: Target,
-    input_size: int,
-    channels: int,
-    num_classes: int,
-    calibrate: int = 30,
-    seed: int = 0,
-    partial: Path | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
-    adaptive: int = 0,
-    sample: int = 0,
-    precision: str = "fp32",
-) -> LookupTable:
-    """Time every part of the space in context on `target` (or, with `sample`, every stem and head and a
-    seeded sample of that many blocks: the regressors predict the rest, as nn-Meter's do), then `adaptive`
-    more parts where a first fit errs most, then calibrate on `calibrate` whole networks (timed by the
-    interleaved recipe). With `precision` int8 every timed graph is the int8 one.
-
-    `partial` keeps the entries timed so far (written every 25 parts), so an interrupted profile resumes."""
-    parts = sampled_parts(space_parts(space, input_size, channels, num_classes), sample, seed)
-    device = target.device()
-    header = {
-        "space": space.name,
-        "input": f"{channels}x{input_size}",
-        "device": device["fingerprint"],
-        "recipe": PART_RECIPE,
-        "precision": precision,
-        "quantization": int8_recipe() if precision == "int8" else {},
-    }
-    entries: dict[str, float] = _read_partial(partial, header)
-    timings = 0
-    quiet: list[float] = []  # the gate's pass rate per chunk: how disturbed the device was meanwhile
-
-    def time_all(todo: list[PartConfig], what: str, total: int, offset: int) -> None:
-        nonlocal timings
-        chunk = PART_RECIPE["chunk"]
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            result = time_parts_in_context(target, batch, precision=precision)
-            entries.update({part.key: cost for part, cost in zip(batch, result.minima, strict=True)})
-            timings += result.turns
-            quiet.append(result.quiet_share)
-            if on_progress:
-                on_progress(what, offset + start + len(batch), total)
-            if partial is not None:  # kept after every chunk: an interrupted profile resumes from here
-                write_atomic(partial, json.dumps({"header": header, "entries": entries}))
-
-    input_key = "input-only"
-    if input_key not in entries:
-        shape = (1, channels, input_size, input_size)
-        entries[input_key] = latencies_by_rounds(target, [_input_only(shape, precision)])[0]
-    todo = [part for key, part in parts.items() if key not in entries]
-    time_all(todo, "part", len(parts), len(parts) - len(todo))
-    input_ms = entries.pop(input_key)
-    added = [key for key in entries if key not in parts]
-    if adaptive > len(added):
-        table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added, precision)
-        extra = adaptive_samples(table, adaptive - len(added), seed)
-        time_all(extra, "adaptive part", adaptive, len(added))
-        added += [part.key for part in extra]
-    table = _table(space, target, input_size, channels, num_classes, input_ms, entries, added, precision)
-    calibration = calibration_archs(space, calibrate, input_size, channels, num_classes, seed)
-    measured: list[float] = []
-    if calibration:
-        networks = gated_one_by_one(target, [_network(arch, precision) for arch in calibration], ROUNDS_RECIPE)
-        measured = [statistics.median(group[0]) for group in networks.minima]
-        timings += networks.turns
-        quiet.append(networks.quiet_share)
-        if on_progress:
-            on_progress("calibration network", len(calibration), len(calibration))
-    table = calibrated(table, calibration, measured)
-    profiling = {
-        "parts": len(entries),
-        "adaptive": len(added),
-        "timings": timings,
-        "networks": len(calibration),
-        # the gate's pass rate: near 1 on a quiet device; low means the profile waited out disturbances
-        "quiet_share": round(statistics.fmean(quiet), 3) if quiet else None,
-    }
-    return LookupTable(table.data.model_copy(update={"profiling": profiling}), table.path)
-
-
-def sampled_parts(parts: dict[str, PartConfig], sample: int, seed: int = 0) -> dict[str, PartConfig]:
-    """Every stem and head, and a seeded sample of `sample` blocks (all of them when `sample` is 0)."""
-    blocks = sorted(key for key, part in parts.items() if part.kind not in ("stem", "head"))
-    if not sample or sample >= len(blocks):
-        return parts
-    kept = set(random.Random(seed).sample(blocks, sample))
-    return {key: part for key, part in parts.items() if part.kind in ("stem", "head") or key in kept}
-
-
-def _table(
-    space: SearchSpace,
-    target: Target,
-    input_size: int,
-    channels: int,
-    num_classes: int,
-    input_ms: float,
-    entries: dict[str, float],
-    added: list[str],
-    precision: str = "fp32",
-) -> LookupTable:
-    return LookupTable(
-        LutFile(
-            space=space.name,
-            input={"channels": channels, "size": input_size},
-            num_classes=num_classes,
-            target=target.name,
-            device=target.device(),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            recipe=PART_RECIPE,
-            network_recipe=ROUNDS_RECIPE,
-            exporter=exporter_identity(TIMED_EXPORTER),
-            input_ms=input_ms,
-            entries=dict(entries),
-            adaptive=list(added),
-            precision=precision,
-            quantization=int8_recipe() if precision == "int8" else {},
-        )
-    )
-
-
-def adaptive_samples(table: LookupTable, count: int, seed: int = 0) -> list[PartConfig]:
-    """nn-Meter's adaptive sampling: around the block entries the regressor fits worst (out-of-bag), new
-    configurations at other widths (x0.6 to x1.4, any channel count, not only multiples of 8), so widths
-    between and beyond the space's are learned where they matter most."""
-    rng = random.Random(seed)
-    worst = [fit for kind, model in table.models.items() if kind not in ("stem", "head") for fit in model.worst_fits]
-    worst.sort(key=lambda item: -item[0])
-    chosen: dict[str, PartConfig] = {}
-    for _, config in worst * 4:
-        if len(chosen) >= count:
-            break
-        factor = rng.uniform(0.6, 1.4)
-        in_chs, mid, out = (max(4, round(chs * factor)) for chs in (config.in_chs, config.mid, config.out))
-        scaled = config.with_widths(in_chs, mid, out)
-        if scaled.key not in table.data.entries:
-            chosen[scaled.key] = scaled
-    return list(chosen.values())
-
-
-def _network(arch: Arch, precision: str = "fp32") -> Prepared:
-    prepared = exported(build_seeded(arch, 0), arch)
-    return replace(prepared, payload=_graph(prepared.payload, prepared.shape, precision))
-
-
-def whole_network_latencies(target: Target, archs: list[Arch], precision: str = "fp32") -> list[float]:
-    """Networks timed whole by the gated rounds recipe: the ground truth tables are calibrated and judged on."""
-    return latencies_by_rounds(target, [_network(arch, precision) for arch in archs]) if archs else []
-
-
-def calibration_archs(
-    space: SearchSpace, count: int, input_size: int, channels: int, num_classes: int, seed: int = 0
-) -> list[Arch]:
-    """The networks a table is calibrated on: sampled with seeds apart from any a user would pick."""
-    return [
-        random_arch(space, CALIBRATION_SEED + seed + index, input_size, channels, num_classes) for index in range(count)
-    ]
-
-
 def network_features(arch: Arch, plain_sum: float, names: Sequence[str]) -> list[float]:
     """The network-level correction's inputs (NETWORK_FEATURES) for `arch`, whose parts sum to `plain_sum`."""
     parts = arch_parts(arch)
@@ -857,109 +397,6 @@ def network_features(arch: Arch, plain_sum: float, names: Sequence[str]) -> list
         "activations": sum(part.activation_elements() for part in parts) / 1e6,
     }
     return [values[name] for name in names]
-
-
-def _held_out(features: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each network's prediction by a linear fit on the other folds, weighted for relative error."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.model_selection import KFold
-
-    predicted = np.zeros_like(truth)
-    for fit_on, judge_on in KFold(FOLDS, shuffle=True, random_state=0).split(features):
-        fit = LinearRegression().fit(features[fit_on], truth[fit_on], sample_weight=truth[fit_on] ** -2.0)
-        predicted[judge_on] = fit.predict(features[judge_on])
-    return predicted
-
-
-def _rmspe(error: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(error**2)))
-
-
-def _best_correction(
-    feature_sets: dict[tuple[str, ...], np.ndarray], plain: np.ndarray, truth: np.ndarray, rows: np.ndarray
-) -> tuple[tuple[str, ...] | None, dict[tuple[str, ...], np.ndarray]]:
-    """The correction with the lowest k-fold held-out RMSPE on `rows` (None: the plain sum, which wins
-    ties), and each candidate's held-out relative errors there."""
-    truth_here = truth[rows]
-    best, best_rmspe = None, _rmspe((plain[rows] - truth_here) / truth_here)
-    errors: dict[tuple[str, ...], np.ndarray] = {}
-    if len(rows) < 2 * FOLDS:
-        return best, errors
-    for names, features in feature_sets.items():
-        errors[names] = (_held_out(features[rows], truth_here) - truth_here) / truth_here
-        if _rmspe(errors[names]) < best_rmspe:
-            best, best_rmspe = names, _rmspe(errors[names])
-    return best, errors
-
-
-def _fit_correction(features: np.ndarray, truth: np.ndarray):
-    from sklearn.linear_model import LinearRegression
-
-    return LinearRegression().fit(features, truth, sample_weight=truth**-2.0)
-
-
-def _nested_error(feature_sets: dict[tuple[str, ...], np.ndarray], plain: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each network's relative error when the whole procedure, choosing the correction included, ran on the
-    other folds only (nested cross-validation). The minimum of the candidates' held-out errors is biased
-    low by the choice itself; this is the error a new network can expect."""
-    from sklearn.model_selection import KFold
-
-    error = np.zeros_like(truth)
-    for fit_on, judge_on in KFold(FOLDS, shuffle=True, random_state=1).split(truth):
-        choice, _ = _best_correction(feature_sets, plain, truth, fit_on)
-        if choice is None:
-            predicted = plain[judge_on]
-        else:
-            features = feature_sets[choice]
-            predicted = _fit_correction(features[fit_on], truth[fit_on]).predict(features[judge_on])
-        error[judge_on] = (predicted - truth[judge_on]) / truth[judge_on]
-    return error
-
-
-def calibrated(table: LookupTable, archs: list[Arch], measured: list[float]) -> LookupTable:
-    """The table with a network-level correction, fitted on networks timed whole: a linear model of the
-    parts' sum (and, as a second candidate, the network's weights and feature maps, CORRECTIONS), weighted
-    for relative error. Each candidate is judged by its error on networks it was not fitted on (k-fold) and
-    the lowest held-out RMSPE, the plain sum included, is used. The error reported, and every prediction's
-    network-level uncertainty, come from nested cross-validation (the choice made on the other folds too),
-    not from the winning candidate's own held-out error, which the choice makes optimistic."""
-    if not archs:
-        return table
-    plain = np.array([table.plain_sum(arch) for arch in archs])
-    truth = np.array(measured)
-    summary: dict[str, Any] = {"networks": len(archs), "held_out_sum": prediction_error(list(plain), list(truth))}
-    update: dict[str, Any] = {"use": "sum", "correction": None, "correction_features": ["sum"]}
-    feature_sets = {
-        names: np.array([network_features(a, s, names) for a, s in zip(archs, plain, strict=True)])
-        for names in CORRECTIONS
-    }
-    choice, errors = _best_correction(feature_sets, plain, truth, np.arange(len(truth)))
-    for names, error in errors.items():
-        summary[f"held_out_{'+'.join(names)}"] = prediction_error(list(truth * (1 + error)), list(truth))
-    if choice is not None:
-        fit = _fit_correction(feature_sets[choice], truth)
-        update |= {
-            "use": "corrected",
-            "correction": [*map(float, fit.coef_), float(fit.intercept_)],
-            "correction_features": list(choice),
-        }
-    honest = _nested_error(feature_sets, plain, truth) if len(archs) >= 2 * FOLDS else (plain - truth) / truth
-    summary["held_out"] = prediction_error(list(truth * (1 + honest)), list(truth))
-    update |= {"calibration": summary, "residual_sd": _rmspe(honest)}
-    return LookupTable(table.data.model_copy(update=update), table.path)
-
-
-def _read_partial(path: Path | None, header: dict[str, Any]) -> dict[str, float]:
-    """Entries of an interrupted profile of the same space, input, device and recipe; else none."""
-    if path is None or not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(saved, dict) or saved.get("header") != header or not isinstance(saved.get("entries"), dict):
-        return {}
-    return {str(k): float(v) for k, v in saved["entries"].items() if isinstance(v, int | float)}
 
 
 def prediction_error(predicted: list[float], measured: list[float]) -> dict[str, float]:

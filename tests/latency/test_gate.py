@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from mbsearch.device.timing import LatencyStats
-from mbsearch.latency.lut import PART_RECIPE, PartConfig, time_parts_in_context
+from mbsearch.latency.parts import PART_RECIPE, PartConfig, time_parts_in_context
 from mbsearch.latency.targets import (
     ROUNDS_RECIPE,
     ROUNDS_RECIPE_SMALL_PROBE,

@@ -148,14 +148,14 @@ from mbsearch.train.data import load_dataset
 from mbsearch.train.device import CPU  # on the CPU every step holds the host's training lock
 from mbsearch.nn.model import build_model
 from mbsearch.train.budget import Budget
-from mbsearch.train.loop import train
+from mbsearch.train.loop import TrainOptions, train
 from mbsearch.architecture.zoo import reference_arch
 data = load_dataset("fashion-mnist", val_size=256)
 progress = pathlib.Path(sys.argv[1])
 def on_step(step, total, loss, accuracy):
     progress.write_text(str(step))
 model = build_model(reference_arch("mobilenet_v3_small_050", 28, 1, 10))
-train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), on_step=on_step, device=CPU)
+train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), TrainOptions(on_step=on_step, device=CPU))
 """
 
 

@@ -15,17 +15,10 @@ from mbsearch.architecture.plan import plan_layers
 from mbsearch.architecture.sample import random_arch
 from mbsearch.architecture.space import load_space
 from mbsearch.errors import BadInput, RuntimeFailure
-from mbsearch.latency.lut import (
-    FORMAT,
-    NETWORK_FEATURES,
-    PART_RECIPE,
-    LookupTable,
-    arch_part_keys,
-    calibrated,
-    network_features,
-    profile,
-    space_parts,
-)
+from mbsearch.latency.calibration import calibrated
+from mbsearch.latency.lut import FORMAT, NETWORK_FEATURES, LookupTable, network_features
+from mbsearch.latency.parts import PART_RECIPE, arch_part_keys, space_parts
+from mbsearch.latency.profiling import ProfilePlan, profile
 from mbsearch.latency.targets import ROUNDS_RECIPE_SMALL_PROBE, LocalTarget, measure_on
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
@@ -56,7 +49,9 @@ def small(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lut")
     path = folder / "small.yaml"
     path.write_text(SMALL_SPACE)
-    table = profile(load_space(path), LocalTarget("cpu", "onnxruntime", 1), 28, 1, 10, calibrate=10, adaptive=4)
+    table = profile(
+        load_space(path), LocalTarget("cpu", "onnxruntime", 1), ProfilePlan(28, 1, 10, calibrate=10, adaptive=4)
+    )
     table.save(folder / "small-lut.json")
     return path, folder / "small-lut.json", table
 
@@ -322,7 +317,7 @@ def test_a_table_is_checked_completely_before_anything_starts(small, tmp_path, c
 
 
 def test_a_sampled_profile_times_every_stem_and_head_and_that_many_blocks() -> None:
-    from mbsearch.latency.lut import sampled_parts
+    from mbsearch.latency.parts import sampled_parts
 
     parts = space_parts(load_space("v3"), 28, 1, 10)
     kept = sampled_parts(parts, 50, seed=3)
@@ -335,7 +330,7 @@ def test_a_sampled_profile_times_every_stem_and_head_and_that_many_blocks() -> N
 def test_part_features_count_what_the_built_network_counts() -> None:
     """The regressors read MACs and weights from table keys alone; they agree with fvcore and torch."""
     from mbsearch.architecture.zoo import reference_arch
-    from mbsearch.latency.lut import arch_parts
+    from mbsearch.latency.parts import arch_parts
     from mbsearch.nn.cost import count_macs, count_params
 
     v1 = random_arch(load_space("v1"), 0, 224, 3, 1000)  # MobileNetV1's layers (dsa)
@@ -400,7 +395,7 @@ def test_the_reported_held_out_error_is_not_the_minimum_over_candidates() -> Non
     held-out errors flatters (here by 1.3 points of RMSPE on average, 19 draws of 20), the nested error not."""
     import numpy as np
 
-    from mbsearch.latency.lut import _best_correction, _nested_error
+    from mbsearch.latency.calibration import _best_correction, _nested_error
 
     def rmspe(error):
         return float(np.sqrt(np.mean(error**2)))
@@ -422,14 +417,14 @@ def small_int8(small):
     """An int8 table of the small space: every stem and head, 8 sampled blocks, 6 calibration networks."""
     space_path, lut_path, _ = small
     target = LocalTarget("cpu", "onnxruntime", 1)
-    table = profile(load_space(space_path), target, 28, 1, 10, calibrate=6, sample=8, precision="int8")
+    table = profile(load_space(space_path), target, ProfilePlan(28, 1, 10, calibrate=6, sample=8, precision="int8"))
     path = lut_path.with_name("small-lut-int8.json")
     table.save(path)
     return path, table
 
 
 def test_an_int8_table_times_int8_graphs_and_predicts_int8_latency(small, small_int8) -> None:
-    from mbsearch.latency.lut import whole_network_latencies
+    from mbsearch.latency.calibration import whole_network_latencies
     from mbsearch.nn.quantize import int8_recipe
 
     space_path, _, float_table = small

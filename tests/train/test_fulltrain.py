@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from mbsearch.architecture.zoo import reference_arch
 from mbsearch.cli.app import app
 from mbsearch.nn.model import build_model
-from mbsearch.train.fulltrain import train_full
+from mbsearch.train.fulltrain import FullTraining, train_full
 
 
 def _folder_dataset(root, classes: int = 3, per_class: int = 24) -> None:
@@ -33,16 +33,17 @@ class Stop(Exception):
 def test_interrupted_full_training_resumes_to_the_same_weights(tmp_path) -> None:
     _folder_dataset(tmp_path / "data")
     arch = reference_arch("mobilenet_v3_small_050", 16, 1, 3)
-    straight = train_full(arch, tmp_path / "a", 3, "folder", tmp_path / "data", batch_size=16)
+    recipe = FullTraining(epochs=3, dataset="folder", data_dir=tmp_path / "data", batch_size=16)
+    straight = train_full(arch, tmp_path / "a", recipe)
 
     def stop_in_epoch_three(step: int, total: int, loss: float, accuracy: float) -> None:
         if step == 12:  # 72 images / 16 = 5 steps per epoch: step 12 is inside epoch 3
             raise Stop
 
     with pytest.raises(Stop):
-        train_full(arch, tmp_path / "b", 3, "folder", tmp_path / "data", batch_size=16, on_step=stop_in_epoch_three)
+        train_full(arch, tmp_path / "b", recipe, on_step=stop_in_epoch_three)
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
-    resumed = train_full(arch, tmp_path / "b", 3, "folder", tmp_path / "data", batch_size=16)
+    resumed = train_full(arch, tmp_path / "b", recipe)
     assert resumed.resumed_from_epoch == 2
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
