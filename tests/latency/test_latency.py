@@ -155,7 +155,8 @@ progress = pathlib.Path(sys.argv[1])
 def on_step(step, total, loss, accuracy):
     progress.write_text(str(step))
 model = build_model(reference_arch("mobilenet_v3_small_050", 28, 1, 10))
-train(model, data.train, data.val, Budget(epochs=1, train_size=20000, batch_size=64), TrainOptions(on_step=on_step, device=CPU))
+budget = Budget(epochs=1, train_size=20000, batch_size=64)
+train(model, data.train, data.val, budget, TrainOptions(on_step=on_step, device=CPU))
 """
 
 
