@@ -27,7 +27,8 @@ import torch
 from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.timing import cpu_model
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import ROUNDS_RECIPE, exported, probe_for, quiet_gate, time_rounds
+from mbsearch.latency.recipes import ROUNDS_RECIPE, probe_for, quiet_gate, time_rounds
+from mbsearch.latency.targets import exported
 from mbsearch.nn.model import build_model
 
 RESULTS = Path(__file__).with_name("contention_results.json")

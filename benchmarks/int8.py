@@ -26,7 +26,8 @@ from fidelity import machine
 from mbsearch.architecture.sample import random_arch
 from mbsearch.architecture.space import load_space
 from mbsearch.architecture.zoo import reference_arch, reference_names
-from mbsearch.latency.targets import LocalTarget, Prepared, input_shape, time_network
+from mbsearch.latency.recipes import time_network
+from mbsearch.latency.targets import LocalTarget, Prepared, input_shape
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx
 from mbsearch.nn.quantize import CALIBRATION_IMAGES, int8_recipe, onnx_accuracy, quantize_int8

@@ -50,18 +50,17 @@ from mbsearch.latency.calibration import whole_network_latencies
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.lut import prediction_error
 from mbsearch.latency.profiling import ProfilePlan, profile
-from mbsearch.latency.targets import (
+from mbsearch.latency.recipes import (
     POOLED_RECIPE,
     ROUNDS_RECIPE,
     ROUNDS_RECIPE_SMALL_PROBE,
     SEARCH_RECIPE,
-    Target,
-    exported,
     latencies_by_rounds,
     latency_anchored,
     time_network,
     time_rounds,
 )
+from mbsearch.latency.targets import Target, exported
 from mbsearch.nn.model import build_model
 from mbsearch.ranking import kendall_tau
 

@@ -16,12 +16,8 @@ from mbsearch.architecture.space import SearchSpace
 from mbsearch.latency.lut import FOLDS, NETWORK_FEATURES, LookupTable, network_features, prediction_error
 from mbsearch.latency.parts import _graph
 from mbsearch.latency.profiler import build_seeded
-from mbsearch.latency.targets import (
-    Prepared,
-    Target,
-    exported,
-    latencies_by_rounds,
-)
+from mbsearch.latency.recipes import latencies_by_rounds
+from mbsearch.latency.targets import Prepared, Target, exported
 
 CALIBRATION_SEED = 1_000_000  # calibration networks are drawn apart from any seed a user would pick
 

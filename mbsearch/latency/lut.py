@@ -47,11 +47,8 @@ from mbsearch.device.timing import LatencyStats
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.files import describe_validation_error, parse_json, read_text, write_atomic
 from mbsearch.latency.parts import PART_FLOOR_MS, PART_RECIPE, PartConfig, arch_parts, space_parts
-from mbsearch.latency.targets import (
-    ROUNDS_RECIPE,
-    Prepared,
-    input_shape,
-)
+from mbsearch.latency.recipes import ROUNDS_RECIPE
+from mbsearch.latency.targets import Prepared, input_shape
 from mbsearch.nn.onnx_export import exporter_identity
 from mbsearch.nn.quantize import int8_recipe
 

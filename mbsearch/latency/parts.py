@@ -22,19 +22,14 @@ from mbsearch.architecture.sample import arch_from_decisions
 from mbsearch.architecture.space import CHOICE_KEYS, SearchSpace
 from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
-from mbsearch.latency.targets import (
-    ROUNDS_RECIPE,
-    GatedTurns,
-    Prepared,
-    Target,
-    gated_turns,
-)
+from mbsearch.latency.recipes import ROUNDS_RECIPE, GatedTurns, gated_turns
+from mbsearch.latency.targets import Prepared, Target
 from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.nn.onnx_export import export_module
 from mbsearch.nn.quantize import noise_calibration, quantize_int8
 
 # How a part is timed: `rounds` turns of the part in its host and the host alone, back to back, each a fresh
-# session with `warmup` runs then `runs` timed ones, gated like whole networks (targets.ROUNDS_RECIPE: a turn
+# session with `warmup` runs then `runs` timed ones, gated like whole networks (recipes.ROUNDS_RECIPE: a turn
 # counts only when the probe beside it ran near its fastest) and interleaved with `chunk` other parts; a turn's
 # cost is the difference of the two fastest runs, and the part's the median over its quiet turns.
 PART_RECIPE: dict[str, Any] = {

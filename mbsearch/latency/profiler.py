@@ -17,17 +17,9 @@ from torch import nn
 from mbsearch.architecture.arch import Arch
 from mbsearch.device import hostlock
 from mbsearch.device.timing import LatencyStats
-from mbsearch.latency.targets import (
-    LatencyCache,
-    PendingLatency,
-    Prepared,
-    Target,
-    input_shape,
-    measure_on,
-    recipe_of,
-    start_latency,
-    time_network,
-)
+from mbsearch.latency.cache import LatencyCache, PendingLatency, measure_on, start_latency
+from mbsearch.latency.recipes import recipe_of, time_network
+from mbsearch.latency.targets import Prepared, Target, input_shape
 from mbsearch.nn.cost import count_macs, count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import export_onnx

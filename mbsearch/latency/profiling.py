@@ -31,12 +31,8 @@ from mbsearch.latency.parts import (
     space_parts,
     time_parts_in_context,
 )
-from mbsearch.latency.targets import (
-    ROUNDS_RECIPE,
-    Target,
-    gated_one_by_one,
-    latencies_by_rounds,
-)
+from mbsearch.latency.recipes import ROUNDS_RECIPE, gated_one_by_one, latencies_by_rounds
+from mbsearch.latency.targets import Target
 from mbsearch.nn.onnx_export import exporter_identity
 from mbsearch.nn.quantize import int8_recipe
 

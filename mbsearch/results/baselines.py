@@ -19,9 +19,11 @@ import pandas as pd
 
 from mbsearch.architecture.zoo import reference_arch, reference_names
 from mbsearch.files import write_atomic
+from mbsearch.latency.cache import LatencyCache
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.profiler import profile_candidate
-from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
+from mbsearch.latency.recipes import time_network
+from mbsearch.latency.targets import Prepared, Target, input_shape
 from mbsearch.nn.quantize import QuantizationFailed, int8_recipe
 from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates

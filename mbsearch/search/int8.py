@@ -12,7 +12,9 @@ import torch
 
 from mbsearch.architecture.arch import Arch
 from mbsearch.device.timing import LatencyStats
-from mbsearch.latency.targets import LatencyCache, Prepared, Target, input_shape, time_network
+from mbsearch.latency.cache import LatencyCache
+from mbsearch.latency.recipes import time_network
+from mbsearch.latency.targets import Prepared, Target, input_shape
 from mbsearch.nn.quantize import int8_recipe
 from mbsearch.train.data import Dataset
 from mbsearch.train.int8 import Int8Scorer

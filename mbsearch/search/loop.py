@@ -28,15 +28,10 @@ from mbsearch.architecture.sample import check_space_fits
 from mbsearch.architecture.space import SearchSpace, load_space
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
+from mbsearch.latency.cache import LatencyCache
 from mbsearch.latency.factory import open_target
-from mbsearch.latency.targets import (
-    KNOWN_RECIPES,
-    POOLED_RECIPE,
-    LatencyCache,
-    Target,
-    check_target_precision,
-    timing_identity,
-)
+from mbsearch.latency.recipes import KNOWN_RECIPES, POOLED_RECIPE, timing_identity
+from mbsearch.latency.targets import Target, check_target_precision
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running

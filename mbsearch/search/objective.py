@@ -22,8 +22,9 @@ from mbsearch.architecture.blockstrings import block_strings
 from mbsearch.architecture.sample import sample_arch
 from mbsearch.architecture.space import SearchSpace
 from mbsearch.errors import RuntimeFailure
+from mbsearch.latency.cache import LatencyCache
 from mbsearch.latency.profiler import profile_candidate
-from mbsearch.latency.targets import LatencyCache, Target
+from mbsearch.latency.targets import Target
 from mbsearch.search.int8 import Int8Step
 from mbsearch.study import records
 from mbsearch.study.config import RunConfig

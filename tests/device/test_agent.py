@@ -20,8 +20,9 @@ from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device.agent import start_local_agent
 from mbsearch.errors import BadInput, RuntimeFailure
 from mbsearch.latency import remote
+from mbsearch.latency.cache import measure_on
 from mbsearch.latency.remote import RemoteTarget
-from mbsearch.latency.targets import LocalTarget, measure_on
+from mbsearch.latency.targets import LocalTarget
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import to_onnx
 from mbsearch.search.loop import run_search

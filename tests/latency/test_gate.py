@@ -16,17 +16,17 @@ import pytest
 
 from mbsearch.device.timing import LatencyStats
 from mbsearch.latency.parts import PART_RECIPE, PartConfig, time_parts_in_context
-from mbsearch.latency.targets import (
+from mbsearch.latency.recipes import (
     ROUNDS_RECIPE,
     ROUNDS_RECIPE_SMALL_PROBE,
     SEARCH_RECIPE,
-    Prepared,
     gated_turns,
     latencies_by_rounds,
     probe_for,
     time_network,
     time_rounds,
 )
+from mbsearch.latency.targets import Prepared
 
 
 class ScriptedDevice:
@@ -120,7 +120,7 @@ def test_making_a_gate_leaves_the_callers_random_numbers_alone(monkeypatch) -> N
     mid-search (the next candidate's initial weights then depended on when a gate was first made)."""
     import torch
 
-    from mbsearch.latency.targets import QuietGate
+    from mbsearch.latency.recipes import QuietGate
 
     monkeypatch.setenv("MBSEARCH_QUIET_SETTLE_S", "0")
     torch.manual_seed(1234)

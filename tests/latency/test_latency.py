@@ -13,15 +13,9 @@ import torch
 from mbsearch.architecture.zoo import reference_arch
 from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
-from mbsearch.latency.targets import (
-    SEARCH_RECIPE,
-    LatencyCache,
-    LocalTarget,
-    check_target,
-    measure,
-    measure_cached,
-    summarize_samples,
-)
+from mbsearch.latency.cache import LatencyCache, measure, measure_cached
+from mbsearch.latency.recipes import SEARCH_RECIPE
+from mbsearch.latency.targets import LocalTarget, check_target, summarize_samples
 from mbsearch.nn.model import build_model
 
 

@@ -15,11 +15,13 @@ from mbsearch.architecture.plan import plan_layers
 from mbsearch.architecture.sample import random_arch
 from mbsearch.architecture.space import load_space
 from mbsearch.errors import BadInput, RuntimeFailure
+from mbsearch.latency.cache import measure_on
 from mbsearch.latency.calibration import calibrated
 from mbsearch.latency.lut import FORMAT, NETWORK_FEATURES, LookupTable, network_features
 from mbsearch.latency.parts import PART_RECIPE, arch_part_keys, space_parts
 from mbsearch.latency.profiling import ProfilePlan, profile
-from mbsearch.latency.targets import ROUNDS_RECIPE_SMALL_PROBE, LocalTarget, measure_on
+from mbsearch.latency.recipes import ROUNDS_RECIPE_SMALL_PROBE
+from mbsearch.latency.targets import LocalTarget
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import run_search
 from mbsearch.study.config import RunConfig
@@ -141,7 +143,8 @@ def test_search_on_predicted_latency_then_confirm_on_the_cpu(small, tmp_path, ru
 def test_the_report_says_when_latencies_were_extrapolated() -> None:
     import pandas as pd
 
-    from mbsearch.report.page import _sources, _sources_text
+    from mbsearch.report.data import _sources
+    from mbsearch.report.page import _sources_text
 
     frame = pd.DataFrame({"latency_source": ["predicted:table", "predicted:extrapolated", "predicted:interpolated"]})
     text = _sources_text(_sources(frame))

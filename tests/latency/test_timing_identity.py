@@ -10,15 +10,9 @@ import pytest
 
 from mbsearch.architecture.zoo import reference_arch
 from mbsearch.errors import BadInput
-from mbsearch.latency.targets import (
-    POOLED_RECIPE,
-    ROUNDS_RECIPE_SMALL_PROBE,
-    SEARCH_RECIPE,
-    LocalTarget,
-    measure_on,
-    recipe_of,
-    timing_identity,
-)
+from mbsearch.latency.cache import measure_on
+from mbsearch.latency.recipes import POOLED_RECIPE, ROUNDS_RECIPE_SMALL_PROBE, SEARCH_RECIPE, recipe_of, timing_identity
+from mbsearch.latency.targets import LocalTarget
 from mbsearch.nn.model import build_model
 from mbsearch.search.loop import check_device
 from mbsearch.study import records

@@ -118,7 +118,7 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     """After `verify`: both fronts, this study's own tau, baselines at the verification budget, and
     dominance judged on verified accuracy."""
     from mbsearch.ranking import kendall_tau
-    from mbsearch.report.page import compute
+    from mbsearch.report.data import compute
 
     name, copy, finished, budget = _verified_copy(runner, tiny_study, tmp_path)
     names = ["mobilenet_v3_small_050", "mobilenet_v2_050"]
@@ -158,7 +158,8 @@ def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_
     of this study are refused with one line and no report written."""
     from mbsearch.adapt.adapted import adapted_frame
     from mbsearch.architecture.arch import load_arch
-    from mbsearch.report.page import compute, pareto_figure
+    from mbsearch.report.data import compute
+    from mbsearch.report.figures import pareto_figure
 
     runs, name, _ = tiny_study
     copy = tmp_path / "runs"
@@ -223,7 +224,8 @@ def test_seed_noise_is_measured_on_the_knee_and_two_baselines_and_shown_beside_e
 ) -> None:
     """Issue 27: the verified knee and the two baselines nearest it are retrained with more seeds (stored,
     reused by a rerun); their pooled sd becomes each margin's noise band."""
-    from mbsearch.report.page import compute, render
+    from mbsearch.report.data import compute
+    from mbsearch.report.page import render
     from mbsearch.results.seed_noise import measure_seed_noise, pooled_sd
 
     assert pooled_sd([[0.80, 0.82], [0.70, 0.70, 0.73]]) == pytest.approx(((0.0002 + 0.0006) / 3) ** 0.5)

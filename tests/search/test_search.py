@@ -180,7 +180,8 @@ def test_latency_input_size_times_the_deployed_network_and_trains_the_same_block
     from mbsearch.architecture.arch import Arch
     from mbsearch.architecture.sample import sample_arch
     from mbsearch.architecture.space import load_space
-    from mbsearch.latency.targets import LocalTarget, measure_on
+    from mbsearch.latency.cache import measure_on
+    from mbsearch.latency.targets import LocalTarget
     from mbsearch.nn.model import build_model
 
     result = run_search(tiny_config(tmp_path, trials=1, sampler="random", latency_input_size=224))
