@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from mbsearch.adapt.netadapt import STEP, shrunk, widths, with_explicit_mids
+from mbsearch.adapt.widths import STEP, shrunk, widths, with_explicit_mids
 from mbsearch.architecture.arch import Arch
 from mbsearch.architecture.sample import random_arch
 from mbsearch.architecture.space import load_space

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mbsearch.adapt.config import AdaptConfig
-from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, Step, adapt, begin, finish, trimmable
+from mbsearch.adapt.netadapt import OUTPUT_FILES, STATE, Adapter, Settings, Step, adapt, begin, finish
+from mbsearch.adapt.widths import trimmable
 from mbsearch.architecture.arch import Arch, load_arch
 from mbsearch.errors import BadInput
 from mbsearch.files import check_output_folder, check_regular_file

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mbsearch.adapt.netadapt import Proposal, residual_groups, shrunk, transfer, widths, with_explicit_mids
+from mbsearch.adapt.widths import Proposal, residual_groups, shrunk, transfer, widths, with_explicit_mids
 from mbsearch.architecture.arch import Arch, load_arch
 from mbsearch.architecture.plan import plan_layers
 from mbsearch.cli.app import app
