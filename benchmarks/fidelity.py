@@ -45,7 +45,7 @@ from mbsearch.files import write_atomic
 from mbsearch.ranking import kendall_tau, spearman_rho, top_overlap
 from mbsearch.train.budget import DEFAULT_PROXY, Budget
 from mbsearch.train.data import Dataset, load_dataset
-from mbsearch.train.evaluate import derived_seed, evaluate
+from mbsearch.train.evaluate import Recipe, derived_seed, evaluate
 from mbsearch.train.loop import Diverged
 
 HERE = Path(__file__).resolve().parent
@@ -142,7 +142,7 @@ def _data() -> Dataset:
 
 def _train_one(arch: Arch, data: Dataset, budget: Budget, seed: int) -> dict:
     try:
-        result = evaluate(arch, data, budget, seed)
+        result = evaluate(arch, data, Recipe(budget, seed))
     except Diverged as exc:
         return {"accuracy": None, "diverged": str(exc), "budget": asdict(budget)}
     return {

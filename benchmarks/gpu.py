@@ -74,7 +74,7 @@ def cpu_agreement(runs: Path, name: str) -> dict:
     from mbsearch.study.storage import open_storage
     from mbsearch.train.data import load_study_data
     from mbsearch.train.device import CPU
-    from mbsearch.train.evaluate import evaluate
+    from mbsearch.train.evaluate import Recipe, evaluate
 
     study = optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{runs / name / 'study.db'}"))
     settings = records.settings(study, name)
@@ -84,7 +84,7 @@ def cpu_agreement(runs: Path, name: str) -> dict:
     gaps = []
     for trial in trials:
         arch = records.trial_arch(trial).at_resolution(data.size)
-        cpu = evaluate(arch, data, config.budget, config.seed, device=CPU).accuracy
+        cpu = evaluate(arch, data, Recipe(config.budget, config.seed, device=CPU)).accuracy
         gaps.append(cpu - float(trial.user_attrs[records.VAL_ACCURACY]))
     return {"candidates": len(gaps), "cpu_minus_gpu_points": [round(100 * g, 2) for g in gaps]}
 

@@ -56,7 +56,7 @@ from mbsearch.study.config import INHERITED_VAL_SIZE
 from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import DEFAULT_PROXY
 from mbsearch.train.data import load_dataset
-from mbsearch.train.evaluate import evaluate
+from mbsearch.train.evaluate import Recipe, evaluate
 from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
 
 HERE = Path(__file__).resolve().parent
@@ -107,7 +107,7 @@ def throughput(args: argparse.Namespace) -> None:
     brief = []
     for index, arch in enumerate(archs[: args.brief]):
         torch.manual_seed(index)
-        brief.append(evaluate(arch, data, DEFAULT_PROXY, seed=index).seconds)
+        brief.append(evaluate(arch, data, Recipe(DEFAULT_PROXY, seed=index)).seconds)
     row = {
         "threads": torch.get_num_threads(),
         "inherited_s": statistics.median(inherited),

@@ -31,7 +31,7 @@ from mbsearch.study import records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import evaluate
+from mbsearch.train.evaluate import Recipe, evaluate
 from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Normalizer, TrainingFailed
@@ -133,9 +133,8 @@ def baseline_frame(
                        "params": profile.params, "macs": profile.macs}  # fmt: skip
                 try:
                     trained = arch.at_resolution(data.size)
-                    row["val_accuracy"] = evaluate(
-                        trained, data, budget, train_seed, normalizer, model=profile.model, device=training
-                    ).accuracy
+                    recipe = Recipe(budget, train_seed, normalizer, training)
+                    row["val_accuracy"] = evaluate(trained, data, recipe, profile.model).accuracy
                     if int8 is not None:  # quantized and timed as a trial is: the int8 graph's numbers
                         row["float_val_accuracy"], row["float_latency_ms"] = row["val_accuracy"], stats.median_ms
                         row["val_accuracy"], graph = int8(profile.model.cpu(), trained)

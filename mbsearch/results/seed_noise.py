@@ -25,7 +25,7 @@ from mbsearch.study import evaluations, records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import Evaluation, derived_seed
+from mbsearch.train.evaluate import Evaluation, Recipe, derived_seed
 from mbsearch.train.image_cache import default_cache_dir
 
 NOISE_TAG = "verify-seed"  # + K: the knee trained with the K-th extra seed
@@ -87,18 +87,9 @@ def measure_seed_noise(
         record = done.get(tag, {}).get(number)
         if record is None:
             data = data or load_study_data(finished.settings, data_dir, default_cache_dir(runs_dir))
-            result = evaluations.evaluate_claimed(
-                finished.study,
-                tag,
-                number,
-                finished.arch(number),
-                data,
-                budget,
-                seed,
-                GRACE_SECONDS,
-                device=training,
-                precision=finished.settings.get("precision", "fp32"),
-            )
+            which = evaluations.Claimed(finished.study, tag, number, GRACE_SECONDS)
+            recipe = Recipe(budget, seed, device=training, precision=finished.settings.get("precision", "fp32"))
+            result = evaluations.evaluate_claimed(which, finished.arch(number), data, recipe)
             record = {"accuracy": result.accuracy} if isinstance(result, Evaluation) else {"accuracy": None}
         if record.get("accuracy") is not None:
             accuracies[f"trial {number}"].append(float(record["accuracy"]))

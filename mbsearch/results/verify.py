@@ -26,7 +26,7 @@ from mbsearch.study import evaluations, records
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset, load_study_data
 from mbsearch.train.device import CPU, TrainingDevice, gpu_count, resolve_device, worker_device
-from mbsearch.train.evaluate import Evaluation, derived_seed
+from mbsearch.train.evaluate import Evaluation, Recipe, derived_seed
 from mbsearch.train.image_cache import default_cache_dir
 
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
@@ -179,19 +179,9 @@ def run_verify(
             if number in done:
                 continue
             start = (lambda n=number: on_event("start", n, None)) if on_event else None
-            result = evaluations.evaluate_claimed(
-                study,
-                VERIFY_TAG,
-                number,
-                finished.arch(number),
-                data,
-                budget,
-                seed,
-                grace_seconds,
-                start,
-                device,
-                finished.settings.get("precision", "fp32"),
-            )
+            which = evaluations.Claimed(study, VERIFY_TAG, number, grace_seconds)
+            recipe = Recipe(budget, seed, device=device, precision=finished.settings.get("precision", "fp32"))
+            result = evaluations.evaluate_claimed(which, finished.arch(number), data, recipe, start)
             if isinstance(result, Evaluation) and on_event:
                 on_event("done", number, result.accuracy)
     result = summarize(study, finished.frame, chosen, budget)

@@ -31,7 +31,7 @@ from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import Evaluation, evaluate
+from mbsearch.train.evaluate import Evaluation, Recipe, evaluate
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
 from mbsearch.train.supernet import TrainedSupernet, finetune_budget, score_inherited
 
@@ -188,7 +188,8 @@ class Objective:
 
     def _brief(self, arch: Arch, model: torch.nn.Module) -> tuple[Evaluation, torch.nn.Module]:
         config = self.config
-        return evaluate(arch, self.data, config.budget, config.seed, self.normalizer, model, self.training), model
+        recipe = Recipe(config.budget, config.seed, self.normalizer, self.training)
+        return evaluate(arch, self.data, recipe, model), model
 
     def _inherited(self, arch: Arch) -> tuple[Evaluation, torch.nn.Module | None]:
         assert self.supernet is not None

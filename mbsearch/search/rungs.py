@@ -21,7 +21,7 @@ from mbsearch.study.config import RunConfig, parse_rungs
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import derived_seed
+from mbsearch.train.evaluate import Recipe, derived_seed
 
 
 def rung_budget(base: Budget, multiplier: float, available: int) -> Budget:
@@ -84,10 +84,10 @@ class Promoter:
         for number, rung in promotable(frame, len(self.multipliers), self.eta):
             arch = records.trial_arch(study.trials[number])
             budget = self.budget(rung)
-            result = evaluations.evaluate_claimed(
-                study, rung_tag(rung), number, arch, self.data, budget, derived_seed(self.config.seed, rung_tag(rung)),
-                grace_seconds=self.config.grace_period * 20, device=self.training, precision=self.config.precision,
-            )  # fmt: skip
+            seed = derived_seed(self.config.seed, rung_tag(rung))
+            which = evaluations.Claimed(study, rung_tag(rung), number, self.config.grace_period * 20)
+            recipe = Recipe(budget, seed, device=self.training, precision=self.config.precision)
+            result = evaluations.evaluate_claimed(which, arch, self.data, recipe)
             if result is None:
                 continue  # done already, or another worker holds it
             if isinstance(result, str):  # diverged at this rung

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -23,10 +24,8 @@ from mbsearch import interrupts
 from mbsearch.architecture.arch import Arch
 from mbsearch.nn.quantize import QuantizationFailed
 from mbsearch.study import claims, records
-from mbsearch.train.budget import Budget
 from mbsearch.train.data import Dataset
-from mbsearch.train.device import CPU, TrainingDevice
-from mbsearch.train.evaluate import Evaluation, evaluate
+from mbsearch.train.evaluate import Evaluation, Recipe, evaluate
 from mbsearch.train.loop import Diverged, TrainingFailed
 
 
@@ -84,30 +83,32 @@ def store_failure(study: optuna.Study, tag: str, number: int, reason: str) -> No
     study.set_user_attr(_key(tag, number), {"accuracy": None, "failed": reason, records.WORKER: claims.worker_id()})
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """One evaluation of a study: trial `number`'s architecture under `tag`, claimed for at most
+    `grace_seconds` without a heartbeat."""
+
+    study: optuna.Study
+    tag: str
+    number: int
+    grace_seconds: float
+
+
 def evaluate_claimed(
-    study: optuna.Study,
-    tag: str,
-    number: int,
-    arch: Arch,
-    data: Dataset,
-    budget: Budget,
-    seed: int,
-    grace_seconds: float,
-    on_start: Callable[[], None] | None = None,
-    device: TrainingDevice = CPU,
-    precision: str = "fp32",
+    which: Claimed, arch: Arch, data: Dataset, recipe: Recipe, on_start: Callable[[], None] | None = None
 ) -> Evaluation | str | None:
     """Claim, train and store one evaluation: its Evaluation, a failure reason (diverged or out of memory,
     stored so it is not retried forever), or None when it is done, held by another worker, or was taken
     over by another worker while this one trained (its result is then dropped). An interruption gives the
     claim back, so that a rerun takes it at once."""
+    study, tag, number, grace_seconds = which.study, which.tag, which.number, which.grace_seconds
     if not claim(study, tag, number, grace_seconds):
         return None
     if on_start:
         on_start()
     try:
         with claims.heartbeat(study, tag, number, grace_seconds) as lease, interrupts.interruptible():
-            result = evaluate(arch, data, budget, seed, device=device, precision=precision)
+            result = evaluate(arch, data, recipe)
     except (TrainingFailed, QuantizationFailed) as exc:  # diverged, too large, not quantizable: stored
         reason = f"diverged: {exc}" if isinstance(exc, Diverged) else str(exc)
         store_failure(study, tag, number, reason)

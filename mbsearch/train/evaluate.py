@@ -1,4 +1,4 @@
-"""evaluate(arch, data, budget, seed) -> Evaluation: the one training path for every consumer.
+"""evaluate(arch, data, Recipe(budget, seed)) -> Evaluation: the one training path for every consumer.
 
 The search's trials, the baselines, `verify` and the fidelity benchmark all train an architecture
 through this function, so a given (arch, budget, seed) means the same thing everywhere. It knows
@@ -51,16 +51,19 @@ def derived_seed(seed: int, tag: str) -> int:
     return value if value != seed else value ^ 1
 
 
-def evaluate(
-    arch: Arch,
-    data: Dataset,
-    budget: Budget,
-    seed: int = 0,
-    normalizer: Normalizer | None = None,
-    model: torch.nn.Module | None = None,
-    device: TrainingDevice = CPU,
-    precision: str = "fp32",
-) -> Evaluation:
+@dataclass(frozen=True)
+class Recipe:
+    """How one evaluation trains and scores: the budget, the seed (initial weights and batch order), the
+    normalizer (fitted on the training images when None), the device, and the precision it is scored in."""
+
+    budget: Budget
+    seed: int = 0
+    normalizer: Normalizer | None = None
+    device: TrainingDevice = CPU
+    precision: str = "fp32"
+
+
+def evaluate(arch: Arch, data: Dataset, recipe: Recipe, model: torch.nn.Module | None = None) -> Evaluation:
     """Build (seeded initial weights) and train `arch` on the train split, score on the validation split.
 
     On the CPU every training step holds the host lock shared, so latency timing on this host never
@@ -69,14 +72,15 @@ def evaluate(
     same seed (the search builds it first to count and time it). With `precision` int8 the trained network
     is quantized and its int8 graph scored by ONNX Runtime: that is `accuracy`, the float one kept beside it.
     """
+    budget, seed, normalizer = recipe.budget, recipe.seed, recipe.normalizer
     if model is None:
         torch.manual_seed(seed)  # the same initial weights for the same architecture and seed
         model = build_model(arch)
-    if precision == "int8":
+    if recipe.precision == "int8":
         normalizer = normalizer or Normalizer.fit(data.train.images[: budget.train_size])  # what train() fits
-    result = train(model, data.train, data.val, budget, TrainOptions(seed, normalizer, device=device))
+    result = train(model, data.train, data.val, budget, TrainOptions(seed, normalizer, device=recipe.device))
     evaluation = Evaluation(result.accuracy, result.seconds, result.epochs_run, result.steps, budget, seed)
-    if precision != "int8":
+    if recipe.precision != "int8":
         return evaluation
     int8_accuracy, _ = Int8Scorer(data.train.images, normalizer, data.val)(model.cpu(), arch)
     return replace(evaluation, accuracy=int8_accuracy, float_accuracy=result.accuracy)

@@ -13,6 +13,7 @@ import pytest
 
 from mbsearch.study import claims, evaluations
 from mbsearch.study.storage import open_storage
+from mbsearch.train.evaluate import Recipe
 
 EVALUATIONS = 12
 RACERS = 4
@@ -115,6 +116,8 @@ def test_a_worker_whose_claim_was_taken_over_stores_nothing(tmp_path, monkeypatc
     monkeypatch.setattr(evaluations, "evaluate", trained_while_another_took_over)
     data = load_dataset("fashion-mnist", val_size=100)
     arch = reference_arch("mobilenet_v3_small_050", 28, 1, 10)
-    assert evaluations.evaluate_claimed(study, "verify", 0, arch, data, budget, 1, grace_seconds=1) is None
+    assert (
+        evaluations.evaluate_claimed(evaluations.Claimed(study, "verify", 0, 1), arch, data, Recipe(budget, 1)) is None
+    )
     assert "eval:verify:0" not in study.user_attrs  # the new holder's evaluation is not overwritten
     assert claims.read(study, "verify", 0).worker == "elsewhere:7"  # and its claim is left alone

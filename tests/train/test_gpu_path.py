@@ -18,6 +18,7 @@ from mbsearch.train import loop
 from mbsearch.train.budget import Budget
 from mbsearch.train.data import Split, load_dataset
 from mbsearch.train.device import CPU, TrainingDevice
+from mbsearch.train.evaluate import Recipe
 from mbsearch.train.loop import OutOfMemory, TrainOptions, train
 
 
@@ -110,8 +111,11 @@ def test_an_evaluation_that_runs_out_of_memory_is_stored_and_not_retried(fashion
 
     monkeypatch.setattr(loop, "_train_on", fails)
     budget = Budget(epochs=0.1, train_size=64, batch_size=64)
-    reason = evaluations.evaluate_claimed(study, "verify", 0, arch, fashion, budget, 1, grace_seconds=5)
+    reason = evaluations.evaluate_claimed(evaluations.Claimed(study, "verify", 0, 5), arch, fashion, Recipe(budget, 1))
     assert isinstance(reason, str) and reason.startswith("out of memory")
     record = study.user_attrs["eval:verify:0"]
     assert record["accuracy"] is None and record["failed"] == reason
-    assert evaluations.evaluate_claimed(study, "verify", 0, arch, fashion, budget, 1, grace_seconds=5) is None
+    assert (
+        evaluations.evaluate_claimed(evaluations.Claimed(study, "verify", 0, 5), arch, fashion, Recipe(budget, 1))
+        is None
+    )
