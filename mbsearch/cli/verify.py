@@ -61,7 +61,7 @@ def verify(
     split, scored on the search's validation split, then train and time the MobileNet baselines the report
     compares with. Stored in the study and in RUNS_DIR/baselines.json; rerun to resume."""
     from mbsearch.results.finished import open_finished, study_target
-    from mbsearch.results.verify import plan_verify, verify_study
+    from mbsearch.results.verify import VerifyRequest, plan_verify, verify_study
 
     finished = open_finished(study, runs_dir, storage)
     _check_precision(finished, precision)
@@ -75,8 +75,8 @@ def verify(
         if event == "done":
             console.print(f"trial {number}: verified accuracy {accuracy:.4f}", highlight=False)
 
-    worker_args = (study, str(runs_dir), storage, str(data_dir) if data_dir else None, epochs, train_size, top, seed)
-    result = verify_study(finished, plan, top, seed, worker_args, on_event=say)
+    request = VerifyRequest(study, runs_dir, storage, data_dir, epochs, train_size, top, seed)
+    result = verify_study(finished, plan, request, on_event=say)
     if retime_on is not None:
         _retime(finished, result.chosen, retime_on, target)
     _print_verified(result)

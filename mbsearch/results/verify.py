@@ -31,6 +31,22 @@ from mbsearch.train.image_cache import default_cache_dir
 
 # The fidelity benchmark's reference recipe: batch 128 and lr 0.004 over the whole training split.
 VERIFY_BATCH, VERIFY_LR = 128, 0.004
+GRACE_SECONDS = 600  # a verification claim without a heartbeat this long is taken over
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What `verify` was asked, as a spawned worker needs it to open the study again: the study (name, runs
+    folder, storage), the data folder, the budget (epochs, training images), how many trials, the seed."""
+
+    study: str
+    runs_dir: Path
+    storage: str | None
+    data_dir: Path | None
+    epochs: float
+    train_size: int | None
+    top: int
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -106,9 +122,7 @@ def plan_verify(
 def verify_study(
     finished: FinishedStudy,
     plan: VerifyPlan,
-    top: int,
-    seed: int | None,
-    worker_args: tuple,
+    request: VerifyRequest,
     on_event: Callable[[str, int, float | None], None] | None = None,
 ) -> VerifyResult:
     """Verify in this process, or in `plan.workers` spawned processes sharing the work through claims (as
@@ -118,10 +132,10 @@ def verify_study(
         if plan.workers == 1:
             torch.set_num_threads(plan.threads)
             training = resolve_device(plan.device)
-            return run_verify(finished, plan.data, plan.budget, top, seed, on_event=on_event, device=training)
+            return run_verify(finished, plan.data, plan.budget, request.top, request.seed, on_event, training)
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=verify_worker, args=(*worker_args, plan.device, plan.threads, index))
+            context.Process(target=verify_worker, args=(request, plan.device, plan.threads, index))
             for index in range(1, plan.workers + 1)
         ]
         for process in processes:
@@ -129,7 +143,7 @@ def verify_study(
         for process in processes:
             process.join()
         study = finished.study
-        return summarize(study, finished.frame, choose(finished.frame, top), plan.budget)
+        return summarize(study, finished.frame, choose(finished.frame, request.top), plan.budget)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted: finished verifications are kept in the study; rerun the same command to resume"
@@ -144,7 +158,6 @@ def run_verify(
     budget: Budget,
     top: int,
     seed: int | None = None,
-    grace_seconds: float = 600,
     on_event: Callable[[str, int, float | None], None] | None = None,
     device: TrainingDevice = CPU,
 ) -> VerifyResult:
@@ -152,6 +165,39 @@ def run_verify(
     training seed is derived from `seed` (default: the study's), never the proxy's own seed."""
     study = finished.study
     seed = verification_seed(finished, seed)
+    _check_stored_recipe(study, budget, seed, device)
+    chosen = choose(finished.frame, top)
+    done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    with interrupts.deferred_signals():  # Ctrl-C and SIGTERM never land inside a storage write
+        for number in chosen:
+            if number in done:
+                continue
+            start = (lambda n=number: on_event("start", n, None)) if on_event else None
+            which = evaluations.Claimed(study, VERIFY_TAG, number, GRACE_SECONDS)
+            recipe = Recipe(budget, seed, device=device, precision=finished.settings.get("precision", "fp32"))
+            result = evaluations.evaluate_claimed(which, finished.arch(number), data, recipe, start)
+            if isinstance(result, Evaluation) and on_event:
+                on_event("done", number, result.accuracy)
+    result = summarize(study, finished.frame, chosen, budget)
+    result.why_not.update(_why_not(study, [number for number in chosen if number not in result.verified]))
+    return result
+
+
+def _why_not(study: optuna.Study, unverified: list[int]) -> dict[int, str]:
+    """Why each trial is not verified: its training failed, or another worker holds it (until when)."""
+    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
+    reasons = {}
+    for number in unverified:
+        failed = finished_runs.get(number, {}).get("failed")
+        reason = f"failed ({failed})" if failed else evaluations.holder(study, VERIFY_TAG, number, GRACE_SECONDS)
+        if reason is not None:
+            reasons[number] = reason
+    return reasons
+
+
+def _check_stored_recipe(study: optuna.Study, budget: Budget, seed: int, device: TrainingDevice) -> None:
+    """Record this verification's budget, seed and training instrument, or refuse one that differs from the
+    recorded one: results of two budgets, seeds or instruments are never mixed."""
     # The training instrument is recorded, so that the report trains the verified baselines on the same kind
     recipe = asdict(budget) | {"seed": seed, "training": device.instrument}
     stored = records.verify_budget(study)
@@ -172,28 +218,6 @@ def run_verify(
             f"study {study.study_name!r} was verified with training seed {stored['seed']}; rerun with the --seed "
             "it was verified with (results of two seeds are never mixed)"
         )
-    chosen = choose(finished.frame, top)
-    done = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
-    with interrupts.deferred_signals():  # Ctrl-C and SIGTERM never land inside a storage write
-        for number in chosen:
-            if number in done:
-                continue
-            start = (lambda n=number: on_event("start", n, None)) if on_event else None
-            which = evaluations.Claimed(study, VERIFY_TAG, number, grace_seconds)
-            recipe = Recipe(budget, seed, device=device, precision=finished.settings.get("precision", "fp32"))
-            result = evaluations.evaluate_claimed(which, finished.arch(number), data, recipe, start)
-            if isinstance(result, Evaluation) and on_event:
-                on_event("done", number, result.accuracy)
-    result = summarize(study, finished.frame, chosen, budget)
-    finished_runs = evaluations.stored(study, VERIFY_TAG).get(VERIFY_TAG, {})
-    for number in chosen:
-        if number in result.verified:
-            continue
-        failed = finished_runs.get(number, {}).get("failed")
-        reason = f"failed ({failed})" if failed else evaluations.holder(study, VERIFY_TAG, number, grace_seconds)
-        if reason is not None:
-            result.why_not[number] = reason
-    return result
 
 
 def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> VerifyResult:
@@ -205,19 +229,7 @@ def summarize(study: optuna.Study, frame, chosen: list[int], budget: Budget) -> 
     return VerifyResult(chosen, verified, tau, budget)
 
 
-def verify_worker(
-    name: str,
-    runs_dir: str,
-    storage: str | None,
-    data_dir: str | None,
-    epochs: float,
-    train_size: int | None,
-    top: int,
-    seed: int | None,
-    device: str,
-    threads: int,
-    worker: int,
-) -> None:
+def verify_worker(request: VerifyRequest, device: str, threads: int, worker: int) -> None:
     """One process of `verify --workers N` (spawned): the same loop, sharing the work through claims."""
     import sys
 
@@ -225,14 +237,15 @@ def verify_worker(
 
     torch.set_num_threads(threads)
     training = resolve_device(worker_device(device, worker))
-    finished = open_finished(name, Path(runs_dir), storage)
-    data = study_data(finished, Path(data_dir) if data_dir else None)
+    finished = open_finished(request.study, request.runs_dir, request.storage)
+    data = study_data(finished, request.data_dir)
 
     def say(event: str, number: int, accuracy: float | None) -> None:
         if event == "done":
             print(f"[w{worker}] trial {number}: verified accuracy {accuracy:.4f}", flush=True)
 
     try:
-        run_verify(finished, data, verify_budget(data, epochs, train_size), top, seed, on_event=say, device=training)
+        budget = verify_budget(data, request.epochs, request.train_size)
+        run_verify(finished, data, budget, request.top, request.seed, say, training)
     except KeyboardInterrupt:
         sys.exit(130)
