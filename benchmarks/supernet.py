@@ -57,7 +57,7 @@ from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import DEFAULT_PROXY
 from mbsearch.train.data import load_dataset
 from mbsearch.train.evaluate import Recipe, evaluate
-from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+from mbsearch.train.supernet import InheritedScoring, default_dir, open_supernet, score_inherited
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "supernet_results.json"
@@ -101,7 +101,9 @@ def throughput(args: argparse.Namespace) -> None:
     archs = [trained.supernet.arch(*random_decisions(space, draws)) for _ in range(max(args.score, args.brief))]
     score_inherited(trained, archs[0], data)  # warm-up: the first call pays one-off costs
     inherited = [
-        score_inherited(trained, arch, data, val_images=args.val_images, finetune_steps=args.finetune_steps[0]).seconds
+        score_inherited(
+            trained, arch, data, InheritedScoring(val_images=args.val_images, finetune_steps=args.finetune_steps[0])
+        ).seconds
         for arch in archs[: args.score]
     ]
     brief = []
@@ -142,8 +144,8 @@ def fidelity(args: argparse.Namespace) -> None:
     scored, seconds = {}, {}
     for steps in args.finetune_steps:  # 0: the inherited weights as they are
         label = "inherited" if steps == 0 else f"inherited + {steps} fine-tune steps"
-        scores = [score_inherited(trained, members[n], data, val_images=args.val_images, finetune_steps=steps)
-                  for n in names]  # fmt: skip
+        scoring = InheritedScoring(val_images=args.val_images, finetune_steps=steps)
+        scores = [score_inherited(trained, members[n], data, scoring) for n in names]
         scored[label] = {n: s.accuracy for n, s in zip(names, scores, strict=True)}
         seconds[label] = statistics.median(s.seconds for s in scores)
     rows = _tau_rows(scored | {"brief (default proxy)": brief, "reference seed 2": second}, names, truth)
@@ -196,7 +198,9 @@ def front(args: argparse.Namespace) -> None:
             save()
     for steps in args.finetune_steps:
         for name, arch in members.items():
-            score = score_inherited(trained, arch, data, val_images=args.val_images, finetune_steps=steps)
+            score = score_inherited(
+                trained, arch, data, InheritedScoring(val_images=args.val_images, finetune_steps=steps)
+            )
             store["runs"][f"{name}|inherited+{steps}"] = {"accuracy": score.accuracy, "seconds": score.seconds,
                                                           "supernet_steps": trained.manifest["steps"]}  # fmt: skip
     save()

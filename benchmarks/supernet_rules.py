@@ -66,11 +66,11 @@ def main() -> None:
     space = load_space("v3")
     data = load_dataset("fashion-mnist", val_size=10_000, seed=0)
     budget = Budget(epochs=args.steps / 391, train_size=len(data.train), batch_size=128, lr=0.003)
-    identity = supernet_training.SupernetIdentity.of(space, data, None, 10_000, 0, budget, 0)
+    identity = supernet_training.SupernetIdentity.of(space, data, None, 10_000, budget, 0)
     folder = Path(tempfile.mkdtemp(prefix="supernet-rules-"))
     try:
         started = time.perf_counter()
-        supernet_training.train_supernet(space, data, folder, identity, budget, 0)
+        supernet_training.train_supernet(space, data, folder, identity, budget, supernet_training.SupernetTraining(0))
         train_s = time.perf_counter() - started
         trained = supernet_training.open_supernet(space, folder)
         reference = json.loads(REFERENCE_FILE.read_text())["runs"]
@@ -86,8 +86,9 @@ def main() -> None:
             "brief_tau": kendall_tau(brief, truth),
         }
         for steps in (int(x) for x in args.finetune.split(",")):
-            scores = [supernet_training.score_inherited(trained, members[n], data, val_images=2000,
-                                                        finetune_steps=steps) for n in names]  # fmt: skip
+            scores = [supernet_training.score_inherited(
+                trained, members[n], data, supernet_training.InheritedScoring(val_images=2000, finetune_steps=steps)
+            ) for n in names]  # fmt: skip
             accuracies = [s.accuracy for s in scores]
             row[f"finetune_{steps}"] = {
                 "tau": kendall_tau(accuracies, truth),

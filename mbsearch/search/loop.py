@@ -40,7 +40,7 @@ from mbsearch.search.supernet import open_for_search
 from mbsearch.study import records
 from mbsearch.study.config import IDENTITY_KEYS, RunConfig, stored_identity
 from mbsearch.study.storage import default_url, open_storage, redact
-from mbsearch.train.data import Dataset, load_dataset
+from mbsearch.train.data import Dataset, FolderReading, load_dataset
 from mbsearch.train.device import TrainingDevice, resolve_device
 from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.supernet import TrainedSupernet
@@ -116,8 +116,8 @@ def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
         config.channels,
         config.val_size,
         config.seed,
-        bool(config.skip_bad_images),
-        default_cache_dir(config.runs_dir),  # shared by every command and worker on the host
+        # the image cache is shared by every command and worker on the host
+        FolderReading(bool(config.skip_bad_images), default_cache_dir(config.runs_dir)),
     )
     if config.train_size > len(data.train):
         raise BadInput(

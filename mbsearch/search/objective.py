@@ -33,7 +33,7 @@ from mbsearch.train.data import Dataset
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Evaluation, Recipe, evaluate
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
-from mbsearch.train.supernet import TrainedSupernet, finetune_budget, score_inherited
+from mbsearch.train.supernet import InheritedScoring, TrainedSupernet, finetune_budget, score_inherited
 
 # Trials beyond the target, started by a worker that raced another: pruned before any work is done.
 SURPLUS = "surplus: other workers already reached the trial target"
@@ -194,9 +194,8 @@ class Objective:
     def _inherited(self, arch: Arch) -> tuple[Evaluation, torch.nn.Module | None]:
         assert self.supernet is not None
         steps = self.config.finetune_steps
-        inherited = score_inherited(self.supernet, arch, self.data, self.training,
-                                    val_images=self.config.scoring_val_size, finetune_steps=steps,
-                                    seed=self.config.seed)  # fmt: skip
+        scoring = InheritedScoring(val_images=self.config.scoring_val_size, finetune_steps=steps, seed=self.config.seed)
+        inherited = score_inherited(self.supernet, arch, self.data, scoring, self.training)
         budget = finetune_budget(steps) if steps else self.config.budget
         ran = inherited.finetune_steps  # the steps that ran (the training split may hold fewer batches)
         evaluation = Evaluation(inherited.accuracy, inherited.seconds, float(ran > 0), ran, budget, self.config.seed)

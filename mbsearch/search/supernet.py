@@ -14,11 +14,12 @@ from mbsearch.architecture.space import SearchSpace, load_space
 from mbsearch.study.config import RunConfig
 from mbsearch.study.supernet_config import SupernetConfig
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Dataset, load_dataset
+from mbsearch.train.data import Dataset, FolderReading, load_dataset
 from mbsearch.train.device import resolve_device
 from mbsearch.train.image_cache import default_cache_dir
 from mbsearch.train.supernet import (
     SupernetIdentity,
+    SupernetTraining,
     SupernetTrainResult,
     TrainedSupernet,
     default_dir,
@@ -27,8 +28,10 @@ from mbsearch.train.supernet import (
 )
 
 
-def _data(space: SearchSpace, dataset: str, data_dir, input_size, channels, val_size, seed, skip_bad, runs_dir):
-    data = load_dataset(dataset, data_dir, input_size, channels, val_size, seed, skip_bad, default_cache_dir(runs_dir))
+def _data(space: SearchSpace, config: SupernetConfig) -> Dataset:
+    reading = FolderReading(config.skip_bad_images, default_cache_dir(config.runs_dir))
+    data = load_dataset(config.dataset, config.data_dir, config.input_size, config.channels, config.val_size,
+                        config.seed, reading)  # fmt: skip
     check_space_fits(space, data.size, data.channels, data.num_classes)
     return data
 
@@ -39,20 +42,19 @@ def train_for(
     """Train (or resume) the supernet `config` describes; returns its folder's result."""
     training = resolve_device(config.device)  # a device this machine lacks is refused before any work
     space = load_space(config.space)
-    data = _data(space, config.dataset, config.data_dir, config.input_size, config.channels, config.val_size,
-                 config.seed, config.skip_bad_images, config.runs_dir)  # fmt: skip
+    data = _data(space, config)
     budget = Budget(
         epochs=config.epochs, train_size=min(config.train_size or len(data.train), len(data.train)),
         batch_size=config.batch_size, lr=config.lr,
     )  # fmt: skip
     identity = SupernetIdentity.of(
-        space, data, config.data_dir, config.val_size, config.seed, budget, config.seed, config.latency_input_size
+        space, data, config.data_dir, config.val_size, budget, config.seed, config.latency_input_size
     )
     folder = config.out or default_dir(config.runs_dir, space, data.name, data.size)
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads or previous)
     try:
-        return train_supernet(space, data, folder, identity, budget, config.seed, training, on_step)
+        return train_supernet(space, data, folder, identity, budget, SupernetTraining(config.seed, training, on_step))
     finally:
         torch.set_num_threads(previous)
 
@@ -61,7 +63,7 @@ def search_identity(config: RunConfig, space: SearchSpace, data: Dataset) -> dic
     """What a search shares with the supernet it may use (SupernetIdentity.data_key)."""
     budget = Budget()  # not part of the data key
     return SupernetIdentity.of(
-        space, data, config.data_dir, config.val_size, config.seed, budget, config.seed, config.latency_input_size
+        space, data, config.data_dir, config.val_size, budget, config.seed, config.latency_input_size
     ).data_key()
 
 

@@ -182,12 +182,23 @@ def check_test_split(dataset: str, data_dir: Path | None) -> None:
         _folder_root(Path(data_dir), "test")
 
 
+@dataclass(frozen=True)
+class FolderReading:
+    """How a folder dataset is read: unreadable images skipped (counted) with `skip_bad`, else refused; the
+    decoded images kept in (and mapped from) the image cache `cache_dir` (default: the runs folder's)."""
+
+    skip_bad: bool = False
+    cache_dir: Path | None = None
+
+
 def _read_folder(
-    root: Path, split: str, size: int, channels: int, skip_bad: bool = False, cache_dir: Path | None = None
+    root: Path, split: str, size: int, channels: int, folder_reading: FolderReading = FolderReading()
 ) -> CachedImages:
     """A split of a folder dataset, decoded once into the on-disk cache (image_cache.py) and mapped."""
     folder = _folder_root(root, split)
-    cached = load_folder(folder, size, channels, cache_dir, skip_bad=skip_bad, on_progress=print_progress())
+    cached = load_folder(
+        folder, size, channels, folder_reading.cache_dir, skip_bad=folder_reading.skip_bad, on_progress=print_progress()
+    )
     if cached.skipped:
         print(f"mbsearch: skipped {cached.skipped} unreadable image(s) in {root} (--skip-bad-images)", file=sys.stderr)
     return cached
@@ -199,8 +210,7 @@ def _read(
     split: str,
     size: int | None,
     channels: int | None,
-    skip_bad: bool = False,
-    cache_dir: Path | None = None,
+    folder_reading: FolderReading = FolderReading(),
 ) -> tuple[np.ndarray, np.ndarray]:
     if name not in DATASETS:
         raise BadInput(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
@@ -210,7 +220,7 @@ def _read(
         return _read_fashion(root, split)
     if name == "cifar10":
         return _read_cifar(root, split)
-    cached = _read_folder(root, split, size or 32, channels or 3, skip_bad, cache_dir)
+    cached = _read_folder(root, split, size or 32, channels or 3, folder_reading)
     return cached.images, cached.labels
 
 
@@ -246,14 +256,13 @@ def load_dataset(
     channels: int | None = None,
     val_size: int = DEFAULT_VAL_SIZE,
     seed: int = 0,
-    skip_bad: bool = False,
-    cache_dir: Path | None = None,
+    folder_reading: FolderReading = FolderReading(),
 ) -> Dataset:
     """Train and validation splits: a fixed, seeded validation split carved from the training set (a folder
     with a val/ split uses that instead)."""
     root = _resolve_root(name, data_dir)
     if name == "folder" and root.is_dir():
-        return _folder_dataset(root, input_size or 32, channels or 3, val_size, seed, skip_bad, cache_dir)
+        return _folder_dataset(root, input_size or 32, channels or 3, val_size, seed, folder_reading)
     images, labels = _read(name, root, "train", input_size, channels)
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -276,14 +285,14 @@ def load_dataset(
 
 
 def _folder_dataset(
-    root: Path, size: int, channels: int, val_size: int, seed: int, skip_bad: bool, cache_dir: Path | None
+    root: Path, size: int, channels: int, val_size: int, seed: int, folder_reading: FolderReading
 ) -> Dataset:
     """A folder dataset, mapped from the image cache: the validation split is val/ where the folder has one,
     else seeded and carved from the training images, laid out once on disk in split order so that both
     splits are slices of one mapped file (never a copy in memory, whatever the dataset's size)."""
-    train = _read_folder(root, "train", size, channels, skip_bad, cache_dir)
+    train = _read_folder(root, "train", size, channels, folder_reading)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        val = _read_folder(root, "val", size, channels, skip_bad, cache_dir)
+        val = _read_folder(root, "val", size, channels, folder_reading)
         if val.classes != train.classes:
             raise BadInput(f"{root}: val/ and train/ hold different class folders; give both the same classes")
         train_split = Split(torch.from_numpy(train.images), torch.from_numpy(train.labels))
@@ -312,8 +321,7 @@ def load_study_data(settings: dict, data_dir: Path | None, cache_dir: Path | Non
         settings.get("channels"),
         settings["val_size"],
         settings.get("seed", 0),
-        bool(settings.get("skip_bad_images")),
-        cache_dir,
+        FolderReading(bool(settings.get("skip_bad_images")), cache_dir),
     )
 
 
@@ -323,11 +331,10 @@ def load_whole_split(
     split: str,
     input_size: int,
     channels: int | None = None,
-    skip_bad: bool = False,
-    cache_dir: Path | None = None,
+    folder_reading: FolderReading = FolderReading(),
 ) -> tuple[Split, int]:
     """A whole split ("train": no validation split carved out; "test": the held-out test split, which only
     full training, `mbsearch train`, reads) and the number of classes in it."""
     root = _resolve_root(name, data_dir)
-    images, labels = _read(name, root, split, input_size, channels, skip_bad, cache_dir)
+    images, labels = _read(name, root, split, input_size, channels, folder_reading)
     return _to_split(images, labels, input_size), int(labels.max()) + 1

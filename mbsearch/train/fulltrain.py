@@ -23,7 +23,7 @@ from mbsearch.nn.cost import count_params
 from mbsearch.nn.model import build_model
 from mbsearch.nn.onnx_export import write_onnx
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import Split, check_test_split, load_whole_split
+from mbsearch.train.data import FolderReading, Split, check_test_split, load_whole_split
 from mbsearch.train.device import CPU, TrainingDevice, resolve_device
 from mbsearch.train.int8 import Int8Scorer
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory, TrainOptions, train
@@ -67,7 +67,9 @@ def _data(arch: Arch, recipe: FullTraining) -> tuple[Split, Split]:
 
     def split(name: str) -> tuple[Split, int]:
         size = arch.input.size
-        return load_whole_split(dataset, data_dir, name, size, channels, recipe.skip_bad, recipe.cache_dir)
+        return load_whole_split(
+            dataset, data_dir, name, size, channels, FolderReading(recipe.skip_bad, recipe.cache_dir)
+        )
 
     train_split, classes = split("train")
     if train_split.images.shape[1] != channels:

@@ -107,11 +107,11 @@ class SupernetIdentity:
         data: Dataset,
         data_dir: Path | None,
         val_size: int,
-        split_seed: int,
         budget: Budget,
         seed: int,
         plan_size: int | None = None,
     ) -> SupernetIdentity:
+        """`seed` fixes both the validation split (as the search's seed does) and the training's draws."""
         return cls(
             FORMAT,
             space.name,
@@ -123,7 +123,7 @@ class SupernetIdentity:
             data.channels,
             data.num_classes,
             val_size,
-            split_seed,
+            seed,
             asdict(budget),
             RANDOM_PER_STEP,
             seed,
@@ -189,16 +189,24 @@ def _write_manifest(folder: Path, identity: SupernetIdentity, normalizer: Normal
     return manifest
 
 
+@dataclass(frozen=True)
+class SupernetTraining:
+    """`train_supernet`'s options: the seed (initial weights, batch order, sub-network draws), the device,
+    progress (`on_step(step, total, loss, teacher_accuracy)`), and seconds between checkpoints."""
+
+    seed: int = 0
+    device: TrainingDevice = CPU
+    on_step: Callable[[int, int, float, float], None] | None = None
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S
+
+
 def train_supernet(
     space: SearchSpace,
     data: Dataset,
     folder: Path,
     identity: SupernetIdentity,
     budget: Budget,
-    seed: int = 0,
-    device: TrainingDevice = CPU,
-    on_step: Callable[[int, int, float, float], None] | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    options: SupernetTraining = SupernetTraining(),
 ) -> SupernetTrainResult:
     """Train (or resume, or find already trained) the supernet of `space` on `data` into `folder`."""
     manifest = _read_manifest(folder)
@@ -208,6 +216,7 @@ def train_supernet(
             f"{folder} holds a supernet trained with other settings ({differs}); use another --out, or the same "
             "settings to resume it"
         )
+    seed, device = options.seed, options.device
     torch.manual_seed(seed)  # the shared weights' initial values (a resume replaces them from its checkpoint)
     supernet = Supernet(space, identity.input_size, identity.channels, identity.num_classes, identity.plan_size)
     summary = state_summary(supernet) | {"sub_networks": every_layout(space)}
@@ -220,7 +229,7 @@ def train_supernet(
     _write_manifest(folder, identity, normalizer, complete=False, steps=0, **summary)
     try:
         with device.session():
-            run = _SupernetRun(identity, normalizer, budget, seed, device, on_step, checkpoint_every_s)
+            run = _SupernetRun(identity, normalizer, budget, options)
             steps, seconds, resumed = _train(supernet, space, data, folder, run)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; the last checkpoint is kept for a resume
         if not is_allocation_failure(exc):
@@ -270,12 +279,12 @@ def _train(
 ) -> tuple[int, float, int]:
     """The sandwich rule's steps in the one training loop; the state is checkpointed to `folder` at each
     epoch's end and every `run.checkpoint_every_s` seconds (atomically: a kill loses at most that much)."""
-    device, budget = run.device, run.budget
+    device, budget, seed = run.options.device, run.budget, run.options.seed
     supernet.to(device.device)
     train_split = data.train.to(device.device, budget.train_size)
     checkpoint_path = folder / CHECKPOINT_FILE
     saved = _read_checkpoint(checkpoint_path, run.identity) if checkpoint_path.is_file() else None
-    draws = random.Random(run.seed)
+    draws = random.Random(seed)
     trainee = _sandwich(supernet, space, budget, device, draws, str(checkpoint_path))
 
     def save(step: int, state: Callable[[], dict[str, Any]]) -> None:
@@ -285,7 +294,7 @@ def _train(
             write_atomic(checkpoint_path, buffer.getvalue())
 
     total = max(1, round(budget.epochs * math.ceil(len(train_split) / budget.batch_size)))
-    options = LoopOptions(run.seed, device, run.on_step, save, run.checkpoint_every_s, saved)
+    options = LoopOptions(seed, device, run.options.on_step, save, run.options.checkpoint_every_s, saved)
     supernet.train()
     result = run_loop(trainee, train_split, run.normalizer.to(device.device), budget, options)
     return result.steps, result.seconds, int(saved["step"]) if saved else 0
@@ -296,10 +305,7 @@ class _SupernetRun:
     identity: SupernetIdentity
     normalizer: Normalizer
     budget: Budget
-    seed: int
-    device: TrainingDevice
-    on_step: Callable[[int, int, float, float], None] | None
-    checkpoint_every_s: float
+    options: SupernetTraining
 
 
 def _sandwich(
@@ -418,15 +424,24 @@ def finetune_budget(steps: int) -> Budget:
     return Budget(epochs=1, train_size=steps * FINETUNE_BATCH, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR)
 
 
+@dataclass(frozen=True)
+class InheritedScoring:
+    """How a sub-network is scored with inherited weights: BatchNorm statistics recomputed on the first
+    `calibration_images` training images, scored on the first `val_images` validation images (all: None),
+    after `finetune_steps` of training seeded by `seed` (none: 0)."""
+
+    calibration_images: int = CALIBRATION_IMAGES
+    val_images: int | None = None
+    finetune_steps: int = 0
+    seed: int = 0
+
+
 def score_inherited(
     trained: TrainedSupernet,
     arch: Arch,
     data: Dataset,
+    scoring: InheritedScoring = InheritedScoring(),
     device: TrainingDevice = CPU,
-    calibration_images: int = CALIBRATION_IMAGES,
-    val_images: int | None = None,
-    finetune_steps: int = 0,
-    seed: int = 0,
 ) -> InheritedScore:
     """Copy `arch`'s weights out of the supernet, recompute its BatchNorm statistics on the first
     `calibration_images` training images, and score it on the validation split (its first `val_images`).
@@ -434,12 +449,17 @@ def score_inherited(
     With `finetune_steps`, the inherited network first trains that many steps (seeded by `seed`) on the first
     training images, and its statistics are recomputed on those: inherited weights of a sub-network that
     the supernet's training rarely drew are a poor start, and a few steps repair much of it (measured)."""
+    calibration_images, val_images, finetune_steps = (
+        scoring.calibration_images,
+        scoring.val_images,
+        scoring.finetune_steps,
+    )
     started = time.perf_counter()
     model = trained.supernet.extract(arch)
     val = data.val if val_images is None else data.val.head(val_images)
     if finetune_steps:
         budget = finetune_budget(finetune_steps)
-        result = train(model, data.train, val, budget, TrainOptions(seed, trained.normalizer, device=device))
+        result = train(model, data.train, val, budget, TrainOptions(scoring.seed, trained.normalizer, device=device))
         calibrated = min(len(data.train), budget.train_size, RECALIBRATION_IMAGES)  # train()'s, its first images
         # the steps that ran: fewer than asked where the training split is shorter than steps x batch
         return InheritedScore(result.accuracy, time.perf_counter() - started, calibrated, model, result.steps)

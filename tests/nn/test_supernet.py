@@ -21,7 +21,9 @@ from mbsearch.train.data import load_dataset
 from mbsearch.train.supernet import (
     CHECKPOINT_FILE,
     WEIGHTS_FILE,
+    InheritedScoring,
     SupernetIdentity,
+    SupernetTraining,
     open_supernet,
     score_inherited,
     train_supernet,
@@ -143,7 +145,7 @@ def test_an_arch_outside_the_space_is_refused(space) -> None:
 
 
 def _identity(space, fashion, budget):
-    return SupernetIdentity.of(space, fashion, None, 300, 0, budget, seed=0)
+    return SupernetIdentity.of(space, fashion, None, 300, budget, seed=0)
 
 
 class Stop(Exception):
@@ -162,7 +164,14 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
             raise Stop
 
     with pytest.raises(Stop):
-        train_supernet(space, fashion, tmp_path / "b", identity, budget, on_step=stop_at_six, checkpoint_every_s=0)
+        train_supernet(
+            space,
+            fashion,
+            tmp_path / "b",
+            identity,
+            budget,
+            SupernetTraining(on_step=stop_at_six, checkpoint_every_s=0),
+        )
     assert (tmp_path / "b" / CHECKPOINT_FILE).is_file() and not (tmp_path / "b" / WEIGHTS_FILE).exists()
     with pytest.raises(BadInput, match="not finished"):
         open_supernet(space, tmp_path / "b")
@@ -174,9 +183,11 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
     assert again.already_trained and again.steps == 8
 
     arch = a.supernet.arch(*smallest(space))
-    first = score_inherited(a, arch, fashion, calibration_images=512)
+    first = score_inherited(a, arch, fashion, InheritedScoring(calibration_images=512))
     assert 0.0 <= first.accuracy <= 1.0 and first.calibration_images == 512
-    assert score_inherited(a, arch, fashion, calibration_images=512).accuracy == first.accuracy  # deterministic
+    assert (
+        score_inherited(a, arch, fashion, InheritedScoring(calibration_images=512)).accuracy == first.accuracy
+    )  # deterministic
 
 
 def test_damaged_and_foreign_supernets_are_named_and_refused(space, fashion, tmp_path) -> None:
@@ -188,7 +199,7 @@ def test_damaged_and_foreign_supernets_are_named_and_refused(space, fashion, tmp
         raise Stop
 
     with pytest.raises(Stop):
-        train_supernet(space, fashion, folder, identity, budget, on_step=stop, checkpoint_every_s=0)
+        train_supernet(space, fashion, folder, identity, budget, SupernetTraining(on_step=stop, checkpoint_every_s=0))
     (folder / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(BadInput, match=r"checkpoint\.pt: damaged supernet checkpoint"):
         train_supernet(space, fashion, folder, identity, budget)
@@ -217,7 +228,7 @@ def test_progress_reports_the_mean_loss_at_each_check_never_zero(space, fashion,
     budget = Budget(epochs=2, train_size=256, batch_size=64, lr=0.003)  # 8 steps
     seen: list[tuple[int, float]] = []
     every_third = TrainingDevice(torch.device("cpu"), check_every_steps=3)
-    train_supernet(space, fashion, tmp_path / "c", _identity(space, fashion, budget), budget,
-                   device=every_third, on_step=lambda step, total, loss, _: seen.append((step, loss)))  # fmt: skip
+    options = SupernetTraining(device=every_third, on_step=lambda step, total, loss, _: seen.append((step, loss)))
+    train_supernet(space, fashion, tmp_path / "c", _identity(space, fashion, budget), budget, options)
     assert [step for step, _ in seen] == [3, 6, 8]
     assert all(math.isfinite(loss) and loss > 0.1 for _, loss in seen), seen

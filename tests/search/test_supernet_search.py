@@ -99,7 +99,7 @@ def test_inherited_scores_use_the_first_inherited_val_size_validation_images(run
     from mbsearch.architecture.space import load_space
     from mbsearch.study.config import RunConfig
     from mbsearch.train.data import load_dataset
-    from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+    from mbsearch.train.supernet import InheritedScoring, default_dir, open_supernet, score_inherited
 
     result = _run(runner, trained, "subset", "--inherited-val-size", "120")
     assert result.exit_code == 0, result.output
@@ -110,7 +110,7 @@ def test_inherited_scores_use_the_first_inherited_val_size_validation_images(run
     data = load_dataset("fashion-mnist", val_size=300, seed=0)
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         arch = records.trial_arch(trial)
-        assert trial.values[0] == score_inherited(supernet, arch, data, val_images=120).accuracy
+        assert trial.values[0] == score_inherited(supernet, arch, data, InheritedScoring(val_images=120)).accuracy
         assert abs(trial.values[0] * 120 - round(trial.values[0] * 120)) < 1e-9  # a count out of 120 images
     again = _run(runner, trained, "subset", "--inherited-val-size", "300")
     assert again.exit_code == 2 and "inherited_val_size=120" in again.output
@@ -126,7 +126,7 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
 
     from mbsearch.architecture.space import load_space
     from mbsearch.train.data import load_dataset
-    from mbsearch.train.supernet import default_dir, open_supernet, score_inherited
+    from mbsearch.train.supernet import InheritedScoring, default_dir, open_supernet, score_inherited
 
     result = _run(runner, trained, "tuned", "--finetune-steps", "4", "--trials", "2")
     assert result.exit_code == 0, result.output
@@ -143,7 +143,7 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
         for trial in complete:
             arch = records.trial_arch(trial)
             assert trial.user_attrs[records.EVALUATOR] == "supernet" and trial.user_attrs[records.EPOCHS_RUN] == 1.0
-            tuned = score_inherited(supernet, arch, data, val_images=300, finetune_steps=4, seed=0)
+            tuned = score_inherited(supernet, arch, data, InheritedScoring(val_images=300, finetune_steps=4, seed=0))
             assert tuned.finetune_steps == 4 and trial.values[0] == tuned.accuracy
             assert tuned.model is not None and tuned.calibration_images == 4 * 64
             inherited = supernet.supernet.extract(arch).state_dict()  # the steps changed the weights scored
@@ -152,7 +152,9 @@ def test_finetune_steps_train_the_inherited_network_before_it_is_scored(runner, 
             )
         # Issue 35: a training split shorter than N batches runs fewer steps, and the score says how many ran
         short = dataclasses.replace(data, train=data.train.head(2 * 64))
-        clipped = score_inherited(supernet, records.trial_arch(complete[0]), short, val_images=300, finetune_steps=4)
+        clipped = score_inherited(
+            supernet, records.trial_arch(complete[0]), short, InheritedScoring(val_images=300, finetune_steps=4)
+        )
         assert clipped.finetune_steps == 2
     finally:
         torch.set_num_threads(threads)

@@ -154,8 +154,8 @@ def test_train_precision_int8_writes_the_int8_graph_and_its_test_accuracy(runner
     assert metrics["test_accuracy"] > 0.5 and abs(metrics["int8_test_accuracy"] - metrics["test_accuracy"]) <= 0.03
     graph = (out / "model.int8.onnx").read_bytes()
     assert b"QuantizeLinear" in graph and graph != (out / "model.onnx").read_bytes()
-    train_split, _ = load_whole_split("fashion-mnist", None, "train", 28, 1, False, None)
-    test_split, _ = load_whole_split("fashion-mnist", None, "test", 28, 1, False, None)
+    train_split, _ = load_whole_split("fashion-mnist", None, "train", 28, 1)
+    test_split, _ = load_whole_split("fashion-mnist", None, "test", 28, 1)
     normalize = Normalizer.fit(train_split.images)
     images, labels = normalize(test_split.images).numpy(), test_split.labels.numpy()
     assert onnx_accuracy(graph, images, labels) == metrics["int8_test_accuracy"]  # ONNX Runtime gives it back
