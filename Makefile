@@ -39,7 +39,7 @@ demo: setup
 
 test: setup
 	$(call apt_install,$(TEST_PACKAGES))
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench: setup
 	$(call apt_install,$(DEMO_PACKAGES))

@@ -23,6 +23,17 @@ os.environ.setdefault("MBSEARCH_QUIET_SETTLE_S", "0.2")  # and spread a gate's f
 
 
 @pytest.fixture(autouse=True, scope="session")
+def host_lock_dir(tmp_path_factory):
+    """One host timing lock for the whole run, as on a real host: `make test` runs two pytest workers
+    (pytest-xdist), and a latency timed in one waits for the other's training step, as a timer does for a
+    search's. Tests of the lock itself use folders of their own."""
+    # the workers' base folders share a parent: pytest-of-USER/pytest-N/popen-gwK
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    os.environ["MBSEARCH_LOCK_DIR"] = str(shared / "host-locks")
+
+
+@pytest.fixture(autouse=True, scope="session")
 def image_cache(tmp_path_factory):
     """Folder datasets decode into a cache of the session's own, never the repository's runs/."""
     os.environ["MBSEARCH_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
@@ -45,7 +56,6 @@ def tiny_study(tmp_path_factory):
     from mbsearch.study.config import RunConfig
 
     runs = tmp_path_factory.mktemp("runs")
-    os.environ["MBSEARCH_LOCK_DIR"] = str(runs)
     result = run_search(RunConfig(runs_dir=runs, study="tiny", trials=6, sampler="random", **TINY_BUDGET))
     return runs, "tiny", result
 
