@@ -21,6 +21,7 @@ import optuna
 from rich.console import Console
 
 from mbsearch.results.pareto import pareto_front, trials_frame
+from mbsearch.search.prepared import prepare
 from mbsearch.search.progress import ConsoleReporter
 from mbsearch.study.config import RunConfig
 
@@ -51,7 +52,7 @@ def main() -> None:
         study = build_study(Path(folder) / "study.db", args.trials)
         trials = study.get_trials(deepcopy=False)
         reporter = ConsoleReporter(Console(file=io.StringIO(), force_terminal=False))
-        reporter.start(study, RunConfig(trials=args.trials, runs_dir=Path(folder)), 0)
+        reporter.start(study, prepare(RunConfig(trials=args.trials, runs_dir=Path(folder))), 0)
         started = time.perf_counter()
         for trial in trials:
             reporter.trial_done(study, trial)

@@ -22,15 +22,27 @@ os.environ.setdefault("MBSEARCH_QUIET_WAIT_S", "1")
 os.environ.setdefault("MBSEARCH_QUIET_SETTLE_S", "0.2")  # and spread a gate's first reads over this long
 
 
+def _seconds(item: pytest.Item) -> float:
+    """A test's expected time, from its `slow(seconds=N)` marker (an unmarked test: 0)."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("seconds", 30))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules holding the slowest tests run first, slowest first: with one worker per core, a long test
+    that starts last holds up the whole run. Whole modules move, so that their fixtures are made once."""
+    slowest: dict[str, float] = {}
+    for item in items:
+        slowest[item.module.__name__] = max(slowest.get(item.module.__name__, 0.0), _seconds(item))
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (-slowest[item.module.__name__], order[id(item)]))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def host_lock_dir(tmp_path_factory):
-    """One host timing lock for the whole run, as on a real host: `make test` runs two pytest workers
-    (pytest-xdist), and a latency timed in one waits for the other's training step, as a timer does for a
-    search's. Tests of the lock itself use folders of their own."""
-    # the workers' base folders share a parent: pytest-of-USER/pytest-N/popen-gwK
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if base.name.startswith("popen-gw") else base
-    os.environ["MBSEARCH_LOCK_DIR"] = str(shared / "host-locks")
+    """A host timing lock folder of the session's own (each pytest worker's), never the system's: a test
+    run beside a real search on this host neither waits for it nor disturbs its timings through the lock."""
+    os.environ["MBSEARCH_LOCK_DIR"] = str(tmp_path_factory.mktemp("host-locks"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -239,10 +239,10 @@ def export(
     ] = None,
 ) -> None:
     """Write a Pareto-optimal architecture as arch JSON (with metrics and provenance), ONNX and timm strings."""
-    from mbsearch.results.export import export_study
+    from mbsearch.results.export import ExportRequest, export_study
 
     chosen = precision.value if precision is not None else None
-    exported = export_study(study, runs_dir, storage, pick, output, onnx, max_latency, timm, chosen)
+    exported = export_study(study, runs_dir, storage, ExportRequest(pick, output, onnx, max_latency, timm, chosen))
     metrics, trial = exported.arch.metrics or {}, exported.arch.provenance["trial"]
     console.print(f"picked by {exported.basis}", highlight=False)
     console.print(

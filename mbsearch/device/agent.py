@@ -34,7 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bottle
 
 from mbsearch.device import hostlock
-from mbsearch.device.timing import device_info, onnx_session, time_onnx_repeated
+from mbsearch.device.timing import LatencyStats, TimingPlan, device_info, onnx_session, time_onnx_repeated
 
 API = "v1"
 MAX_INPUT_ELEMENTS = 4 * 1024 * 1024  # 4 channels at 1024x1024: the largest input an arch file allows
@@ -115,22 +115,7 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
                 "start an agent with --precision any or the study's precision",
             )
         with timing_lock, hostlock.timing():
-            session = _load(model, config)
-            shape = _input_shape(session)
-            first = _first_run(session, shape, config.max_seconds)
-            expected = first * (settings["warmup"] + settings["runs"]) * settings["sessions"] * settings["attempts"]
-            if expected > config.max_seconds:
-                raise _Refused(
-                    422,
-                    f"one run takes {first:.2f} s: timing would take ~{expected:.0f} s, over this agent's "
-                    f"--max-seconds {config.max_seconds:g}; ask for fewer runs or raise the limit",
-                )
-            try:
-                stats = time_onnx_repeated(lambda: _load(model, config), shape, "agent", config.threads, **settings)
-            except _Refused:
-                raise
-            except Exception as exc:  # ORT's own errors when a loaded model fails to run (memory, shapes)
-                raise _Refused(422, f"the model fails when run: {_first_line(exc)}") from None
+            stats = _time_model(model, config, TimingPlan(**settings))
         return {"stats": asdict(stats), "device": device}
 
     def error_page(error: bottle.HTTPError) -> str:
@@ -140,6 +125,27 @@ def make_app(config: AgentConfig, device: dict[str, Any]) -> bottle.Bottle:
 
     app.default_error_handler = error_page
     return app
+
+
+def _time_model(model: bytes, config: AgentConfig, plan: TimingPlan) -> LatencyStats:
+    """Time a model sent to the agent by `plan`, refused where one run says it would take over the agent's
+    --max-seconds, or where it fails when run."""
+    session = _load(model, config)
+    shape = _input_shape(session)
+    first = _first_run(session, shape, config.max_seconds)
+    expected = first * (plan.warmup + plan.runs) * plan.sessions * plan.attempts
+    if expected > config.max_seconds:
+        raise _Refused(
+            422,
+            f"one run takes {first:.2f} s: timing would take ~{expected:.0f} s, over this agent's "
+            f"--max-seconds {config.max_seconds:g}; ask for fewer runs or raise the limit",
+        )
+    try:
+        return time_onnx_repeated(lambda: _load(model, config), shape, "agent", config.threads, plan)
+    except _Refused:
+        raise
+    except Exception as exc:  # ORT's own errors when a loaded model fails to run (memory, shapes)
+        raise _Refused(422, f"the model fails when run: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -101,15 +101,23 @@ def time_session(session: Any, input_shape: tuple[int, ...], warmup: int, runs: 
     return samples
 
 
+@dataclass(frozen=True)
+class TimingPlan:
+    """How many runs one timing takes: `sessions` fresh sessions, each `warmup` runs then `runs` timed ones,
+    re-measured up to `attempts` times while noisy."""
+
+    warmup: int = DEFAULT_WARMUP
+    runs: int = DEFAULT_RUNS
+    attempts: int = DEFAULT_ATTEMPTS
+    sessions: int = DEFAULT_SESSIONS
+
+
 def time_onnx_repeated(
     open_session: Callable[[], Any],
     input_shape: tuple[int, ...],
     target: str,
     threads: int,
-    warmup: int = DEFAULT_WARMUP,
-    runs: int = DEFAULT_RUNS,
-    attempts: int = DEFAULT_ATTEMPTS,
-    sessions: int = DEFAULT_SESSIONS,
+    plan: TimingPlan = TimingPlan(),
 ) -> LatencyStats:
     """The one timing recipe of mbsearch: `sessions` fresh sessions, each warmed up then timed `runs` times,
     the samples pooled (median, IQR), re-measured while noisy.
@@ -118,6 +126,7 @@ def time_onnx_repeated(
     between two passes over 30 networks at 28x28: 6.6% with one session, 8.0% with three, at three times
     the cost), so more sessions are an option (`sessions=`, the agent's `?sessions=`), not the default.
     """
+    warmup, runs, attempts, sessions = plan.warmup, plan.runs, plan.attempts, plan.sessions
     runs_in_all = runs * sessions
 
     def sample() -> list[float]:

@@ -24,7 +24,7 @@ from mbsearch.device import hostlock
 from mbsearch.errors import BadInput
 from mbsearch.latency.recipes import ROUNDS_RECIPE, GatedTurns, gated_turns
 from mbsearch.latency.targets import Prepared, Target
-from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
+from mbsearch.nn.blocks import ConvBNAct, Depthwise, DepthwiseSeparable, InvertedResidual, make_activation
 from mbsearch.nn.onnx_export import export_module
 from mbsearch.nn.quantize import noise_calibration, quantize_int8
 
@@ -190,11 +190,10 @@ class PartConfig:
             return nn.Sequential(
                 ConvBNAct(self.in_chs, self.out, 1, act=self.act), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *classifier
             )
+        dw = Depthwise(self.kernel, self.stride, self.se, self.act)
         if self.kind == "ir":
-            return InvertedResidual(
-                self.in_chs, self.mid, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut
-            )
-        return DepthwiseSeparable(self.in_chs, self.out, self.kernel, self.stride, self.se, self.act, self.shortcut)
+            return InvertedResidual(self.in_chs, self.mid, self.out, dw, self.shortcut)
+        return DepthwiseSeparable(self.in_chs, self.out, dw, self.shortcut)
 
 
 _ARCH_TYPES = {"ir": "ir", "dsa": "ds", "dsr": "dsr"}

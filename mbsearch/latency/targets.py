@@ -28,6 +28,7 @@ from mbsearch.device.timing import (
     DEFAULT_SESSIONS,
     DEFAULT_WARMUP,
     LatencyStats,
+    TimingPlan,
     device_info,
     fingerprint,
     onnx_session,
@@ -154,7 +155,7 @@ class LocalTarget:
                     prepared.shape,
                     self.name,
                     self.threads,
-                    **prepared.recipe,
+                    TimingPlan(**prepared.recipe),
                 )
         except (RuntimeError, OSError) as exc:
             raise RuntimeFailure(

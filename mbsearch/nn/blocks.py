@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -30,6 +32,17 @@ class ConvBNAct(nn.Sequential):
         )
 
 
+@dataclass(frozen=True)
+class Depthwise:
+    """A block's depthwise stage: its kernel and stride, the squeeze-and-excitation ratio (0: none) after it,
+    and the block's activation."""
+
+    kernel: int
+    stride: int
+    se: float
+    act: str
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation as in MobileNetV3: pool, 1x1 reduce + ReLU, 1x1 expand, hard-sigmoid gate."""
 
@@ -55,14 +68,12 @@ class DepthwiseSeparable(nn.Module):
 
     MobileNetV1's layer has no shortcut; `has_skip` is True only for the `dsr` block of old arch files."""
 
-    def __init__(
-        self, in_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str, has_skip: bool = False
-    ) -> None:
+    def __init__(self, in_chs: int, out_chs: int, dw: Depthwise, has_skip: bool = False) -> None:
         super().__init__()
         self.has_skip = has_skip
-        self.conv_dw = ConvBNAct(in_chs, in_chs, kernel, stride, groups=in_chs, act=act)
-        self.se = _se_or_identity(in_chs, se)
-        self.conv_pw = ConvBNAct(in_chs, out_chs, 1, act=act)
+        self.conv_dw = ConvBNAct(in_chs, in_chs, dw.kernel, dw.stride, groups=in_chs, act=dw.act)
+        self.se = _se_or_identity(in_chs, dw.se)
+        self.conv_pw = ConvBNAct(in_chs, out_chs, 1, act=dw.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_pw(self.se(self.conv_dw(x)))
@@ -76,14 +87,12 @@ class InvertedResidual(nn.Module):
     (stride 1 and matching shapes) is decided by the layer plan (rules.has_shortcut).
     """
 
-    def __init__(
-        self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, se: float, act: str, has_skip: bool
-    ) -> None:
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw: Depthwise, has_skip: bool) -> None:
         super().__init__()
         self.has_skip = has_skip
-        self.conv_pw = ConvBNAct(in_chs, mid_chs, 1, act=act) if mid_chs != in_chs else nn.Identity()
-        self.conv_dw = ConvBNAct(mid_chs, mid_chs, kernel, stride, groups=mid_chs, act=act)
-        self.se = _se_or_identity(mid_chs, se)
+        self.conv_pw = ConvBNAct(in_chs, mid_chs, 1, act=dw.act) if mid_chs != in_chs else nn.Identity()
+        self.conv_dw = ConvBNAct(mid_chs, mid_chs, dw.kernel, dw.stride, groups=mid_chs, act=dw.act)
+        self.se = _se_or_identity(mid_chs, dw.se)
         self.conv_pwl = ConvBNAct(mid_chs, out_chs, 1, act=None)  # linear bottleneck
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 from mbsearch.architecture.arch import Arch, Block
 from mbsearch.architecture.plan import MAX_PARAMS, LayerPlan, estimate_params, plan_layers
 from mbsearch.errors import BadInput
-from mbsearch.nn.blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation
+from mbsearch.nn.blocks import ConvBNAct, Depthwise, DepthwiseSeparable, InvertedResidual, make_activation
 
 
 class MobileNet(nn.Module):
@@ -34,11 +34,10 @@ class MobileNet(nn.Module):
 
 def build_block(block: Block, plan: LayerPlan) -> nn.Module:
     """One block of `features`, as planned (in and mid channels from `plan_layers`)."""
+    dw = Depthwise(block.kernel, block.stride, block.se, block.act)
     if block.type == "ir":
-        return InvertedResidual(
-            plan.in_chs, plan.mid_chs, block.out, block.kernel, block.stride, block.se, block.act, plan.has_skip
-        )
-    return DepthwiseSeparable(plan.in_chs, block.out, block.kernel, block.stride, block.se, block.act, plan.has_skip)
+        return InvertedResidual(plan.in_chs, plan.mid_chs, block.out, dw, plan.has_skip)
+    return DepthwiseSeparable(plan.in_chs, block.out, dw, plan.has_skip)
 
 
 def build_classifier(arch: Arch) -> nn.Sequential:

@@ -29,7 +29,7 @@ from mbsearch.results.finished import FinishedStudy
 from mbsearch.results.pareto import dominates
 from mbsearch.study import records
 from mbsearch.train.budget import Budget
-from mbsearch.train.data import load_study_data
+from mbsearch.train.data import Dataset, load_study_data
 from mbsearch.train.device import CPU, TrainingDevice
 from mbsearch.train.evaluate import Recipe, evaluate
 from mbsearch.train.image_cache import default_cache_dir
@@ -115,39 +115,52 @@ def baseline_frame(
         latency_cache = LatencyCache(runs_dir / "latency-cache.sqlite")
         normalizer = Normalizer.fit(data.train.images[: budget.train_size])  # the one train() would fit
         int8 = Int8Scorer(data.train.images, normalizer, data.val) if settings.get("precision") == "int8" else None
+        # The trials' seed rule: the proxy seed, or a verification's own (`train_seed`); the study's seed
+        # still fixes the validation split (load_study_data).
+        recipe = Recipe(budget, settings.get("train_seed", settings.get("seed", 0)), normalizer, training)
+        measure = _BaselineMeasure(data, recipe, target, latency_cache, int8, settings.get("latency_input_size"))
         try:
             for name in missing:
                 if on_progress:
                     on_progress(name, False)
-                # Like a candidate: timed at the deployment resolution, trained at the dataset's.
-                arch = reference_arch(
-                    name, settings.get("latency_input_size") or data.size, data.channels, data.num_classes
-                )
-                # The trials' seed rule: the proxy seed, or a verification's own (`train_seed`); the study's
-                # seed still fixes the validation split (load_study_data).
-                train_seed = settings.get("train_seed", settings.get("seed", 0))
-                profile = profile_candidate(arch, target, train_seed, latency_cache)
-                stats, _ = profile.latency.result()
-                nan = float("nan")
-                row = {"name": name, "latency_ms": stats.median_ms, "latency_iqr_ms": stats.iqr_ms,
-                       "params": profile.params, "macs": profile.macs}  # fmt: skip
-                try:
-                    trained = arch.at_resolution(data.size)
-                    recipe = Recipe(budget, train_seed, normalizer, training)
-                    row["val_accuracy"] = evaluate(trained, data, recipe, profile.model).accuracy
-                    if int8 is not None:  # quantized and timed as a trial is: the int8 graph's numbers
-                        row["float_val_accuracy"], row["float_latency_ms"] = row["val_accuracy"], stats.median_ms
-                        row["val_accuracy"], graph = int8(profile.model.cpu(), trained)
-                        timed = time_network(target, Prepared(graph, input_shape(trained), trained))
-                        row["latency_ms"], row["latency_iqr_ms"] = timed.median_ms, timed.iqr_ms
-                except (TrainingFailed, QuantizationFailed):  # no accuracy (diverged, too large, not quantizable)
-                    row["val_accuracy"] = nan
-                cache[_cache_key(settings, name, device, data_dir, training.instrument)] = row
+                cache[_cache_key(settings, name, device, data_dir, training.instrument)] = measure(name)
                 write_atomic(cache_path, json.dumps(cache, indent=1))  # keep what is done if interrupted
         finally:
             latency_cache.close()
     rows = [cache[_cache_key(settings, name, device, data_dir, training.instrument)] for name in names]
     return pd.DataFrame(rows, columns=COLUMNS)  # a float study's rows lack the float_ columns: NaN
+
+
+@dataclass(frozen=True)
+class _BaselineMeasure:
+    """One reference network measured as a candidate is: timed at the deployment resolution, trained at the
+    dataset's by `recipe`, and for an int8 study quantized, scored and timed as its int8 graph."""
+
+    data: Dataset
+    recipe: Recipe
+    target: Target
+    latency_cache: LatencyCache
+    int8: Int8Scorer | None
+    latency_input_size: int | None
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        data = self.data
+        arch = reference_arch(name, self.latency_input_size or data.size, data.channels, data.num_classes)
+        profile = profile_candidate(arch, self.target, self.recipe.seed, self.latency_cache)
+        stats, _ = profile.latency.result()
+        row = {"name": name, "latency_ms": stats.median_ms, "latency_iqr_ms": stats.iqr_ms,
+               "params": profile.params, "macs": profile.macs}  # fmt: skip
+        try:
+            trained = arch.at_resolution(data.size)
+            row["val_accuracy"] = evaluate(trained, data, self.recipe, profile.model).accuracy
+            if self.int8 is not None:  # quantized and timed as a trial is: the int8 graph's numbers
+                row["float_val_accuracy"], row["float_latency_ms"] = row["val_accuracy"], stats.median_ms
+                row["val_accuracy"], graph = self.int8(profile.model.cpu(), trained)
+                timed = time_network(self.target, Prepared(graph, input_shape(trained), trained))
+                row["latency_ms"], row["latency_iqr_ms"] = timed.median_ms, timed.iqr_ms
+        except (TrainingFailed, QuantizationFailed):  # no accuracy (diverged, too large, not quantizable)
+            row["val_accuracy"] = float("nan")
+        return row
 
 
 def dominance(front: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:

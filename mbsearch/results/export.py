@@ -79,19 +79,30 @@ class Exported:
     int8_onnx: bool = False  # --onnx holds the int8 graph the search timed, not the float one
 
 
-def export_study(
-    study: str,
-    runs_dir: Path,
-    storage: str | None,
-    pick: str,
-    output: Path,
-    onnx: Path | None = None,
-    max_latency: float | None = None,
-    timm: bool = False,
-    precision: str | None = None,
-) -> Exported:
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `mbsearch export` writes: the arch JSON `output`, and `onnx` (None: no ONNX file) in `precision`
+    (None: the study's), picked by `pick` among front points at most `max_latency` ms, with timm's strings
+    when `timm`."""
+
+    pick: str
+    output: Path
+    onnx: Path | None = None
+    max_latency: float | None = None
+    timm: bool = False
+    precision: str | None = None
+
+
+def export_study(study: str, runs_dir: Path, storage: str | None, request: ExportRequest) -> Exported:
     """`mbsearch export`: pick a trial of the decision front, write its arch JSON (and ONNX). Every output is
     checked before anything is read or written: never a study's database, an input or another command's file."""
+    pick, output, onnx, max_latency, precision = (
+        request.pick,
+        request.output,
+        request.onnx,
+        request.max_latency,
+        request.precision,
+    )
     if max_latency is not None and max_latency <= 0:
         raise BadInput(f"--max-latency must be positive, got {max_latency}")
     protected = {"the study's database": runs_dir / study / "study.db"}
@@ -113,7 +124,7 @@ def export_study(
     if finished.decision.empty:
         raise BadInput(f"study {study!r} has no feasible trained trial: its Pareto front is empty")
     arch = chosen_arch(finished, pick_row(finished.decision, pick, max_latency))
-    arch_def = timm_arch_def(arch) if timm else None  # refused before writing anything, never a wrong string
+    arch_def = timm_arch_def(arch) if request.timm else None  # refused before writing anything, never a wrong string
     if int8_graph:
         number = int(arch.provenance["trial"])
         graph = trial_artifact(finished.study, finished.study_dir, number, INT8_SUFFIX)

@@ -92,13 +92,14 @@ class VerifyPlan:
     budget: Budget
     workers: int
     threads: int  # training threads per process
-    device: str  # as asked (auto, cpu, cuda, cuda:N, mps): each worker resolves its own
+    device: str  # as asked (auto, cpu, cuda, cuda:N, mps): each spawned worker resolves its own
+    training: TrainingDevice  # resolved once: where this process (or the first worker) trains
 
     def describe(self, top: int, study: str, epochs: float) -> str:
         return (
             f"verifying up to {top} trial(s) of {study} at {epochs:g} epoch(s) x {self.budget.train_size} images "
             f"(batch {self.budget.batch_size}, lr {self.budget.lr}), {self.workers} process(es) x "
-            f"{self.threads} thread(s), training on {resolve_device(worker_device(self.device, 1)).describe()}"
+            f"{self.threads} thread(s), training on {self.training.describe()}"
             + (" (one GPU per worker in turn)" if self.workers > 1 and gpu_count() > 1 else "")
         )
 
@@ -115,8 +116,8 @@ def plan_verify(
     """Load the search's data and fix the budget and threads (a process each; cores shared among them)."""
     data = study_data(finished, data_dir or records.data_dir(finished.study))
     per_process = threads or max(1, (os.cpu_count() or 1) // workers)
-    resolve_device(device)  # a device this machine lacks is refused before any training
-    return VerifyPlan(data, verify_budget(data, epochs, train_size), workers, per_process, device)
+    training = resolve_device(worker_device(device, 1))  # a device this machine lacks is refused first
+    return VerifyPlan(data, verify_budget(data, epochs, train_size), workers, per_process, device, training)
 
 
 def verify_study(
@@ -131,8 +132,7 @@ def verify_study(
     try:
         if plan.workers == 1:
             torch.set_num_threads(plan.threads)
-            training = resolve_device(plan.device)
-            return run_verify(finished, plan.data, plan.budget, request.top, request.seed, on_event, training)
+            return run_verify(finished, plan.data, plan.budget, request.top, request.seed, on_event, plan.training)
         context = multiprocessing.get_context("spawn")
         processes = [
             context.Process(target=verify_worker, args=(request, plan.device, plan.threads, index))

@@ -24,32 +24,28 @@ import pandas as pd
 import torch
 
 from mbsearch import interrupts
-from mbsearch.architecture.sample import check_space_fits
-from mbsearch.architecture.space import SearchSpace, load_space
 from mbsearch.errors import BadInput, Interrupted, RuntimeFailure
 from mbsearch.files import write_atomic
 from mbsearch.latency.cache import LatencyCache
 from mbsearch.latency.factory import open_target
 from mbsearch.latency.recipes import KNOWN_RECIPES, POOLED_RECIPE, timing_identity
-from mbsearch.latency.targets import Target, check_target_precision
+from mbsearch.latency.targets import Target
 from mbsearch.results.pareto import decision_front, trials_frame
 from mbsearch.results.retime import retime, to_confirm
 from mbsearch.search.objective import Objective, complete_and_running
+from mbsearch.search.prepared import PreparedSearch, prepare
 from mbsearch.search.rungs import Promoter
-from mbsearch.search.supernet import open_for_search
 from mbsearch.study import records
 from mbsearch.study.config import IDENTITY_KEYS, RunConfig, stored_identity
 from mbsearch.study.storage import default_url, open_storage, redact
-from mbsearch.train.data import Dataset, FolderReading, load_dataset
-from mbsearch.train.device import TrainingDevice, resolve_device
-from mbsearch.train.image_cache import default_cache_dir
+from mbsearch.train.device import TrainingDevice
 from mbsearch.train.supernet import TrainedSupernet
 
 MAX_CONSECUTIVE_FAILURES = 5
 
 
 class Reporter(Protocol):
-    def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None: ...
+    def start(self, study: optuna.Study, search: PreparedSearch, complete: int) -> None: ...
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
     def finish(self) -> None: ...
 
@@ -78,64 +74,7 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     raise BadInput(f"unknown sampler {name!r}: use tpe, nsga2 or random")
 
 
-def open_config_target(config: RunConfig) -> Target:
-    """The latency target of a search: local, a remote agent, or a lookup table."""
-    training = resolve_device(config.device)
-    return open_target(
-        "predicted" if config.latency == "predicted" else config.target,
-        config.runtime,
-        config.threads,
-        config.target_token,
-        config.lut,
-        gpu=training.index if training.is_cuda else 0,  # `--target cuda` times on this worker's own GPU
-    )
-
-
-def prepare(config: RunConfig) -> tuple[SearchSpace, Dataset, Target]:
-    """Everything that can be wrong with the input is found here, before anything is written."""
-    space = load_space(config.space)
-    target = open_config_target(config)
-    check_target_precision(target, config.precision)  # an agent or a table kept for the other precision
-    if config.confirm_on is not None:
-        confirming = open_target(config.confirm_on, config.runtime, config.threads, config.target_token)
-        check_target_precision(confirming, config.precision)
-        made_for = target.device().get("predicts_for")
-        if made_for is not None and made_for != confirming.device()["fingerprint"]:
-            raise BadInput(
-                f"--lut {target.name} was timed on device {made_for}, but --confirm-on {config.confirm_on} is device "
-                f"{confirming.device()['fingerprint']}; profile that device with 'mbsearch profile --target "
-                f"{config.confirm_on}', or confirm on the device the table was made on"
-            )
-    cache_path = config.runs_dir / "latency-cache.sqlite"
-    if cache_path.exists() and not cache_path.is_file():
-        raise BadInput(f"{cache_path}: the latency cache is a folder or a device, not a file; move it away")
-    data = load_dataset(
-        config.dataset,
-        config.data_dir,
-        config.input_size,
-        config.channels,
-        config.val_size,
-        config.seed,
-        # the image cache is shared by every command and worker on the host
-        FolderReading(bool(config.skip_bad_images), default_cache_dir(config.runs_dir)),
-    )
-    if config.train_size > len(data.train):
-        raise BadInput(
-            f"--train-size {config.train_size} exceeds the {len(data.train)} training images left "
-            f"after the validation split; lower it or --val-size"
-        )
-    resolve_device(config.device)  # a GPU this machine lacks is refused before anything is written
-    check_space_fits(space, data.size, data.channels, data.num_classes)
-    if config.latency_input_size is not None:
-        check_space_fits(space, config.latency_input_size, data.channels, data.num_classes, "--latency-input-size")
-    if config.latency == "predicted":
-        target.check_covers(  # type: ignore[attr-defined]
-            space, config.latency_input_size or data.size, data.channels, data.num_classes
-        )
-    return space, data, target
-
-
-def create_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+def create_study(config: RunConfig, url: str, worker_id: int, training: TrainingDevice) -> optuna.Study:
     """Create the study, or load it and check that it was run with the same settings."""
     created = not config.study_dir.exists()
     try:
@@ -143,14 +82,14 @@ def create_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     except OSError as exc:
         raise BadInput(f"cannot create {config.study_dir}: {exc.strerror}; pick another --runs-dir") from None
     try:
-        return _open_study(config, url, worker_id)
+        return _open_study(config, url, worker_id, training)
     except BaseException:
         if created:
             shutil.rmtree(config.study_dir, ignore_errors=True)  # no half-created run folder
         raise
 
 
-def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
+def _open_study(config: RunConfig, url: str, worker_id: int, training: TrainingDevice) -> optuna.Study:
     storage = open_storage(url, config.heartbeat, config.grace_period, config.max_retry)
     multi = config.objective == "pareto"
     study = optuna.create_study(
@@ -178,7 +117,7 @@ def _open_study(config: RunConfig, url: str, worker_id: int) -> optuna.Study:
     if worker_id == 0 or stored is None:
         # What accuracies depend on beyond the settings: thread counts and library versions. The same
         # command on the same machine repeats its numbers; another machine may differ (README).
-        study.set_user_attr(f"{records.ENVIRONMENT_PREFIX}{socket.gethostname()}", environment(config))
+        study.set_user_attr(f"{records.ENVIRONMENT_PREFIX}{socket.gethostname()}", environment(config, training))
     if stored is not None and any(stored_identity(stored, k) != config.identity().get(k) for k in IDENTITY_KEYS):
         # Compared key by key: a study made before a key existed stored no value for it (LEGACY_DEFAULTS).
         changed = sorted(key for key in IDENTITY_KEYS if stored_identity(stored, key) != config.identity().get(key))
@@ -261,7 +200,7 @@ def check_supernet(study: optuna.Study, supernet: TrainedSupernet) -> None:
         )
 
 
-def environment(config: RunConfig) -> dict:
+def environment(config: RunConfig, training: TrainingDevice) -> dict:
     import numpy
     import onnxruntime
 
@@ -275,7 +214,7 @@ def environment(config: RunConfig) -> dict:
         "cores": os.cpu_count(),
         "train_threads": config.train_threads or max(1, (os.cpu_count() or 1) // config.workers),
         "latency_threads": config.threads,
-        "train_device": resolve_device(config.device).describe(),
+        "train_device": training.describe(),
         "cuda": torch.version.cuda,
     }
 
@@ -304,25 +243,22 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
 
 def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
     """Run (or resume) the search described by `config`."""
-    space, data, target = prepare(config)
-    # The supernet is found and checked before the study exists: a missing or foreign one writes nothing.
-    supernet = open_for_search(config, space, data) if config.evaluator == "supernet" else None
+    search = prepare(config)  # every input checked, the supernet found, before the study exists
     study_dir = config.study_dir
     url = config.storage or default_url(study_dir)
-    study = create_study(config, url, worker_id)
-    check_device(study, target)
-    training = resolve_device(config.device)
-    check_training(study, training)
-    if supernet is not None:
-        check_supernet(study, supernet)
+    study = create_study(config, url, worker_id, search.training)
+    check_device(study, search.target)
+    check_training(study, search.training)
+    if search.supernet is not None:
+        check_supernet(study, search.supernet)
     check_precision(study, config.precision)
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
     cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
-    objective = Objective(config, space, data, cache, target, training, supernet)
-    promoter = Promoter(config, data, training) if config.rungs else None
+    objective = Objective(search, cache)
+    promoter = Promoter(config, search.data, search.training) if config.rungs else None
     if reporter:
-        reporter.start(study, config, complete_and_running(study)[0])
+        reporter.start(study, search, complete_and_running(study)[0])
     confirm = _confirmer(config) if config.confirm_on is not None and worker_id == 0 else None
     try:
         with interrupts.deferred_signals():

@@ -23,14 +23,15 @@ from mbsearch.architecture.sample import sample_arch
 from mbsearch.architecture.space import SearchSpace
 from mbsearch.errors import RuntimeFailure
 from mbsearch.latency.cache import LatencyCache
-from mbsearch.latency.profiler import profile_candidate
-from mbsearch.latency.targets import Target
+from mbsearch.latency.profiler import CandidateProfile, profile_candidate
+from mbsearch.latency.targets import LatencyStats, Target
 from mbsearch.search.int8 import Int8Step
+from mbsearch.search.prepared import PreparedSearch
 from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.dashboard import artifact_store
 from mbsearch.train.data import Dataset
-from mbsearch.train.device import CPU, TrainingDevice
+from mbsearch.train.device import TrainingDevice
 from mbsearch.train.evaluate import Evaluation, Recipe, evaluate
 from mbsearch.train.loop import Diverged, Normalizer, OutOfMemory
 from mbsearch.train.supernet import InheritedScoring, TrainedSupernet, finetune_budget, score_inherited
@@ -55,23 +56,51 @@ def complete_and_running(study: optuna.Study, below: int | None = None) -> tuple
     return complete, len(trials) - complete
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """One trial's network: at the deployment resolution (timed) and the dataset's (trained), its profile
+    (model, params, MACs, latency pending) and the trial's timings so far."""
+
+    trial: optuna.Trial
+    arch: Arch
+    trained_arch: Arch
+    profile: CandidateProfile
+    timings: dict[str, float]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.profile.model
+
+    @property
+    def params(self) -> int:
+        return self.profile.params
+
+    @property
+    def macs(self) -> int:
+        return self.profile.macs
+
+
 @dataclass
 class Objective:
     """Callable for `study.optimize`. Returns (val_accuracy, latency_ms), or the MnasNet reward."""
 
-    config: RunConfig
-    space: SearchSpace
-    data: Dataset
+    search: PreparedSearch
     cache: LatencyCache | None
-    target: Target
-    training: TrainingDevice = CPU  # where candidates train
-    supernet: TrainedSupernet | None = None  # --evaluator supernet: scores by inherited weights instead
+    config: RunConfig = field(init=False)
+    space: SearchSpace = field(init=False)
+    data: Dataset = field(init=False)
+    target: Target = field(init=False)
+    training: TrainingDevice = field(init=False)  # where candidates train
+    supernet: TrainedSupernet | None = field(init=False)  # --evaluator supernet: scores by inherited weights
     normalizer: Normalizer = field(init=False)
     artifacts: optuna.artifacts.FileSystemArtifactStore = field(init=False)
 
     int8: Int8Step | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        search = self.search
+        self.config, self.space, self.data, self.target = search.config, search.space, search.data, search.target
+        self.training, self.supernet = search.training, search.supernet
         self.normalizer = Normalizer.fit(self.data.train.images[: self.config.train_size])
         if self.supernet is not None:  # inherited weights expect the inputs the supernet trained on
             self.normalizer = self.supernet.normalizer
@@ -100,74 +129,80 @@ class Objective:
         if complete + running >= config.trials:
             trial.set_user_attr(records.FAIL_REASON, SURPLUS)
             raise optuna.TrialPruned(SURPLUS)
-
         trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the logs
+        # Where timing happens on another device, it runs while this machine trains. A latency constraint
+        # needs the latency first (an over-budget candidate is never trained), so then it waits.
+        overlap = config.max_latency is None and self.target.overlaps_training
+        candidate = self._sample_and_profile(trial, overlap)
+        if not overlap:
+            stats = self._latency(candidate)
+            # int8: the constraints apply to the int8 latency, known only once the trained network is quantized
+            violations = self._set_constraints(trial, stats.median_ms, candidate.params) if self.int8 is None else []
+            if violations:
+                return self._skipped(candidate, violations, stats.median_ms)
+        result, trained = self._train(trial, candidate.trained_arch, candidate.model, candidate.timings)
+        if overlap:
+            waited = time.perf_counter()
+            stats = self._latency(candidate)  # a latency that never comes fails the trial: none is invented
+            candidate.timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for it
+            if self.int8 is None:  # int8: set on the int8 latency below
+                self._set_constraints(trial, stats.median_ms, candidate.params)
+        trial.set_user_attr(records.TRAIN_SECONDS, round(result.seconds, 3))
+        trial.set_user_attr(records.EPOCHS_RUN, round(result.epochs_run, 4))
+        accuracy, latency_ms = result.accuracy, stats.median_ms
+        if self.int8 is not None:  # the int8 graph's numbers become the objectives, the float ones kept beside
+            accuracy, latency_ms = self._quantized(candidate, trained, result.accuracy, stats)
+        trial.set_user_attr(records.VAL_ACCURACY, accuracy)
+        trial.set_user_attr(records.TIMINGS, candidate.timings)
+        return self._values(accuracy, latency_ms)
+
+    def _sample_and_profile(self, trial: optuna.Trial, background: bool) -> _Candidate:
+        """The trial's architecture, built, counted and its latency started (in the background with `background`)."""
+        config = self.config
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[name] = round(now - clock, 4)
-            clock = now
-
+        started = time.perf_counter()
         # With --latency-input-size the stride plan is the deployment resolution's: the network trained at the
         # dataset's resolution and the one timed at the deployment resolution are the same blocks.
         deploy_size = config.latency_input_size or self.data.size
         arch = sample_arch(trial, self.space, deploy_size, self.data.channels, self.data.num_classes)
         arch = arch.with_info(name=f"{config.study_name}-trial-{trial.number}")
-        trained_arch = arch.at_resolution(self.data.size)
-        lap("sample")
-        # Where timing happens on another device, it runs while this machine trains. A latency constraint
-        # needs the latency first (an over-budget candidate is never trained), so then it waits.
-        overlap = config.max_latency is None and self.target.overlaps_training
+        timings["sample"] = round(time.perf_counter() - started, 4)
         # Building, timing and training may be interrupted at once by Ctrl-C; storage writes never are.
         with interrupts.interruptible():
-            profile = profile_candidate(arch, self.target, config.seed, self.cache, timings, background=overlap)
-        model, params, macs, pending = profile.model, profile.params, profile.macs, profile.latency
-        if not overlap:
-            with interrupts.interruptible():
-                stats, cached = pending.result()
-            self._store_measures(trial, arch, params, macs, stats, cached)
-            # int8: the constraints apply to the int8 latency, known only once the trained network is quantized
-            violations = self._set_constraints(trial, stats.median_ms, params) if self.int8 is None else []
-            if violations:
-                # Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler.
-                trial.set_user_attr(records.SKIPPED, "; ".join(violations))
-                trial.set_user_attr(records.VAL_ACCURACY, 0.0)
-                trial.set_user_attr(records.EPOCHS_RUN, 0.0)
-                trial.set_user_attr(records.TIMINGS, timings)
-                return self._values(0.0, stats.median_ms)
-        result, trained = self._train(trial, trained_arch, model, timings)
-        if overlap:
-            waited = time.perf_counter()
-            with interrupts.interruptible():
-                stats, cached = pending.result()  # a latency that never comes fails the trial: none is invented
-            timings["latency_wait"] = round(time.perf_counter() - waited, 4)  # idle, waiting for the device
-            self._store_measures(trial, arch, params, macs, stats, cached)
-            if self.int8 is None:  # int8: set on the int8 latency below
-                self._set_constraints(trial, stats.median_ms, params)
-        trial.set_user_attr(records.TRAIN_SECONDS, round(result.seconds, 3))
-        trial.set_user_attr(records.EPOCHS_RUN, round(result.epochs_run, 4))
-        accuracy, latency_ms = result.accuracy, stats.median_ms
-        if self.int8 is not None:
-            quantized = self._quantized(trial, trained, arch, params, macs, result.accuracy, stats, timings)
-            accuracy, latency_ms = quantized
-        trial.set_user_attr(records.VAL_ACCURACY, accuracy)
-        trial.set_user_attr(records.TIMINGS, timings)
-        return self._values(accuracy, latency_ms)
+            profile = profile_candidate(arch, self.target, config.seed, self.cache, timings, background=background)
+        return _Candidate(trial, arch, arch.at_resolution(self.data.size), profile, timings)
 
-    def _quantized(self, trial, model, arch, params, macs, float_accuracy, float_stats, timings) -> tuple[float, float]:
+    def _latency(self, candidate: _Candidate) -> LatencyStats:
+        """The candidate's float latency, waited for and stored with its costs."""
+        with interrupts.interruptible():
+            stats, cached = candidate.profile.latency.result()
+        self._store_measures(candidate.trial, candidate.arch, candidate.params, candidate.macs, stats, cached)
+        return stats
+
+    def _skipped(self, candidate: _Candidate, violations: list[str], latency_ms: float) -> float | tuple[float, float]:
+        """Over budget: not trained. Accuracy 0 keeps it off the front; the constraint tells the sampler."""
+        trial = candidate.trial
+        trial.set_user_attr(records.SKIPPED, "; ".join(violations))
+        trial.set_user_attr(records.VAL_ACCURACY, 0.0)
+        trial.set_user_attr(records.EPOCHS_RUN, 0.0)
+        trial.set_user_attr(records.TIMINGS, candidate.timings)
+        return self._values(0.0, latency_ms)
+
+    def _quantized(
+        self, candidate: _Candidate, model: torch.nn.Module, float_accuracy: float, float_stats: LatencyStats
+    ) -> tuple[float, float]:
         """--precision int8: the trained network quantized, scored by ONNX Runtime and timed; the int8 numbers
         replace the float ones as the trial's objectives, the float ones are kept beside them."""
         assert self.int8 is not None
+        trial, arch = candidate.trial, candidate.arch
         with interrupts.interruptible():
-            quantized = self.int8(model, arch, timings)
+            quantized = self.int8(model, arch, candidate.timings)
         trial.set_user_attr(records.FLOAT_VAL_ACCURACY, float_accuracy)
         trial.set_user_attr(records.FLOAT_LATENCY_MS, float_stats.median_ms)
-        self._store_measures(trial, arch, params, macs, quantized.latency, quantized.cached, upload=False)
+        self._store_measures(trial, arch, candidate.params, candidate.macs, quantized.latency, quantized.cached,
+                             upload=False)  # fmt: skip
         self._upload(trial, f"trial-{trial.number}.int8.onnx", quantized.graph, "application/octet-stream")
-        self._set_constraints(trial, quantized.latency.median_ms, params)
+        self._set_constraints(trial, quantized.latency.median_ms, candidate.params)
         return quantized.accuracy, quantized.latency.median_ms
 
     def _train(self, trial: optuna.Trial, arch: Arch, model: torch.nn.Module, timings: dict[str, float]):

@@ -7,10 +7,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mbsearch.results.pareto import dominates
+from mbsearch.search.prepared import PreparedSearch
 from mbsearch.study import records
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import redact
-from mbsearch.train.device import resolve_device
 
 
 class RunningFront:
@@ -68,14 +68,15 @@ class ConsoleReporter:
         self.front = RunningFront()
         self.complete = 0
 
-    def start(self, study: optuna.Study, config: RunConfig, complete: int) -> None:
+    def start(self, study: optuna.Study, search: PreparedSearch, complete: int) -> None:
         """One line: what is searched, where it is timed, where it is stored."""
+        config = search.config
         storage = redact(config.storage or f"sqlite:///{config.study_dir / 'study.db'}")
         verb = "resuming" if complete else "starting"
         self.console.print(
             f"{self.worker}{verb} study {config.study_name} ({complete}/{config.trials} complete) "
             f"space={config.space_name} target={_target(config)} threads={config.threads} "
-            f"training on {resolve_device(config.device).describe()} "
+            f"training on {search.training.describe()} "
             f"dataset={config.dataset} {_scoring(config)} "
             f"storage={storage}",
             highlight=False,

@@ -16,8 +16,8 @@ import time
 from rich.console import Console
 
 from mbsearch.errors import BadInput, Interrupted, MbsearchError, RuntimeFailure
-from mbsearch.search.loop import SearchResult, create_study, prepare, write_outputs
-from mbsearch.search.supernet import open_for_search
+from mbsearch.search.loop import SearchResult, create_study, write_outputs
+from mbsearch.search.prepared import prepare
 from mbsearch.study.config import RunConfig
 from mbsearch.study.storage import default_url
 from mbsearch.train.device import gpu_count, worker_device
@@ -88,11 +88,11 @@ def check_gpu_sharing(workers: int, target: str, device: str, gpus: int) -> None
 
 def run_workers(config: RunConfig, console: Console) -> SearchResult:
     """Start `config.workers` worker processes on the study's storage and wait for them."""
-    space, data, _ = prepare(config)  # bad input is reported once, here, before any process starts or is written
+    # Bad input (a missing or foreign supernet too) is reported once, here, before any process starts or
+    # anything is written; each worker prepares its own search (its own GPU, its own target).
+    search = prepare(config)
     check_gpu_sharing(config.workers, config.target, config.device, gpu_count())
-    if config.evaluator == "supernet":  # a missing or foreign supernet is refused before the study exists
-        open_for_search(config, space, data)
-    study = create_study(config, config.storage or default_url(config.study_dir), worker_id=0)
+    study = create_study(config, config.storage or default_url(config.study_dir), 0, search.training)
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
     processes = [
         context.Process(target=_worker_main, args=(worker_config(config, worker_id).model_dump_json(), worker_id))

@@ -8,6 +8,7 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -115,25 +116,7 @@ def open_storage(
     try:
         if read_only:
             _check_schema_exists(url, driver_url, engine_kwargs)
-        for attempt in range(3):
-            try:
-                with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
-                        driver_url,
-                        engine_kwargs=engine_kwargs,
-                        heartbeat_interval=heartbeat,
-                        grace_period=grace_period,
-                        heartbeat_stale_trial_callback=retry,
-                    )
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
-                # Two processes created the schema of a new database at once (workers starting together, or
-                # a reader opening it mid-creation): the other one won ("UNIQUE constraint failed:
-                # alembic_version", "table ... already exists"); opening again finds its tables.
-                racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc.orig)
-                if not racing or attempt == 2:
-                    raise
-                time.sleep(0.5)
+        return _connect(driver_url, engine_kwargs, heartbeat, grace_period, retry)
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
         if "readonly" in reason or "read-only" in reason:
@@ -141,22 +124,50 @@ def open_storage(
         if "disk is full" in reason or "disk I/O error" in reason:
             raise RuntimeFailure(f"storage {redact(url)}: {reason}; free some disk space") from None
         raise RuntimeFailure(f"cannot reach storage {redact(url)}: {scrub(reason, url)}") from None
-    except sqlalchemy.exc.DatabaseError as exc:
-        reason = scrub(str(exc.orig).splitlines()[0], url)
-        raise BadInput(f"storage {redact(url)} is not a usable database: {reason}") from None
-    except ImportError as exc:  # SQLAlchemy's missing module, or Optuna's "Failed to import DB access module"
+    except (sqlalchemy.exc.DatabaseError, ImportError, RuntimeError, sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise BadInput(_unusable(exc, url)) from None
+
+
+def _connect(
+    driver_url: str, engine_kwargs: dict, heartbeat: int | None, grace_period: int | None, retry: Any
+) -> optuna.storages.RDBStorage:
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # scoped: heartbeats are "experimental" in Optuna 5, and supported
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    driver_url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Two processes created the schema of a new database at once (workers starting together, or
+            # a reader opening it mid-creation): the other one won ("UNIQUE constraint failed:
+            # alembic_version", SQLite's "table ... already exists", PostgreSQL's 'relation "alembic_version"
+            # already exists', a ProgrammingError); opening again finds its tables.
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc.orig)
+            if not racing or attempt == 2:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _unusable(exc: Exception, url: str) -> str:
+    """Why a storage URL cannot be used, in one line that says what to do."""
+    if isinstance(exc, sqlalchemy.exc.DatabaseError):
+        return f"storage {redact(url)} is not a usable database: {scrub(str(exc.orig).splitlines()[0], url)}"
+    if isinstance(exc, ImportError):  # SQLAlchemy's missing module, or Optuna's "Failed to import DB access module"
         driver = f" {exc.name!r}" if exc.name else ""
-        raise BadInput(
+        return (
             f"storage {redact(url)} needs a Python database driver{driver} that is not installed; "
             "install it, or use sqlite:/// or postgresql://"
-        ) from None
-    except RuntimeError as exc:  # Optuna: the tables were made by another Optuna version
+        )
+    if isinstance(exc, RuntimeError):  # Optuna: the tables were made by another Optuna version
         reason = scrub(str(exc).splitlines()[0], url)
-        raise BadInput(
-            f"storage {redact(url)}: {reason} (upgrade it with 'optuna storage upgrade --storage URL')"
-        ) from None
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise BadInput(f"bad storage URL {redact(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
+        return f"storage {redact(url)}: {reason} (upgrade it with 'optuna storage upgrade --storage URL')"
+    return f"bad storage URL {redact(url)}: {scrub(str(exc).splitlines()[0], url)}"
 
 
 def load_study(url: str, name: str) -> optuna.Study:

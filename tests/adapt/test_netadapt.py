@@ -72,6 +72,7 @@ def test_shrinking_keeps_the_largest_filters_and_every_residual() -> None:
     assert shrunk(lone, "out", (0,), 16) is None and shrunk(lone, "out", (0,), 8) is not None
 
 
+@pytest.mark.slow(seconds=57)
 def test_adapt_meets_its_goal_writes_everything_and_resumes(tmp_path, runner) -> None:
     source = tmp_path / "tiny.json"
     source.write_text(json.dumps(TINY))

@@ -235,7 +235,7 @@ class _KillAfter:
     def __init__(self, agent, count: int) -> None:
         self.agent, self.count, self.done = agent, count, 0
 
-    def start(self, study, config, complete) -> None:
+    def start(self, study, search, complete) -> None:
         pass
 
     def trial_done(self, study, trial) -> None:
@@ -247,6 +247,7 @@ class _KillAfter:
         pass
 
 
+@pytest.mark.slow(seconds=40)
 def test_killed_agent_fails_trials_with_the_reason_and_the_same_command_resumes(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(remote, "BACKOFF_SECONDS", (0.2, 0.2))
     first = start_local_agent(threads=1, cpus=ONE_CORE)

@@ -152,6 +152,7 @@ def test_report_sets_the_verified_front_beside_the_proxy_front(runner, tiny_stud
     assert "points at no more latency" in page and "95% sampling interval" in page
 
 
+@pytest.mark.slow(seconds=70)
 def test_report_shows_an_adapted_trial_beside_the_front(runner, tiny_study, tmp_path) -> None:
     """`adapt` on an exported trial, then `report --adapted`: the star sits at the adapted network's
     measured latency and accuracy, joined to the trial it came from; files that are not an adapt output

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
+import pytest
 import yaml
 
 from mbsearch.study.storage import open_storage
@@ -36,6 +37,7 @@ def _check_study(url: str, name: str, trials: int) -> None:
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
+@pytest.mark.slow(seconds=37)
 def test_slurm_array_script_runs_workers_on_one_postgres_study(postgres, tmp_path) -> None:
     script = DOCS / "slurm-workers.sh"
     array = re.search(r"^#SBATCH --array=0-(\d+)$", script.read_text(), re.MULTILINE)
@@ -104,6 +106,7 @@ def test_slurm_script_without_storage_says_what_to_set(tmp_path) -> None:
     assert result.returncode != 0 and "set MBSEARCH_STORAGE=postgresql://" in result.stderr
 
 
+@pytest.mark.slow(seconds=41)
 def test_kubernetes_manifest_workers_run_on_one_postgres_study(postgres, tmp_path) -> None:
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all((DOCS / "kubernetes.yaml").read_text())}
     secret = documents["Secret"]["stringData"]

@@ -22,6 +22,7 @@ BUDGET = ["--train-size", "4096", "--val-size", "1000", "--epochs", "2", "--batc
 INT8_BOUND = 0.03  # stated bound: per-channel int8 within 3 points of float (seen here: 0.7 points)
 
 
+@pytest.mark.slow(seconds=300)
 def test_an_int8_search_scores_and_times_the_quantized_graph_and_exports_it(runner, tmp_path) -> None:
     runs = tmp_path / "runs"
     command = ["run", "--space", "v3", "--trials", "2", "--sampler", "random", "--precision", "int8",

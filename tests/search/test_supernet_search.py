@@ -42,6 +42,7 @@ def _run(runner, root, study: str, *extra: str):
     return runner.invoke(app, command)
 
 
+@pytest.mark.slow(seconds=45)
 def test_a_search_scores_by_inherited_weights_and_verify_referees(runner, trained) -> None:
     result = _run(runner, trained, "inherited")
     assert result.exit_code == 0, result.output

@@ -135,6 +135,7 @@ def test_a_folder_without_test_is_refused_before_decoding_and_the_cache_setting_
     assert any(cache.iterdir()) and not (tmp_path / "runs" / "image-cache").exists()
 
 
+@pytest.mark.slow(seconds=35)
 def test_train_precision_int8_writes_the_int8_graph_and_its_test_accuracy(runner, tmp_path) -> None:
     """--precision int8 (issue 28): the fully trained network quantized (calibrated on training images) into
     model.int8.onnx; the test accuracy printed and stored is that graph's as ONNX Runtime runs it."""
