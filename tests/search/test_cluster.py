@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mbsearch.study.storage import open_storage
+from mbsearch.train.device import CPU
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cluster"
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
@@ -151,11 +152,11 @@ def test_workers_of_separate_commands_on_a_shared_storage_draw_apart(tmp_path, m
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     for pid in (101, 202):  # two processes, as on two hosts
         monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
-        loop._open_study(RunConfig(runs_dir=tmp_path, study="s", storage=shared), shared, worker_id=0)
+        loop._open_study(RunConfig(runs_dir=tmp_path, study="s", storage=shared), shared, worker_id=0, training=CPU)
     for pid in (101, 202):
         monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
         local = f"sqlite:///{tmp_path / 'local.db'}"
-        loop._open_study(RunConfig(runs_dir=tmp_path, study="l"), local, worker_id=0)
+        loop._open_study(RunConfig(runs_dir=tmp_path, study="l"), local, worker_id=0, training=CPU)
     assert seeds[0] != seeds[1]
     assert seeds[2] == seeds[3]
 
@@ -170,6 +171,6 @@ def test_sampler_seed_moves_the_sampler_alone(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(loop, "make_sampler", lambda name, seed, trials: seeds.append(seed) or None)
     for study, extra in (("a", {}), ("b", {"sampler_seed": 7})):
         url = f"sqlite:///{tmp_path / study}.db"
-        loop._open_study(RunConfig(runs_dir=tmp_path, study=study, **extra), url, worker_id=0)
+        loop._open_study(RunConfig(runs_dir=tmp_path, study=study, **extra), url, worker_id=0, training=CPU)
     assert seeds == [0, 7]
     assert "sampler_seed" not in RunConfig(sampler_seed=7).identity()  # resumable with other draws

@@ -211,8 +211,7 @@ def _race_to_create(url: str, tmp_path, count: int) -> None:
     barrier = tmp_path / "go"
     script = f"import os, time\nwhile not os.path.exists({str(barrier)!r}): time.sleep(0.01)\n{code}"
     processes = [
-        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True)
-        for _ in range(count)
+        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True) for _ in range(count)
     ]
     time.sleep(3)  # every process imported and waiting
     barrier.touch()
