@@ -7,6 +7,8 @@ only while the complete and running ones fall short of the target, so the count 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import platform
 import shutil
@@ -42,6 +44,7 @@ from mbsearch.train.device import TrainingDevice
 from mbsearch.train.supernet import TrainedSupernet
 
 MAX_CONSECUTIVE_FAILURES = 5
+LATENCY_CACHE = "latency-cache.sqlite"  # in the runs folder, shared by its studies
 
 
 class Reporter(Protocol):
@@ -242,8 +245,58 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: int = 0) -> SearchResult:
-    """Run (or resume) the search described by `config`."""
+    """Run (or resume) the search described by `config`. A disk or storage that fails before the first trial
+    is complete leaves nothing this command made (the study folder, its artifacts, the latency cache)."""
     search = prepare(config)  # every input checked, the supernet found, before the study exists
+    made = _MadeHere.before(config)
+    try:
+        return _search(config, search, reporter, worker_id)
+    except BaseException as exc:
+        if _is_disk_fault(exc):
+            made.remove_if_no_trial(config)
+        raise
+
+
+@dataclass(frozen=True)
+class _MadeHere:
+    """What a new search is about to make on disk: its study folder (holding its SQLite storage) and the runs
+    folder's latency cache, where they did not exist yet."""
+
+    study_dir: bool
+    latency_cache: bool
+
+    @classmethod
+    def before(cls, config: RunConfig) -> _MadeHere:
+        own_storage = config.storage is None  # a shared storage (PostgreSQL, another file) is never removed
+        return cls(own_storage and not config.study_dir.exists(), not (config.runs_dir / LATENCY_CACHE).exists())
+
+    def remove_if_no_trial(self, config: RunConfig) -> None:
+        if self.study_dir and not _any_complete(config.study_dir / "study.db"):
+            shutil.rmtree(config.study_dir, ignore_errors=True)
+        if self.latency_cache:
+            for path in config.runs_dir.glob(f"{LATENCY_CACHE}*"):  # with SQLite's -journal / -wal files
+                path.unlink(missing_ok=True)
+
+
+def _any_complete(database: Path) -> bool:
+    """Whether a study file holds a complete trial; one that cannot be read is kept (True)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT 1 FROM trials WHERE state = 'COMPLETE' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return True
+
+
+def _is_disk_fault(exc: BaseException) -> bool:
+    """A disk that is full, over quota or read-only, as the OS or the study's storage reports it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+        return True
+    return isinstance(exc, optuna.exceptions.StorageInternalError)
+
+
+def _search(config: RunConfig, search: PreparedSearch, reporter: Reporter | None, worker_id: int) -> SearchResult:
     study_dir = config.study_dir
     url = config.storage or default_url(study_dir)
     study = create_study(config, url, worker_id, search.training)
@@ -254,7 +307,7 @@ def run_search(config: RunConfig, reporter: Reporter | None = None, worker_id: i
     check_precision(study, config.precision)
     previous_threads = torch.get_num_threads()  # restored below: a library leaves process state as it found it
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 1) // config.workers))
-    cache = LatencyCache(config.runs_dir / "latency-cache.sqlite")
+    cache = LatencyCache(config.runs_dir / LATENCY_CACHE)
     objective = Objective(search, cache)
     promoter = Promoter(config, search.data, search.training) if config.rungs else None
     if reporter:

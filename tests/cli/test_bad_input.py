@@ -250,3 +250,31 @@ def test_a_study_that_cannot_be_written_is_one_clear_line(runner, tiny_study, tm
     line = result.stderr.strip()
     assert "\n" not in line and "internal error" not in line
     assert "storage could not be written" in line and "readonly database" in line
+
+
+def test_a_disk_that_fills_in_the_first_trial_leaves_nothing_made(tmp_path) -> None:
+    """Issue 35: a disk that filled during the first trial ended in one line but left the study folder, its
+    artifacts folder and the latency cache behind. Nothing of a study without a complete trial is kept."""
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # 136 KB: room for a new study's SQLite file (112 KB) but not for the first trial's writes beside it
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=136k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mbsearch", "run", "--trials", "1", "--runs-dir", str(disk / "runs"), "--study",
+             "s", "--sampler", "random", "--train-size", "256", "--val-size", "256", "--epochs", "0.5",
+             "--train-threads", "1"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        left = sorted(str(path.relative_to(disk)) for path in disk.rglob("*") if path.is_file())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    line = result.stderr.strip()
+    assert "\n" not in line and "internal error" not in line and "Traceback" not in line, line
+    assert "could not be written" in line or "disk" in line, line
+    assert left == [], left
