@@ -62,12 +62,12 @@ def _wait_for(predicate, timeout: float = 180, what: str = "condition", process=
 @pytest.mark.slow(seconds=55)
 def test_three_workers_on_postgres_reach_exactly_the_target(postgres, tmp_path) -> None:
     url = postgres.new_database()
-    args = ["run", "--storage", url, "--study", "pg", "--workers", "3", "--trials", "12", "--runs-dir", str(tmp_path)]
+    args = ["run", "--storage", url, "--study", "pg", "--workers", "3", "--trials", "6", "--runs-dir", str(tmp_path)]
     stdout, stderr = _finish(*args, *TINY, tmp_path=tmp_path)
     study = _load(url, "pg")
     complete = study.get_trials(states=(COMPLETE,))
-    assert len(complete) == 12
-    assert len({t.number for t in complete}) == 12 and len({t._trial_id for t in complete}) == 12
+    assert len(complete) == 6
+    assert len({t.number for t in complete}) == 6 and len({t._trial_id for t in complete}) == 6
     assert all("mbsearch.spec.arch/" in str(t.user_attrs["arch"]) for t in complete)
     workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) >= 2  # the work was shared
@@ -82,10 +82,10 @@ def postgres_password(url: str) -> str:
     return url.split(":")[2].split("@")[0]
 
 
-@pytest.mark.slow(seconds=75)
+@pytest.mark.slow(seconds=60)
 def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None:
     url = postgres.new_database()
-    args = ["run", "--storage", url, "--study", "kill", "--trials", "4", "--runs-dir", str(tmp_path)]
+    args = ["run", "--storage", url, "--study", "kill", "--trials", "2", "--runs-dir", str(tmp_path)]
     args += SLOW + FAST_HEARTBEAT
     victim = _mbsearch(*args, tmp_path=tmp_path)
     _wait_for(
@@ -108,14 +108,14 @@ def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None
     study = _load(url, "kill")
     assert study.trials[killed.number].state == FAIL
     complete = study.get_trials(states=(COMPLETE,))
-    assert len(complete) == 4
+    assert len(complete) == 2
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retried) == 1 and retried[0].params == killed.params  # the same candidate, run again
 
 
-@pytest.mark.slow(seconds=110)
+@pytest.mark.slow(seconds=70)
 def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
-    args = ["run", "--study", "crash", "--trials", "3", "--runs-dir", str(tmp_path), *SLOW, *FAST_HEARTBEAT]
+    args = ["run", "--study", "crash", "--trials", "2", "--runs-dir", str(tmp_path), *SLOW, *FAST_HEARTBEAT]
     url = f"sqlite:///{tmp_path / 'crash' / 'study.db'}"
     first = _mbsearch(*args, tmp_path=tmp_path)
     _wait_for(
@@ -137,7 +137,7 @@ def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
     study = _load(url, "crash")
     assert study.trials[stale.number].state == FAIL
     assert {n: study.trials[n].values for n in done} == done  # completed trials intact
-    assert len(study.get_trials(states=(COMPLETE,))) == 3
+    assert len(study.get_trials(states=(COMPLETE,))) == 2
 
 
 @pytest.mark.slow(seconds=35)

@@ -162,9 +162,9 @@ def test_ctrl_c_keeps_completed_trials_and_says_how_to_resume(tmp_path, delay: f
 def test_same_command_same_seed_same_machine_gives_the_same_archs_and_accuracies(tmp_path) -> None:
     """Reproducibility: two fresh studies from the same settings sample the same architectures, in the
     same order, and train them to the same proxy accuracies (fixed threads, seeded everything)."""
-    first = run_search(tiny_config(tmp_path / "a", trials=3, sampler="tpe", seed=7))
-    second = run_search(tiny_config(tmp_path / "b", trials=3, sampler="tpe", seed=7))
-    other = run_search(tiny_config(tmp_path / "c", trials=3, sampler="tpe", seed=8))
+    first = run_search(tiny_config(tmp_path / "a", trials=2, sampler="tpe", seed=7))
+    second = run_search(tiny_config(tmp_path / "b", trials=2, sampler="tpe", seed=7))
+    other = run_search(tiny_config(tmp_path / "c", trials=2, sampler="tpe", seed=8))
 
     def outcome(result):
         trials = result.study.get_trials(states=(COMPLETE,))
