@@ -200,23 +200,13 @@ def report(
     """Write RUNS_DIR/STUDY/report.html: the Pareto front beside the MobileNet baselines, and more. Draws what
     the study and the stored baselines hold; trains and times nothing ('verify' does)."""
     from mbsearch.adapt.adapted import adapted_frame
-    from mbsearch.report.page import write_report
-    from mbsearch.results.baselines import stored_study_baselines
+    from mbsearch.report.page import report_study
     from mbsearch.results.finished import open_finished
-    from mbsearch.results.seed_noise import stored_seed_noise
-    from mbsearch.study import records
 
     finished = open_finished(study, runs_dir, storage)
-    adapted_points = adapted_frame(adapted or [], finished)
-    frame = verified_frame = None
-    if baselines:
-        stored = stored_study_baselines(finished, runs_dir, data_dir)
-        frame, verified_frame = stored.proxy, stored.verified
-        for line in stored.missing:
-            console.print(line, highlight=False, soft_wrap=True)
-    budget = records.verify_budget(finished.study)
-    noise = stored_seed_noise(finished) if verified_frame is not None else None
-    path = write_report(finished, frame, budget, verified_frame, adapted_points, noise)
+    path, missing = report_study(finished, baselines, data_dir, adapted_frame(adapted or [], finished))
+    for line in missing:
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {path}", highlight=False)
 
 

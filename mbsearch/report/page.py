@@ -311,3 +311,22 @@ def write_report(
     path = finished.study_dir / "report.html"
     write_atomic(path, render(compute(finished, baselines, verify_budget, verified_baselines, adapted, noise)))
     return path
+
+
+def report_study(
+    finished: FinishedStudy, baselines: bool, data_dir: Path | None = None, adapted: pd.DataFrame | None = None
+) -> tuple[Path, list[str]]:
+    """Write the study's report.html from what the study and the stored baselines hold (nothing is trained or
+    timed) and say what is missing, with the command that fills it."""
+    from mbsearch.results.baselines import stored_study_baselines
+    from mbsearch.results.seed_noise import stored_seed_noise
+    from mbsearch.study import records
+
+    frame = verified_frame = None
+    missing: list[str] = []
+    if baselines:
+        stored = stored_study_baselines(finished, finished.study_dir.parent, data_dir)
+        frame, verified_frame, missing = stored.proxy, stored.verified, list(stored.missing)
+    budget = records.verify_budget(finished.study)
+    noise = stored_seed_noise(finished) if verified_frame is not None else None
+    return write_report(finished, frame, budget, verified_frame, adapted, noise), missing
