@@ -14,8 +14,29 @@ import pytest
 from mbsearch.study.storage import open_storage, redact
 
 TINY = ["--train-size", "256", "--val-size", "256", "--epochs", "0.5", "--batch-size", "64"]
-# Trials long enough to be killed in the middle of one.
+# Trials long enough to be killed in the middle of one (some seconds), of networks of a bounded size: the v3
+# space's largest random networks made each of these tests take 1.5-2.5 minutes on the 2-core VM.
 SLOW = ["--train-size", "2048", "--val-size", "256", "--epochs", "1", "--batch-size", "64"]
+MID_SPACE = """
+name: mid
+stem: {out: 16, kernel: 3, stride: 2, act: hswish}
+width: [0.75, 1.0]
+choices: {block: [ir], kernel: [3, 5], expand: [3, 4], se: [0, 0.25], act: [relu, hswish], depth: [1, 2]}
+stages:
+  - {out: 16, stride: 1, expand: [1]}
+  - {out: 24, stride: 2}
+  - {out: 40, stride: 2}
+  - {out: 80, stride: 2}
+head: {conv: 480, hidden: 1024, act: hswish, dropout: 0.2}
+"""
+
+
+def _mid_space(tmp_path) -> list[str]:
+    path = tmp_path / "mid.yaml"
+    path.write_text(MID_SPACE)
+    return ["--space", str(path)]
+
+
 FAST_HEARTBEAT = ["--heartbeat", "1", "--grace-period", "4"]
 COMPLETE, RUNNING, FAIL = (
     optuna.trial.TrialState.COMPLETE,
@@ -86,7 +107,7 @@ def postgres_password(url: str) -> str:
 def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None:
     url = postgres.new_database()
     args = ["run", "--storage", url, "--study", "kill", "--trials", "2", "--runs-dir", str(tmp_path)]
-    args += SLOW + FAST_HEARTBEAT
+    args += SLOW + FAST_HEARTBEAT + _mid_space(tmp_path)
     victim = _mbsearch(*args, tmp_path=tmp_path)
     _wait_for(
         lambda: any(
@@ -116,6 +137,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried(postgres, tmp_path) -> None
 @pytest.mark.slow(seconds=70)
 def test_sigkilled_sqlite_run_resumes_with_the_same_command(tmp_path) -> None:
     args = ["run", "--study", "crash", "--trials", "2", "--runs-dir", str(tmp_path), *SLOW, *FAST_HEARTBEAT]
+    args += _mid_space(tmp_path)
     url = f"sqlite:///{tmp_path / 'crash' / 'study.db'}"
     first = _mbsearch(*args, tmp_path=tmp_path)
     _wait_for(
