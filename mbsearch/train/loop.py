@@ -260,7 +260,7 @@ def run_loop(trainee: Trainee, data: Split, normalize: Normalizer, budget: Budge
     step_lock = device.step_lock()
     started = time.perf_counter() - loop.seconds
     last_checkpoint = time.perf_counter()
-    check = _LossCheck(device.device, total, device.check_every, trainee.hint)
+    check = _LossCheck(device.device, total, device.check_every, trainee.hint, options.on_step is not None)
     while loop.step < total:
         if loop.order is None or loop.step % per_epoch == 0:
             loop.order = torch.randperm(len(data), generator=loop.generator).to(device.device)
@@ -348,10 +348,11 @@ class _LoopState:
 
 class _LossCheck:
     """Losses stay on the device and are read at each check (every step on the CPU, every few on a GPU: a
-    read waits for the queue); the mean since the last check is what is checked and reported."""
+    read waits for the queue); the mean since the last check is what is checked and reported. Right answers
+    are counted only for a progress report (`track_accuracy`): no argmax per step otherwise."""
 
-    def __init__(self, device: torch.device, total: int, every: int, hint: str) -> None:
-        self.total, self.every, self.hint = total, every, hint
+    def __init__(self, device: torch.device, total: int, every: int, hint: str, track_accuracy: bool = True) -> None:
+        self.total, self.every, self.hint, self.track_accuracy = total, every, hint, track_accuracy
         self.pending = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
         self.unread = self.seen = 0
@@ -360,7 +361,8 @@ class _LossCheck:
 
     def add(self, output: StepOutput, labels: torch.Tensor, step: int) -> None:
         self.pending += output.loss.float()
-        self.correct += (output.logits.detach().argmax(1) == labels).sum()
+        if self.track_accuracy:
+            self.correct += (output.logits.detach().argmax(1) == labels).sum()
         self.unread, self.seen = self.unread + 1, self.seen + len(labels)
         self.checked = (step + 1) % self.every == 0 or step + 1 == self.total
         if not self.checked:
@@ -369,7 +371,9 @@ class _LossCheck:
         if not math.isfinite(value):
             where = f"at step {step + 1}" if self.unread == 1 else f"within steps {step + 2 - self.unread}-{step + 1}"
             raise Diverged(f"loss became {value} {where} of {self.total}{self.hint}")
-        self.loss, self.batch_accuracy = value, float(self.correct.item()) / max(1, self.seen)
+        self.loss = value
+        if self.track_accuracy:
+            self.batch_accuracy = float(self.correct.item()) / max(1, self.seen)
         self.pending.zero_()
         self.correct.zero_()
         self.unread = self.seen = 0

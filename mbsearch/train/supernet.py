@@ -449,16 +449,11 @@ def score_inherited(
     With `finetune_steps`, the inherited network first trains that many steps (seeded by `seed`) on the first
     training images, and its statistics are recomputed on those: inherited weights of a sub-network that
     the supernet's training rarely drew are a poor start, and a few steps repair much of it (measured)."""
-    calibration_images, val_images, finetune_steps = (
-        scoring.calibration_images,
-        scoring.val_images,
-        scoring.finetune_steps,
-    )
     started = time.perf_counter()
     model = trained.supernet.extract(arch)
-    val = data.val if val_images is None else data.val.head(val_images)
-    if finetune_steps:
-        budget = finetune_budget(finetune_steps)
+    val = data.val if scoring.val_images is None else data.val.head(scoring.val_images)
+    if scoring.finetune_steps:
+        budget = finetune_budget(scoring.finetune_steps)
         result = train(model, data.train, val, budget, TrainOptions(scoring.seed, trained.normalizer, device=device))
         calibrated = min(len(data.train), budget.train_size, RECALIBRATION_IMAGES)  # train()'s, its first images
         # the steps that ran: fewer than asked where the training split is shorter than steps x batch
@@ -467,7 +462,7 @@ def score_inherited(
     lock = device.step_lock()
     with device.session():
         model.to(device.device, memory_format=torch.channels_last)
-        calibration = data.train.to(device.device, calibration_images)
+        calibration = data.train.to(device.device, scoring.calibration_images)
         batches = math.ceil(len(calibration) / RECALIBRATION_BATCH)
         with lock():
             recalibrate_batchnorm(model, calibration, normalize, batches=batches)
